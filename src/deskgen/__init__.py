@@ -1,0 +1,75 @@
+"""deskgen: turn a photo of a desk (or a description of one) into a picture of a better desk.
+
+```python
+from deskgen import DeskGenerator
+
+with DeskGenerator("sdxl", model="stabilityai/stable-diffusion-xl-base-1.0") as gen:
+    result = gen.generate(prompt="a tidy minimalist desk, warm light", image="desk.jpg", seed=42)
+    result.save("makeover.png")
+```
+
+Importing deskgen is light: torch, diffusers, transformers and openai are imported only when a
+backend that needs them is created.
+"""
+
+from ._exceptions import (
+    BackendError,
+    ConfigError,
+    DeskgenError,
+    GenerationCancelledError,
+    GeneratorClosedError,
+    ImageInputError,
+    ImageTooLargeError,
+    InvalidOutputError,
+    InvalidRequestError,
+    MissingDependencyError,
+    ModelLoadError,
+    ModelMismatchError,
+    ModelNotFoundError,
+    RecordError,
+    UnknownBackendError,
+)
+from ._generator import DeskGenerator, RequestFields
+from ._images import ImageInfo, load_image
+from ._models import (
+    GenerationRequest,
+    GenerationResult,
+    PeakMemory,
+    StepProgress,
+    Timings,
+)
+from ._record import read_record
+from ._registry import BackendInfo, list_backends, register_backend
+from ._version import __version__
+
+__all__ = [
+    "BackendError",
+    "BackendInfo",
+    "ConfigError",
+    "DeskGenerator",
+    "DeskgenError",
+    "GenerationCancelledError",
+    "GenerationRequest",
+    "GenerationResult",
+    "GeneratorClosedError",
+    "ImageInfo",
+    "ImageInputError",
+    "ImageTooLargeError",
+    "InvalidOutputError",
+    "InvalidRequestError",
+    "MissingDependencyError",
+    "ModelLoadError",
+    "ModelMismatchError",
+    "ModelNotFoundError",
+    "PeakMemory",
+    "RecordError",
+    "RequestFields",
+    "StepProgress",
+    "Timings",
+    "UnknownBackendError",
+    "__version__",
+    "list_backends",
+    "load_image",
+    "read_record",
+    "register_backend",
+]

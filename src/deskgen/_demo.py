@@ -1,0 +1,46 @@
+"""`deskgen demo`: the whole makeover path offline, on a tiny model built on first use."""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+__all__ = ["DEMO_NEGATIVE_PROMPT", "DEMO_PROMPT", "cache_dir", "sample_desk_photo", "tiny_model"]
+
+# The seed team's "clean desk" prompt and their default negative preset (shared/seed/prompts.json).
+DEMO_PROMPT = (
+    "A clean, modern desk setup in a bright open office, with a large LG monitor displaying a "
+    "forest wallpaper and a MacBook beneath it. Add a minimalist LED desk lamp on the left, a "
+    "sleek wireless charger pad beside the laptop, and all cables neatly organized and hidden. "
+    "The scene should feel calm, tidy, and professional, with natural lighting and no clutter."
+)
+DEMO_NEGATIVE_PROMPT = (
+    "blurry, low resolution, distorted, deformed, people, human, cartoon, anime, painting, "
+    "clutter, messy background, bad lighting, duplicate, twin, cloned"
+)
+
+TINY_DEMO_SAMPLE_SIZE = 64
+"""Latent size of the demo's tiny SDXL: 128x128 pixel images."""
+
+
+def cache_dir() -> Path:
+    """Where deskgen keeps what it builds: ``$DESKGEN_CACHE``, else the user cache folder."""
+    if env := os.environ.get("DESKGEN_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "deskgen"
+
+
+def sample_desk_photo() -> Path:
+    """The sample desk photo shipped with deskgen (drawn by a script of ours, CC0)."""
+    return Path(str(resources.files("deskgen") / "_data" / "sample" / "desk.jpg"))
+
+
+def tiny_model() -> Path:
+    """The demo's tiny random-weight SDXL, built into the cache on first use (a few seconds)."""
+    from .testing import make_tiny_pipeline
+
+    return make_tiny_pipeline(
+        "sdxl", cache_dir() / "tiny-sdxl-demo", seed=0, sample_size=TINY_DEMO_SAMPLE_SIZE
+    )

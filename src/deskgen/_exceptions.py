@@ -1,0 +1,124 @@
+"""deskgen's exceptions: one tree, every error a user can cause, each with a fix in its message.
+
+```text
+DeskgenError                      base of everything deskgen raises on purpose
+├── InvalidRequestError           a generation request that cannot run (ValueError)
+├── ConfigError                   bad DeskGenerator options: device, dtype, options (ValueError)
+├── ImageInputError               a photo that cannot be used (ValueError)
+│   └── ImageTooLargeError        more pixels than Pillow's bomb limit, refused before decoding
+├── UnknownBackendError           a backend name nobody registered (LookupError)
+├── MissingDependencyError        an optional extra is not installed (ImportError)
+├── ModelLoadError                weights could not be loaded (OSError)
+│   ├── ModelNotFoundError        no such folder, or a hub id missing from the offline cache
+│   └── ModelMismatchError        the weights are for another backend (e.g. SD 1.5 given to "sdxl")
+├── BackendError                  a backend failed while generating (RuntimeError)
+│   └── InvalidOutputError        NaN/black output that must not be returned as an image
+├── GenerationCancelledError      the caller cancelled a request between steps
+├── GeneratorClosedError          the DeskGenerator was closed (RuntimeError)
+└── RecordError                   a file carries no readable deskgen record (ValueError)
+```
+
+Third-party exceptions (diffusers, huggingface_hub, torch, Pillow) are translated into this tree at
+the backend boundary and chained (``raise ... from exc``) so the original stays visible.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "ConfigError",
+    "DeskgenError",
+    "GenerationCancelledError",
+    "GeneratorClosedError",
+    "ImageInputError",
+    "ImageTooLargeError",
+    "InvalidOutputError",
+    "InvalidRequestError",
+    "MissingDependencyError",
+    "ModelLoadError",
+    "ModelMismatchError",
+    "ModelNotFoundError",
+    "RecordError",
+    "UnknownBackendError",
+]
+
+
+class DeskgenError(Exception):
+    """Base class of every error deskgen raises on purpose."""
+
+
+class InvalidRequestError(DeskgenError, ValueError):
+    """A generation request that cannot run as given (the message says which field and why)."""
+
+
+class ConfigError(DeskgenError, ValueError):
+    """Options given to `DeskGenerator` that cannot work (device, dtype, backend options)."""
+
+
+class ImageInputError(DeskgenError, ValueError):
+    """An input photo that cannot be read: unknown format, corrupt data, wrong type."""
+
+
+class ImageTooLargeError(ImageInputError):
+    """A photo with more pixels than `PIL.Image.MAX_IMAGE_PIXELS`, refused before decoding."""
+
+
+class UnknownBackendError(DeskgenError, LookupError):
+    """A backend name that is not registered; the message lists the known ones."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = known
+        super().__init__(
+            f"Unknown backend {name!r}. Known backends: {', '.join(known) or '(none)'}. "
+            "See deskgen.list_backends() or `deskgen backends`."
+        )
+
+
+class MissingDependencyError(DeskgenError, ImportError):
+    """An optional dependency is missing; the message names the extra that installs it."""
+
+    def __init__(self, what: str, *, extra: str, missing: list[str]) -> None:
+        self.extra = extra
+        self.missing = missing
+        super().__init__(
+            f"{what} needs {', '.join(missing)}, which is not installed. "
+            f"Install it with: pip install 'deskgen[{extra}]'"
+        )
+
+
+class ModelLoadError(DeskgenError, OSError):
+    """Weights could not be loaded (corrupt files, unsupported layout, out of memory)."""
+
+
+class ModelNotFoundError(ModelLoadError):
+    """A local folder that does not exist, or a hub id that is neither cached nor downloadable."""
+
+
+class ModelMismatchError(ModelLoadError):
+    """The weights belong to another model family than the chosen backend expects."""
+
+
+class BackendError(DeskgenError, RuntimeError):
+    """A backend failed while generating; the original exception is chained."""
+
+
+class InvalidOutputError(BackendError):
+    """The model produced NaN or all-black images; they are never returned as valid images."""
+
+
+class GenerationCancelledError(DeskgenError):
+    """The request was cancelled between denoising steps; nothing was returned or written."""
+
+    def __init__(self, message: str, *, step: int, total_steps: int) -> None:
+        self.step = step
+        self.total_steps = total_steps
+        super().__init__(message)
+
+
+class GeneratorClosedError(DeskgenError, RuntimeError):
+    """The `DeskGenerator` was closed; create a new one to generate again."""
+
+
+class RecordError(DeskgenError, ValueError):
+    """A file that carries no deskgen generation record, or a record that cannot be read."""

@@ -1,0 +1,340 @@
+"""`DeskGenerator`: the facade over every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import threading
+import time
+from datetime import datetime, timezone
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypedDict
+
+from pydantic import ValidationError
+from typing_extensions import Unpack
+
+from ._device import PeakMemorySampler
+from ._exceptions import (
+    ConfigError,
+    GenerationCancelledError,
+    GeneratorClosedError,
+    InvalidRequestError,
+)
+from ._images import ImageInput, load_image
+from ._models import (
+    MAX_SEED,
+    CancelFlag,
+    GenerationRequest,
+    GenerationResult,
+    PeakMemory,
+    StepCallback,
+    StepProgress,
+    Timings,
+)
+from ._registry import get_backend_class
+from ._version import __version__
+from .backends._base import Job
+
+if TYPE_CHECKING:
+    from .backends._base import Backend
+
+__all__ = ["DeskGenerator", "RequestFields"]
+
+
+class RequestFields(TypedDict, total=False):
+    """The fields of `GenerationRequest`, accepted as keyword arguments by `generate`."""
+
+    prompt: str
+    negative_prompt: str | None
+    image: ImageInput | None
+    strength: float
+    steps: int
+    guidance_scale: float | None
+    seed: int | None
+    num_images: int
+    width: int | None
+    height: int | None
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "request"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+class _EitherFlag:
+    def __init__(self, *flags: CancelFlag | None) -> None:
+        self._flags = [f for f in flags if f is not None]
+
+    def is_set(self) -> bool:
+        return any(f.is_set() for f in self._flags)
+
+
+class DeskGenerator:
+    """Turns desk photos and prompts into makeover images with one backend's weights.
+
+    Weights load once, in the constructor, and serve every call; one generator can be shared by
+    many threads (each request gets exactly the result it would get alone).
+
+    ```python
+    with DeskGenerator("sdxl", model="stabilityai/stable-diffusion-xl-base-1.0") as gen:
+        result = gen.generate(prompt="a tidy minimalist desk", image="desk.jpg", seed=42)
+        result.save("makeover.png")
+    ```
+
+    Args:
+        backend: a registered backend name (see `deskgen.list_backends`).
+        model: hub id or local folder; ``None`` takes the backend's default model.
+        device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``.
+        dtype: ``"auto"`` (bfloat16 on CUDA GPUs that have it, float16 on other GPUs, float32 on
+            CPU), ``"float32"``, ``"float16"``, ``"bfloat16"``.
+        **options: backend options, e.g. ``variant="fp16"``, ``revision=...``,
+            ``allow_pickle=True`` for the diffusers backends (`DiffusersOptions`).
+
+    Raises:
+        UnknownBackendError: ``backend`` is not registered.
+        MissingDependencyError: the backend's extra is not installed.
+        ConfigError: an option is unknown or invalid.
+        ModelNotFoundError / ModelMismatchError / ModelLoadError: the weights can't be loaded.
+    """
+
+    def __init__(
+        self,
+        backend: str = "sdxl",
+        /,
+        *,
+        model: str | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        **options: Any,
+    ) -> None:
+        cls = get_backend_class(backend)
+        model = model if model is not None else cls.default_model
+        if model is None:
+            raise ConfigError(f"The {backend!r} backend has no default model: pass model=...")
+        try:
+            opts = cls.options_class(model=model, device=device, dtype=dtype, **options)
+        except ValidationError as exc:
+            accepted = ", ".join(sorted(cls.options_class.model_fields))
+            raise ConfigError(
+                f"Invalid options for the {backend!r} backend: {_format_validation_error(exc)}. "
+                f"Accepted options: {accepted}."
+            ) from exc
+        started = time.perf_counter()
+        self._backend: Backend | None = cls(opts)
+        self.load_seconds: float = time.perf_counter() - started
+        self.backend_name = backend
+        self.model = model
+        self._device = self._backend.device
+        self._dtype = self._backend.dtype
+        self._close_lock = threading.Lock()
+
+    # -- properties --------------------------------------------------------------------------
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    @property
+    def dtype(self) -> str:
+        return self._dtype
+
+    @property
+    def backend(self) -> Backend:
+        """The backend instance (for advanced use, e.g. its diffusers ``pipeline``)."""
+        return self._require_open()
+
+    @property
+    def closed(self) -> bool:
+        return self._backend is None
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{self._device}, {self._dtype}"
+        return f"DeskGenerator({self.backend_name!r}, model={self.model!r}, {state})"
+
+    # -- generation --------------------------------------------------------------------------
+
+    def _require_open(self) -> Backend:
+        backend = self._backend
+        if backend is None:
+            raise GeneratorClosedError(
+                "This DeskGenerator was closed and its weights freed; create a new one."
+            )
+        return backend
+
+    @staticmethod
+    def _build_request(
+        request: GenerationRequest | None, fields: RequestFields
+    ) -> GenerationRequest:
+        if request is not None and not isinstance(request, GenerationRequest):
+            raise InvalidRequestError(
+                f"generate() takes a GenerationRequest or keyword arguments, not "
+                f"{type(request).__name__}: call generate(prompt=..., ...)."
+            )
+        if request is not None and not fields:
+            return request
+        data: dict[str, Any] = {}
+        if request is not None:
+            data = {name: getattr(request, name) for name in GenerationRequest.model_fields}
+        data.update(fields)
+        try:
+            return GenerationRequest.model_validate(data)
+        except ValidationError as exc:
+            raise InvalidRequestError(
+                f"Invalid request: {_format_validation_error(exc)}."
+            ) from exc
+
+    def generate(
+        self,
+        request: GenerationRequest | None = None,
+        /,
+        *,
+        on_step: StepCallback | None = None,
+        cancel: CancelFlag | None = None,
+        **fields: Unpack[RequestFields],
+    ) -> GenerationResult:
+        """Generate makeover images: txt2img without ``image``, img2img with the desk photo.
+
+        Pass a `GenerationRequest`, keyword fields, or both (fields override the request's).
+
+        Args:
+            on_step: called after every denoising step with a `StepProgress` (from the thread
+                that runs the request). An exception it raises stops the request and propagates.
+            cancel: e.g. a `threading.Event`; when set, the request stops before the next step
+                and raises `GenerationCancelledError`.
+
+        Returns:
+            The images, their seeds and the full record of how they were made.
+
+        Raises:
+            InvalidRequestError, ImageInputError, GenerationCancelledError, BackendError,
+            InvalidOutputError, GeneratorClosedError.
+        """
+        backend = self._require_open()
+        req = self._build_request(request, fields)
+        started = time.perf_counter()
+        photo, info = load_image(req.image) if req.image is not None else (None, None)
+        seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
+        if seed + req.num_images - 1 > MAX_SEED:
+            raise InvalidRequestError(
+                f"seed={seed} with num_images={req.num_images} runs past the largest seed "
+                f"{MAX_SEED}: use a smaller seed."
+            )
+        seeds = [seed + i for i in range(req.num_images)]
+        req = req.model_copy(update={"seed": seed})
+
+        callback_error: list[BaseException] = []
+
+        def step_hook(step: int, total: int) -> None:
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelledError(
+                    f"Cancelled after {step - 1} of {total} steps; no image was produced.",
+                    step=step - 1,
+                    total_steps=total,
+                )
+            if on_step is not None:
+                try:
+                    on_step(StepProgress(step=step, total_steps=total, elapsed=_since(started)))
+                except BaseException as exc:
+                    callback_error.append(exc)
+                    raise GenerationCancelledError(
+                        "on_step raised", step=step, total_steps=total
+                    ) from exc
+
+        if cancel is not None and cancel.is_set():
+            raise GenerationCancelledError(
+                "Cancelled before the request started.", step=0, total_steps=req.steps
+            )
+        job = Job(request=req, photo=photo, seeds=seeds, on_step=step_hook)
+        try:
+            with PeakMemorySampler(backend.device) as memory:
+                output = backend.generate(job)
+        except GenerationCancelledError:
+            if callback_error:
+                raise callback_error[0] from None
+            raise
+        total = _since(started)
+        return GenerationResult(
+            images=output.images,
+            seeds=seeds,
+            request=output.request.model_copy(update={"image": req.image}),
+            backend=self.backend_name,
+            model=self.model,
+            mode=output.mode,
+            width=output.width,
+            height=output.height,
+            denoising_steps=output.denoising_steps,
+            scheduler=output.scheduler,
+            device=self._device,
+            dtype=self._dtype,
+            timings=Timings(
+                load=self.load_seconds,
+                encode=output.encode_seconds,
+                denoise=output.denoise_seconds,
+                decode=output.decode_seconds,
+                total=total,
+            ),
+            peak_memory=PeakMemory(bytes=memory.peak_bytes, kind=memory.kind),
+            warnings=output.warnings,
+            input_image=info,
+            deskgen_version=__version__,
+            created_at=datetime.now(timezone.utc),
+        )
+
+    async def agenerate(
+        self,
+        request: GenerationRequest | None = None,
+        /,
+        *,
+        on_step: StepCallback | None = None,
+        cancel: CancelFlag | None = None,
+        **fields: Unpack[RequestFields],
+    ) -> GenerationResult:
+        """`generate` for asyncio: runs in a worker thread and never blocks the event loop.
+
+        Cancelling the awaiting task stops the request at the next step; the task then raises
+        `asyncio.CancelledError` once the worker has let go of the request.
+        """
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+        future = loop.run_in_executor(
+            None,
+            lambda: self.generate(
+                request, on_step=on_step, cancel=_EitherFlag(stop, cancel), **fields
+            ),
+        )
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            stop.set()
+            with contextlib.suppress(Exception):
+                await future
+            raise
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Free the weights. Requests already running finish; later calls raise
+        `GeneratorClosedError`. Calling it twice is harmless."""
+        with self._close_lock:
+            backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.close()
+
+    def __enter__(self) -> DeskGenerator:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _since(start: float) -> float:
+    return time.perf_counter() - start

@@ -1,0 +1,203 @@
+"""The typed requests and results that cross deskgen's public API."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, SkipValidation, field_validator
+
+from ._images import ImageInfo, ImageInput
+
+__all__ = [
+    "CancelFlag",
+    "GenerationRequest",
+    "GenerationResult",
+    "Mode",
+    "PeakMemory",
+    "StepCallback",
+    "StepProgress",
+    "Timings",
+]
+
+Mode = Literal["txt2img", "img2img"]
+
+MAX_SEED = 2**64 - 1
+
+
+class GenerationRequest(BaseModel):
+    """Everything that decides one generation, independent of backend and weights.
+
+    ``None`` means "the backend's default": the result carries the resolved request
+    (``result.request``), with the seed, size and guidance scale actually used, so it can be
+    replayed exactly.
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    prompt: str = Field(min_length=1)
+    """What the improved desk should look like."""
+    negative_prompt: str | None = None
+    """What to keep out of the image; ``None`` is the backend's default (none for sd/sdxl)."""
+    image: SkipValidation[ImageInput | None] = Field(default=None, exclude=True, repr=False)
+    """The user's desk photo (path, bytes, binary file or PIL image): img2img when given.
+
+    Never serialised: records keep a digest of it (`GenerationResult.input_image`)."""
+    strength: float = Field(default=0.6, gt=0.0, le=1.0)
+    """img2img only: how far to move from the photo (1.0 ignores it). Runs
+    ``int(steps * strength)`` denoising steps."""
+    steps: int = Field(default=30, ge=1, le=1000)
+    guidance_scale: float | None = Field(default=None, ge=0.0, le=100.0)
+    """Classifier-free guidance; ``None`` is the backend's default (sdxl 5.0, sd 7.5)."""
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    """Seed of the first image; image ``i`` uses ``seed + i``. ``None`` picks one at random."""
+    num_images: int = Field(default=1, ge=1, le=16)
+    width: int | None = Field(default=None, ge=8, le=8192)
+    """Output width; ``None`` is the model's native size, or the photo's aspect at that size."""
+    height: int | None = Field(default=None, ge=8, le=8192)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt is blank: describe the desk you want")
+        return value
+
+    @property
+    def mode(self) -> Mode:
+        return "img2img" if self.image is not None else "txt2img"
+
+
+class StepProgress(BaseModel):
+    """Handed to a progress callback after every denoising step."""
+
+    model_config = ConfigDict(frozen=True)
+
+    step: int
+    """Steps finished so far (1-based)."""
+    total_steps: int
+    """Denoising steps this request runs (for img2img, ``int(steps * strength)``)."""
+    elapsed: float
+    """Seconds since the request started."""
+
+
+class StepCallback(Protocol):
+    def __call__(self, progress: StepProgress, /) -> None: ...
+
+
+class CancelFlag(Protocol):
+    """Anything with ``is_set()``, e.g. `threading.Event`; checked between steps."""
+
+    def is_set(self) -> bool: ...
+
+
+class Timings(BaseModel):
+    """Seconds spent in each phase. ``load`` is the generator's one-off weight loading."""
+
+    load: float
+    encode: float
+    """Text encoding (prompt and negative prompt)."""
+    denoise: float
+    """Latent preparation (incl. encoding the photo for img2img) and the denoising loop."""
+    decode: float
+    """VAE decoding and post-processing to images."""
+    total: float
+    """The whole request, from the call to the returned result (``load`` excluded)."""
+
+
+class PeakMemory(BaseModel):
+    """Peak memory while the request ran."""
+
+    bytes: int
+    kind: Literal["cuda_allocated", "process_rss"]
+    """``cuda_allocated``: torch's CUDA allocator peak; ``process_rss``: resident RAM of the
+    whole process (sampled), on CPU and MPS."""
+
+    @property
+    def gib(self) -> float:
+        return self.bytes / 2**30
+
+
+class GenerationResult(BaseModel):
+    """Images and the full record of how they were made."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    images: list[SkipValidation[Image.Image]] = Field(exclude=True, repr=False)
+    seeds: list[int]
+    """The seed of each image: ``generate(request, seed=seeds[i], num_images=1)`` redoes image i."""
+    request: GenerationRequest
+    """The resolved request: every default replaced by the value used."""
+    backend: str
+    model: str
+    mode: Mode
+    width: int
+    height: int
+    denoising_steps: int
+    """Steps the model actually ran (img2img runs ``int(steps * strength)``)."""
+    scheduler: str
+    device: str
+    dtype: str
+    timings: Timings
+    peak_memory: PeakMemory
+    warnings: list[str] = Field(default_factory=list)
+    input_image: ImageInfo | None = None
+    deskgen_version: str
+    created_at: datetime
+
+    @property
+    def image(self) -> Image.Image:
+        """The first image."""
+        return self.images[0]
+
+    def record(self, index: int = 0) -> dict[str, Any]:
+        """The JSON-ready generation record of image ``index`` (what `save` embeds)."""
+        from ._record import build_record
+
+        return build_record(self, index)
+
+    def save(self, path: str | os.PathLike[str], *, index: int | None = None) -> list[Path]:
+        """Write PNGs atomically, each with its generation record embedded.
+
+        One image goes to ``path``; several go to ``stem-0.png``, ``stem-1.png``, ... unless
+        ``index`` picks one. Returns the paths written.
+        """
+        from ._record import save_result
+
+        return save_result(self, Path(path), index=index)
+
+    def _repr_html_(self) -> str:
+        thumbs = []
+        for img, seed in zip(self.images, self.seeds):
+            thumb = img.copy()
+            thumb.thumbnail((256, 256))
+            buf = io.BytesIO()
+            thumb.save(buf, format="PNG")
+            data = base64.b64encode(buf.getvalue()).decode()
+            thumbs.append(
+                f'<figure style="display:inline-block;margin:4px">'
+                f'<img src="data:image/png;base64,{data}"/>'
+                f"<figcaption>seed {seed}</figcaption></figure>"
+            )
+        facts = [
+            ("backend", f"{self.backend} ({self.mode})"),
+            ("model", self.model),
+            ("size", f"{self.width}x{self.height}, {self.denoising_steps} steps"),
+            ("device", f"{self.device} / {self.dtype}"),
+            ("time", f"{self.timings.total:.2f} s (load {self.timings.load:.2f} s)"),
+            ("peak memory", f"{self.peak_memory.gib:.2f} GiB ({self.peak_memory.kind})"),
+        ]
+        facts += [("warning", w) for w in self.warnings]
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
+            f"<td style='text-align:left'>{html.escape(v)}</td></tr>"
+            for k, v in facts
+        )
+        prompt = html.escape(self.request.prompt)
+        return f"<div>{''.join(thumbs)}<p><i>{prompt}</i></p><table>{rows}</table></div>"

@@ -1,0 +1,184 @@
+"""Generation records embedded in PNG files, and atomic writes.
+
+Each saved PNG carries two text chunks:
+
+- ``parameters``: the A1111 "infotext" (prompt, ``Negative prompt:`` line, then
+  ``Steps: .., Sampler: .., CFG scale: .., Seed: .., Size: ..``), which A1111, ComfyUI, civitai
+  and most image viewers read;
+- ``deskgen``: deskgen's full record as JSON, from which `read_record` rebuilds the request.
+
+Nothing from the input photo's metadata is ever written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from pydantic import ValidationError
+
+from ._exceptions import RecordError
+
+if TYPE_CHECKING:
+    from ._models import GenerationRequest, GenerationResult
+
+__all__ = ["RECORD_KEY", "atomic_write", "build_record", "read_record", "save_result"]
+
+RECORD_KEY = "deskgen"
+RECORD_FORMAT = 1
+
+# diffusers scheduler class -> A1111 sampler name (the common ones; others keep their class name)
+_SAMPLERS = {
+    "EulerDiscreteScheduler": "Euler",
+    "EulerAncestralDiscreteScheduler": "Euler a",
+    "DPMSolverMultistepScheduler": "DPM++ 2M",
+    "DPMSolverSinglestepScheduler": "DPM++ SDE",
+    "KDPM2DiscreteScheduler": "DPM2",
+    "KDPM2AncestralDiscreteScheduler": "DPM2 a",
+    "HeunDiscreteScheduler": "Heun",
+    "LMSDiscreteScheduler": "LMS",
+    "DDIMScheduler": "DDIM",
+    "PNDMScheduler": "PLMS",
+    "UniPCMultistepScheduler": "UniPC",
+    "LCMScheduler": "LCM",
+}
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write through a temporary file in the same folder, fsync, then rename over ``path``.
+
+    Readers see the old file or the whole new one, never a partial one; a failure leaves no
+    temporary file behind.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def build_record(result: GenerationResult, index: int) -> dict[str, Any]:
+    """The record of one image: its own seed and ``num_images=1`` so it replays alone."""
+    seed = result.seeds[index]
+    request = result.request.model_copy(update={"seed": seed, "num_images": 1})
+    return {
+        "format": RECORD_FORMAT,
+        "deskgen_version": result.deskgen_version,
+        "backend": result.backend,
+        "model": result.model,
+        "mode": result.mode,
+        "request": request.model_dump(mode="json"),
+        "image_index": index,
+        "batch_seeds": result.seeds,
+        "width": result.width,
+        "height": result.height,
+        "denoising_steps": result.denoising_steps,
+        "scheduler": result.scheduler,
+        "device": result.device,
+        "dtype": result.dtype,
+        "timings": result.timings.model_dump(mode="json"),
+        "peak_memory": result.peak_memory.model_dump(mode="json"),
+        "input_image": (
+            result.input_image.model_dump(mode="json") if result.input_image else None
+        ),
+        "warnings": result.warnings,
+        "created_at": result.created_at.isoformat(),
+    }
+
+
+def a1111_parameters(result: GenerationResult, index: int) -> str:
+    """The A1111 infotext of image ``index``."""
+    req = result.request
+    lines = [req.prompt]
+    if req.negative_prompt:
+        lines.append(f"Negative prompt: {req.negative_prompt}")
+    fields = [
+        ("Steps", str(req.steps)),
+        ("Sampler", _SAMPLERS.get(result.scheduler, result.scheduler)),
+        ("CFG scale", f"{req.guidance_scale:g}" if req.guidance_scale is not None else "default"),
+        ("Seed", str(result.seeds[index])),
+        ("Size", f"{result.width}x{result.height}"),
+        ("Model", result.model),
+    ]
+    if result.mode == "img2img":
+        fields.append(("Denoising strength", f"{req.strength:g}"))
+    fields.append(("Version", f"deskgen {result.deskgen_version}"))
+    lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in fields))
+    return "\n".join(lines)
+
+
+def _quote(value: str) -> str:
+    # A1111 quotes values that contain its separators
+    return json.dumps(value) if ("," in value or ":" in value) else value
+
+
+def save_result(result: GenerationResult, path: Path, *, index: int | None) -> list[Path]:
+    if index is not None and not 0 <= index < len(result.images):
+        raise IndexError(f"index {index} out of range for {len(result.images)} image(s)")
+    indices = [index] if index is not None else list(range(len(result.images)))
+    if path.suffix.lower() != ".png":
+        path = path.with_suffix(path.suffix + ".png") if path.suffix else path.with_suffix(".png")
+    written = []
+    for i in indices:
+        target = path
+        if len(indices) > 1:
+            target = path.with_name(f"{path.stem}-{i}{path.suffix}")
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", a1111_parameters(result, i))
+        info.add_text(RECORD_KEY, json.dumps(build_record(result, i), ensure_ascii=False))
+        image = result.images[i]
+        atomic_write(target, lambda fh, img=image: img.save(fh, format="PNG", pnginfo=info))
+        written.append(target)
+    return written
+
+
+def read_record_data(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The whole embedded record (JSON) of a PNG written by deskgen."""
+    try:
+        with Image.open(path, formats=("PNG",)) as img:
+            text = getattr(img, "text", {}).get(RECORD_KEY)
+    except FileNotFoundError as exc:
+        raise RecordError(f"No file at {os.fspath(path)!r}.") from exc
+    except (UnidentifiedImageError, OSError) as exc:
+        raise RecordError(
+            f"{os.fspath(path)!r} is not a PNG; deskgen records live in PNG files it saved."
+        ) from exc
+    if text is None:
+        raise RecordError(
+            f"{os.fspath(path)!r} has no deskgen record: it was not saved by "
+            "GenerationResult.save(), or a tool stripped its text chunks."
+        )
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"The deskgen record in {os.fspath(path)!r} is not valid JSON.") from exc
+    if not isinstance(data, dict) or "request" not in data:
+        raise RecordError(f"The deskgen record in {os.fspath(path)!r} has no request.")
+    return data
+
+
+def read_record(path: str | os.PathLike[str]) -> GenerationRequest:
+    """The request embedded in a PNG saved by deskgen, ready to generate the image again.
+
+    The photo of an img2img request is not stored: pass it again,
+    ``gen.generate(read_record(p), image="desk.jpg")``; `GenerationResult.input_image` digests
+    let you check it is the same photo.
+    """
+    from ._models import GenerationRequest
+
+    data = read_record_data(path)
+    try:
+        return GenerationRequest.model_validate(data["request"])
+    except ValidationError as exc:
+        raise RecordError(f"The deskgen record in {os.fspath(path)!r} is invalid: {exc}") from exc

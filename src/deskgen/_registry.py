@@ -1,0 +1,120 @@
+"""The backend registry: backends register by name, the facade creates them by name.
+
+Modelled on timm's ``register_model`` / ``create_model`` / ``list_models``. The built-in backend
+modules are imported on the first registry lookup; they import no heavy library (backends import
+torch and diffusers inside their methods).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from ._exceptions import MissingDependencyError, UnknownBackendError
+from .backends._base import Backend
+
+__all__ = ["BackendInfo", "get_backend_class", "list_backends", "register_backend"]
+
+_REGISTRY: dict[str, type[Backend]] = {}
+_LOCK = threading.Lock()
+_builtins_loaded = False
+_BUILTIN_MODULES = ("deskgen.backends.sd", "deskgen.backends.sdxl")
+
+B = TypeVar("B", bound=type[Backend])
+
+
+class BackendInfo(BaseModel):
+    """One registered backend, as `list_backends` reports it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    description: str
+    extra: str
+    """``pip install 'deskgen[<extra>]'`` installs what it needs."""
+    default_model: str | None
+    installed: bool
+    """All of its dependencies can be imported."""
+    missing: list[str]
+    """Dependencies that cannot be imported."""
+
+
+def register_backend(name: str, *, replace: bool = False) -> Callable[[B], B]:
+    """Class decorator that registers a `Backend` subclass under ``name``.
+
+    ```python
+    @deskgen.register_backend("my-backend")
+    class MyBackend(deskgen.backends.Backend): ...
+    ```
+    Registering a taken name raises `ValueError` unless ``replace=True``.
+    """
+
+    def decorator(cls: B) -> B:
+        if not (isinstance(cls, type) and issubclass(cls, Backend)):
+            raise TypeError(f"{cls!r} is not a subclass of deskgen.backends.Backend")
+        with _LOCK:
+            if name in _REGISTRY and not replace and _REGISTRY[name] is not cls:
+                raise ValueError(
+                    f"A backend named {name!r} is already registered "
+                    f"({_REGISTRY[name].__qualname__}); pass replace=True to override it."
+                )
+            cls.name = name
+            _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if not _builtins_loaded:
+        for module in _BUILTIN_MODULES:
+            importlib.import_module(module)
+        _builtins_loaded = True
+
+
+def _missing(cls: type[Backend]) -> list[str]:
+    return [mod for mod in cls.requirements if importlib.util.find_spec(mod) is None]
+
+
+def list_backends() -> list[BackendInfo]:
+    """Every registered backend, sorted by name, with whether its dependencies are installed."""
+    _load_builtins()
+    with _LOCK:
+        classes = sorted(_REGISTRY.items())
+    infos = []
+    for name, cls in classes:
+        missing = _missing(cls)
+        infos.append(
+            BackendInfo(
+                name=name,
+                description=cls.description,
+                extra=cls.extra,
+                default_model=cls.default_model,
+                installed=not missing,
+                missing=missing,
+            )
+        )
+    return infos
+
+
+def get_backend_class(name: str, *, check_installed: bool = True) -> type[Backend]:
+    """The backend class registered as ``name``.
+
+    Raises:
+        UnknownBackendError: no such name (the message lists the known ones).
+        MissingDependencyError: its extra is not installed (the message names it).
+    """
+    _load_builtins()
+    with _LOCK:
+        cls = _REGISTRY.get(name)
+        known = sorted(_REGISTRY)
+    if cls is None:
+        raise UnknownBackendError(name, known)
+    if check_installed and (missing := _missing(cls)):
+        raise MissingDependencyError(f"The {name!r} backend", extra=cls.extra, missing=missing)
+    return cls

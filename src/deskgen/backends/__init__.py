@@ -1,0 +1,20 @@
+"""Backends: the `Backend` interface and the built-in implementations.
+
+The built-ins (``sdxl``, ``sd``) register themselves when their modules are imported, which the
+registry does on its first lookup; none of them imports torch or diffusers before a backend is
+created.
+"""
+
+from __future__ import annotations
+
+from ._base import Backend, BackendOptions, BackendOutput, Job
+from ._diffusers import DiffusersBackend, DiffusersOptions
+
+__all__ = [
+    "Backend",
+    "BackendOptions",
+    "BackendOutput",
+    "DiffusersBackend",
+    "DiffusersOptions",
+    "Job",
+]

@@ -1,0 +1,102 @@
+"""The one interface every backend implements.
+
+A backend loads its weights in ``__init__`` and turns a `Job` into a `BackendOutput`. Everything
+around that (validating requests, reading photos, seeds, timing the whole call, peak memory,
+building the `GenerationResult`) is the facade's (`deskgen.DeskGenerator`), so backends stay
+small and interchangeable.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .._models import GenerationRequest, Mode
+
+__all__ = ["Backend", "BackendOptions", "BackendOutput", "Job"]
+
+
+class BackendOptions(BaseModel):
+    """Options every backend accepts; backends subclass it to add their own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    """Hub id or local folder."""
+    device: str = "auto"
+    dtype: str = "auto"
+
+
+@dataclass
+class Job:
+    """One request, as a backend receives it: validated, photo read, seeds chosen."""
+
+    request: GenerationRequest
+    """Validated; ``seed`` is set. ``image`` is the caller's raw input: use `photo`."""
+    photo: Image.Image | None
+    """The normalised RGB photo (no metadata), not yet resized; ``None`` for txt2img."""
+    seeds: list[int]
+    on_step: Callable[[int, int], None]
+    """Call after each denoising step with (steps done, total steps); it raises to cancel."""
+
+
+@dataclass
+class BackendOutput:
+    images: list[Image.Image]
+    request: GenerationRequest
+    """The request with every default resolved (size, guidance scale, negative prompt)."""
+    mode: Mode
+    width: int
+    height: int
+    denoising_steps: int
+    scheduler: str
+    encode_seconds: float
+    denoise_seconds: float
+    decode_seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+
+class Backend(abc.ABC):
+    """Base class of deskgen backends. Register subclasses with `deskgen.register_backend`."""
+
+    name: ClassVar[str] = ""
+    """Registry name, set by `register_backend`."""
+    description: ClassVar[str] = ""
+    extra: ClassVar[str] = ""
+    """The pip extra that installs this backend's dependencies."""
+    requirements: ClassVar[tuple[str, ...]] = ()
+    """Importable module names this backend needs (checked by `list_backends`)."""
+    default_model: ClassVar[str | None] = None
+    options_class: ClassVar[type[BackendOptions]] = BackendOptions
+
+    def __init__(self, options: BackendOptions) -> None:
+        self.options = options
+
+    @property
+    @abc.abstractmethod
+    def device(self) -> str:
+        """The device the weights live on, e.g. ``"cuda"`` or ``"cpu"``."""
+
+    @property
+    @abc.abstractmethod
+    def dtype(self) -> str:
+        """The weights' dtype name, e.g. ``"bfloat16"``."""
+
+    @property
+    def model_id(self) -> str:
+        return self.options.model
+
+    @abc.abstractmethod
+    def generate(self, job: Job) -> BackendOutput:
+        """Run one job. Must be safe to call from several threads at once."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Drop the weights and free their memory; the backend is unusable afterwards."""

@@ -1,0 +1,470 @@
+"""Shared machinery of the diffusers-based backends (``sdxl``, ``sd``).
+
+What deskgen adds around a stock diffusers pipeline, and why:
+
+- **Per-request pipeline views.** A pipeline object keeps per-call state (``_guidance_scale``,
+  the scheduler's step index...), so each request gets a fresh scheduler (``from_config``) and a
+  new pipeline object over the *same* modules: no weights are copied.
+- **Prompt encoding under a lock.** Fast tokenizers raise "Already borrowed" when shared between
+  threads; deskgen calls the pipeline's own ``encode_prompt`` under a lock and hands the
+  embeddings to ``__call__``, which is exactly what ``__call__`` does with a text prompt.
+- **Whole calls serialised only when diffusers mutates shared modules.** SDXL switches the
+  shared VAE between float16/bfloat16 and float32 inside a call when ``force_upcast`` is set;
+  with such weights requests on one generator run one at a time.
+- **``output_type="np"``** so NaN outputs are caught before the float-to-uint8 cast hides them
+  as black images; ``numpy_to_pil`` is then the same conversion diffusers' ``"pil"`` does.
+
+Nothing else changes the numbers: the same arguments and seed give the same pixels as a
+hand-written diffusers call.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import inspect
+import json
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .._device import dtype_name, free_accelerator_memory, resolve_device, resolve_dtype
+from .._exceptions import (
+    BackendError,
+    DeskgenError,
+    GeneratorClosedError,
+    InvalidOutputError,
+    InvalidRequestError,
+    ModelLoadError,
+    ModelMismatchError,
+    ModelNotFoundError,
+)
+from .._images import fit_size, prepare_image
+from ._base import Backend, BackendOptions, BackendOutput, Job
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .._models import GenerationRequest
+
+__all__ = ["DiffusersBackend", "DiffusersOptions", "denoising_steps"]
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+class DiffusersOptions(BackendOptions):
+    """Loading options of the diffusers backends."""
+
+    variant: str | None = None
+    """Weight variant to load, e.g. ``"fp16"`` (half the download for SDXL on the Hub)."""
+    revision: str | None = None
+    """Hub branch, tag or commit."""
+    cache_dir: str | None = None
+    local_files_only: bool = False
+    """Never contact the Hub (also implied by ``HF_HUB_OFFLINE=1``)."""
+    allow_pickle: bool = False
+    """Also accept pickle weights (``.bin``/``.ckpt``) when no safetensors exist. Pickle files
+    can run code when loaded: only for checkpoints you trust."""
+
+
+def denoising_steps(steps: int, strength: float | None) -> int:
+    """Steps diffusers runs: all of them for txt2img, ``int(steps * strength)`` for img2img."""
+    if strength is None:
+        return steps
+    return min(int(steps * strength), steps)
+
+
+def _is_local(model: str) -> bool:
+    expanded = os.path.expanduser(model)
+    return (
+        os.path.isabs(expanded)
+        or model.startswith((".", "~"))
+        or os.path.exists(expanded)
+        or not _HUB_ID.match(model)
+    )
+
+
+def _offline() -> bool:
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - diffusers depends on it
+        return False
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+class DiffusersBackend(Backend):
+    """Base of the Stable Diffusion family backends; subclasses set the class names."""
+
+    extra: ClassVar[str] = "local"
+    requirements: ClassVar[tuple[str, ...]] = ("torch", "diffusers", "transformers", "accelerate")
+    options_class: ClassVar[type[BackendOptions]] = DiffusersOptions
+
+    txt2img_class: ClassVar[str]
+    img2img_class: ClassVar[str]
+    accepted_pipelines: ClassVar[frozenset[str]]
+    family: ClassVar[str]
+    """Human name of the model family, for messages."""
+    default_guidance: ClassVar[float]
+
+    def __init__(self, options: BackendOptions) -> None:
+        super().__init__(options)
+        assert isinstance(options, DiffusersOptions)
+        self.opts: DiffusersOptions = options
+        import torch
+
+        self._device = resolve_device(options.device)
+        self._torch_dtype = resolve_dtype(options.dtype, self._device)
+        self._encode_lock = threading.Lock()
+        self._closed = False
+        self._txt2img: Any = self._load()
+        self._img2img: Any = self._construct(
+            self._pipeline_class(self.img2img_class), self._txt2img
+        )
+        vae = self._txt2img.vae
+        # diffusers flips the shared VAE's dtype inside SDXL calls when it must upcast
+        mutates_vae = (
+            self._txt2img.__class__.__name__.startswith("StableDiffusionXL")
+            and bool(getattr(vae.config, "force_upcast", False))
+            and self._torch_dtype != torch.float32
+        )
+        self._call_lock: threading.Lock | None = threading.Lock() if mutates_vae else None
+        self.vae_scale_factor: int = int(self._txt2img.vae_scale_factor)
+        unet_config = self._txt2img.unet.config
+        self.native_size: int = int(unet_config.sample_size) * self.vae_scale_factor
+        self._uses_cfg_embeds = getattr(unet_config, "time_cond_proj_dim", None) is None
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def _pipeline_class(self, name: str) -> Any:
+        import diffusers
+
+        return getattr(diffusers, name)
+
+    def _read_model_index(self, model: str, local: bool) -> dict[str, Any]:
+        if local:
+            folder = Path(os.path.expanduser(model))
+            if not folder.exists():
+                raise ModelNotFoundError(
+                    f"No model folder at {model!r}. Pass an existing folder saved with "
+                    f"save_pretrained(), or a Hugging Face hub id such as {self.default_model!r}."
+                )
+            index = folder / "model_index.json"
+            if not index.is_file():
+                hint = (
+                    " Single-file checkpoints (.safetensors/.ckpt) are not supported: convert "
+                    "them to the diffusers layout first (diffusers' from_single_file + "
+                    "save_pretrained)."
+                    if folder.is_file()
+                    else ""
+                )
+                raise ModelLoadError(
+                    f"{model!r} is not a diffusers pipeline folder (no model_index.json).{hint}"
+                )
+            data: dict[str, Any] = json.loads(index.read_text(encoding="utf-8"))
+            return data
+        from diffusers import DiffusionPipeline
+
+        try:
+            config = DiffusionPipeline.load_config(
+                model,
+                revision=self.opts.revision,
+                cache_dir=self.opts.cache_dir,
+                local_files_only=self.opts.local_files_only,
+            )
+        except (OSError, ValueError) as exc:
+            raise ModelNotFoundError(self._missing_hub_message(model, exc)) from exc
+        return dict(config)
+
+    def _missing_hub_message(self, model: str, exc: BaseException) -> str:
+        offline = _offline() or self.opts.local_files_only
+        why = (
+            "is not in the local Hugging Face cache and downloads are off "
+            "(HF_HUB_OFFLINE=1 or local_files_only=True)"
+            if offline
+            else "could not be fetched from the Hugging Face Hub (wrong id, gated or private "
+            "repo without a token, or no network)"
+        )
+        return (
+            f"Model {model!r} {why}. Download it once on a machine with network "
+            f"(`hf download {model}`; gated repos need `hf auth login` first) and point HF_HOME "
+            "at that cache, or pass the path of a local folder saved with save_pretrained(). "
+            f"Details: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        )
+
+    def _check_family(self, index: dict[str, Any], model: str) -> None:
+        class_name = str(index.get("_class_name", ""))
+        if class_name not in self.accepted_pipelines:
+            from .._registry import list_backends
+
+            other = {
+                "StableDiffusionXL": "sdxl",
+                "StableDiffusion": "sd",
+            }
+            suggestion = next(
+                (name for prefix, name in other.items() if class_name.startswith(prefix)), None
+            )
+            known = {info.name for info in list_backends()}
+            hint = (
+                f" Use DeskGenerator({suggestion!r}, model=...) for it."
+                if suggestion and suggestion in known and suggestion != self.name
+                else ""
+            )
+            raise ModelMismatchError(
+                f"{model!r} is a {class_name or 'non-diffusers'} model, but the {self.name!r} "
+                f"backend loads {self.family} weights ({', '.join(sorted(self.accepted_pipelines))})."
+                f"{hint}"
+            )
+
+    def _load(self) -> Any:
+        model = self.opts.model
+        local = _is_local(model)
+        index = self._read_model_index(model, local)
+        self._check_family(index, model)
+        cls = self._pipeline_class(self.txt2img_class)
+        source = os.path.expanduser(model) if local else model
+        try:
+            pipe = cls.from_pretrained(
+                source,
+                dtype=self._torch_dtype,
+                use_safetensors=None if self.opts.allow_pickle else True,
+                variant=self.opts.variant,
+                revision=self.opts.revision,
+                cache_dir=self.opts.cache_dir,
+                local_files_only=self.opts.local_files_only,
+            )
+        except DeskgenError:
+            raise
+        except (OSError, ValueError) as exc:
+            text = str(exc)
+            if "safetensors" in text.lower() and not self.opts.allow_pickle:
+                raise ModelLoadError(
+                    f"{model!r} has no safetensors weights{' for variant ' + repr(self.opts.variant) if self.opts.variant else ''}. "
+                    "deskgen loads safetensors only by default because pickle files can run code; "
+                    "pass allow_pickle=True if you trust this checkpoint, or convert it to "
+                    f"safetensors. Details: {text.splitlines()[0]}"
+                ) from exc
+            if not local and ("cache" in text.lower() or "connect" in text.lower()):
+                raise ModelNotFoundError(self._missing_hub_message(model, exc)) from exc
+            raise ModelLoadError(f"Could not load {model!r}: {text}") from exc
+        except Exception as exc:  # torch / safetensors errors: corrupt or truncated files, OOM
+            raise ModelLoadError(
+                f"Could not load {model!r} ({type(exc).__name__}: {exc}). If the files are "
+                "incomplete, delete them and download again."
+            ) from exc
+        try:
+            pipe.to(self._device)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"Could not move {model!r} to {self._device} ({type(exc).__name__}: {exc}). "
+                "Free memory on the device, or use dtype='float16'/'bfloat16' to halve it."
+            ) from exc
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def _construct(self, cls: Any, template: Any, **overrides: Any) -> Any:
+        """A ``cls`` pipeline over ``template``'s modules (no weights copied), with overrides."""
+        params = inspect.signature(cls.__init__).parameters
+        components = {k: v for k, v in template.components.items() if k in params}
+        components.update(overrides)
+        config = {
+            k: template.config[k]
+            for k in params
+            if k not in components and k in template.config and not k.startswith("_")
+        }
+        pipe = cls(**components, **config)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def _view(self, template: Any) -> Any:
+        """A per-request pipeline object with its own scheduler over the shared modules."""
+        scheduler = template.scheduler.from_config(template.scheduler.config)
+        return self._construct(type(template), template, scheduler=scheduler)
+
+    # -- Backend interface -------------------------------------------------------------------
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    @property
+    def dtype(self) -> str:
+        return dtype_name(self._torch_dtype)
+
+    @property
+    def pipeline(self) -> Any:
+        """The loaded text-to-image pipeline (shared; do not call it from several threads)."""
+        self._check_open()
+        return self._txt2img
+
+    def _check_open(self) -> None:
+        if self._closed or self._txt2img is None:
+            raise GeneratorClosedError(
+                "This generator was closed and its weights freed; create a new DeskGenerator."
+            )
+
+    def _plan_size(
+        self, request: GenerationRequest, photo: Image.Image | None
+    ) -> tuple[int, int, list[str]]:
+        required = max(8, self.vae_scale_factor)
+        grid = self.vae_scale_factor * 8
+        warnings: list[str] = []
+        for name in ("width", "height"):
+            value = getattr(request, name)
+            if value is not None and value % required:
+                lower = max(required, value // required * required)
+                raise InvalidRequestError(
+                    f"{name}={value} is not a multiple of {required}, which this model needs; "
+                    f"use {lower} or {lower + required} (multiples of {grid} work best)."
+                )
+        aspect = photo.width / photo.height if photo is not None else 1.0
+        native = (self.native_size, self.native_size)
+        if request.width is not None and request.height is not None:
+            width, height = request.width, request.height
+        elif request.width is not None:
+            width = request.width
+            height = max(required, round(width / aspect / required) * required)
+        elif request.height is not None:
+            height = request.height
+            width = max(required, round(height * aspect / required) * required)
+        elif photo is not None:
+            width, height = fit_size(aspect, native=native, multiple=grid)
+        else:
+            width, height = native
+        if photo is not None and abs(width / height - aspect) / aspect > 0.02:
+            warnings.append(
+                f"The photo ({photo.width}x{photo.height}) was centre-cropped to the requested "
+                f"aspect ratio {width}x{height}."
+            )
+        return width, height, warnings
+
+    @abc.abstractmethod
+    def _encode(self, pipe: Any, request: GenerationRequest, do_cfg: bool) -> dict[str, Any]:
+        """The pipeline's own ``encode_prompt``, as keyword arguments for ``__call__``."""
+
+    def generate(self, job: Job) -> BackendOutput:
+        import numpy as np
+        import torch
+        from diffusers.image_processor import VaeImageProcessor
+
+        self._check_open()
+        request = job.request
+        photo = job.photo
+        mode = "img2img" if photo is not None else "txt2img"
+        strength = request.strength if photo is not None else None
+        steps_run = denoising_steps(request.steps, strength)
+        if steps_run < 1:
+            minimum = 1 / request.steps
+            raise InvalidRequestError(
+                f"strength={request.strength} with steps={request.steps} runs "
+                f"int({request.steps} * {request.strength}) = 0 denoising steps, so the photo "
+                f"would come back unchanged. Use strength >= {minimum:.3f} or more steps."
+            )
+        width, height, warnings = self._plan_size(request, photo)
+        guidance = (
+            request.guidance_scale
+            if request.guidance_scale is not None
+            else self.default_guidance
+        )
+        resolved = request.model_copy(
+            update={"width": width, "height": height, "guidance_scale": guidance}
+        )
+        template = self._img2img if photo is not None else self._txt2img
+        if template is None:  # closed while this request was starting
+            self._check_open()
+        pipe = self._view(template)
+        do_cfg = guidance > 1 and self._uses_cfg_embeds
+
+        start = time.perf_counter()
+        with self._encode_lock:
+            embeds = self._encode(pipe, resolved, do_cfg)
+        encoded = time.perf_counter()
+
+        marks = {"last_step": encoded}
+
+        def on_step_end(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            marks["last_step"] = time.perf_counter()
+            job.on_step(i + 1, steps_run)
+            return kwargs
+
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in job.seeds]
+        call: dict[str, Any] = {
+            **embeds,
+            "num_inference_steps": request.steps,
+            "guidance_scale": guidance,
+            "num_images_per_prompt": request.num_images,
+            "generator": generators[0] if len(generators) == 1 else generators,
+            "output_type": "np",
+            "callback_on_step_end": on_step_end,
+        }
+        if photo is not None:
+            call["image"] = prepare_image(photo, (width, height))
+            call["strength"] = request.strength
+        else:
+            call["width"] = width
+            call["height"] = height
+        lock = self._call_lock if self._call_lock is not None else contextlib.nullcontext()
+        try:
+            with lock:
+                output = pipe(**call)
+        except DeskgenError:
+            raise
+        except torch.OutOfMemoryError as exc:
+            raise BackendError(
+                f"Out of memory on {self._device} generating {request.num_images} image(s) at "
+                f"{width}x{height}. Generate fewer images at once, a smaller size, or use "
+                "dtype='float16'/'bfloat16'."
+            ) from exc
+        except Exception as exc:
+            raise BackendError(
+                f"The {self.name!r} backend failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        finished = time.perf_counter()
+
+        arrays = np.asarray(output.images)
+        bad = [i for i in range(arrays.shape[0]) if not np.isfinite(arrays[i]).all()]
+        if bad:
+            raise InvalidOutputError(
+                f"The model produced NaN/inf pixels for image(s) {bad} (seeds "
+                f"{[job.seeds[i] for i in bad]}): they are not returned. With float16 this is "
+                "the known SDXL VAE overflow; use dtype='bfloat16' or 'float32', or a VAE fixed "
+                "for float16 (e.g. madebyollin/sdxl-vae-fp16-fix)."
+            )
+        flagged = getattr(output, "nsfw_content_detected", None)
+        if flagged and any(flagged):
+            raise InvalidOutputError(
+                f"The model's safety checker blanked image(s) "
+                f"{[i for i, f in enumerate(flagged) if f]}; they are not returned. Rephrase the "
+                "prompt or use another seed."
+            )
+        black = [i for i in range(arrays.shape[0]) if float(arrays[i].max()) <= 0.0]
+        if black:
+            raise InvalidOutputError(
+                f"The model produced all-black image(s) {black}; they are not returned. Try "
+                "dtype='float32' or another seed."
+            )
+        images = VaeImageProcessor.numpy_to_pil(arrays)
+        scheduler_name = type(pipe.scheduler).__name__
+        return BackendOutput(
+            images=images,
+            request=resolved,
+            mode=mode,
+            width=width,
+            height=height,
+            denoising_steps=steps_run,
+            scheduler=scheduler_name,
+            encode_seconds=encoded - start,
+            denoise_seconds=marks["last_step"] - encoded,
+            decode_seconds=finished - marks["last_step"],
+            warnings=warnings,
+        )
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._txt2img = None
+        self._img2img = None
+        free_accelerator_memory(self._device)

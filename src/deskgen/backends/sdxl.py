@@ -1,0 +1,43 @@
+"""``sdxl``: Stable Diffusion XL through diffusers, txt2img without a photo, img2img with one."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .._registry import register_backend
+from ._diffusers import DiffusersBackend
+
+if TYPE_CHECKING:
+    from .._models import GenerationRequest
+
+__all__ = ["SDXLBackend"]
+
+
+@register_backend("sdxl")
+class SDXLBackend(DiffusersBackend):
+    """SDXL 1.0 and fine-tunes in the diffusers layout (``StableDiffusionXLPipeline``)."""
+
+    description: ClassVar[str] = "Stable Diffusion XL (diffusers): txt2img and img2img"
+    default_model: ClassVar[str | None] = "stabilityai/stable-diffusion-xl-base-1.0"
+    txt2img_class: ClassVar[str] = "StableDiffusionXLPipeline"
+    img2img_class: ClassVar[str] = "StableDiffusionXLImg2ImgPipeline"
+    accepted_pipelines: ClassVar[frozenset[str]] = frozenset(
+        {"StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"}
+    )
+    family: ClassVar[str] = "Stable Diffusion XL"
+    default_guidance: ClassVar[float] = 5.0
+
+    def _encode(self, pipe: Any, request: GenerationRequest, do_cfg: bool) -> dict[str, Any]:
+        embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
+            prompt=request.prompt,
+            device=pipe._execution_device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=do_cfg,
+            negative_prompt=request.negative_prompt,
+        )
+        return {
+            "prompt_embeds": embeds,
+            "negative_prompt_embeds": negative,
+            "pooled_prompt_embeds": pooled,
+            "negative_pooled_prompt_embeds": negative_pooled,
+        }

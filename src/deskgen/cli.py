@@ -1,0 +1,249 @@
+"""The ``deskgen`` command line: generate, demo, backends, record.
+
+Run ``deskgen --help`` or ``deskgen COMMAND --help``. Exit codes: 0 success, 1 a deskgen error
+(its message says how to fix it), 2 bad command-line usage, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ._exceptions import DeskgenError
+from ._version import __version__
+
+__all__ = ["main"]
+
+
+def _add_model_options(parser: argparse.ArgumentParser, *, backend: str | None) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--backend",
+        default=backend,
+        help="backend name, see `deskgen backends`" + (f" (default: {backend})" if backend else ""),
+    )
+    group.add_argument(
+        "--model", help="hub id or local folder (default: the backend's default model)"
+    )
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    group.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "float16", "bfloat16"],
+        help="weight dtype (default: auto)",
+    )
+    group.add_argument("--variant", help="weight variant to load, e.g. fp16")
+    group.add_argument("--revision", help="hub branch, tag or commit")
+    group.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="also load pickle weights (.bin/.ckpt); only for checkpoints you trust",
+    )
+
+
+def _add_request_options(parser: argparse.ArgumentParser, *, steps: int | None) -> None:
+    group = parser.add_argument_group("request")
+    group.add_argument("--image", help="the desk photo (img2img); omit for txt2img")
+    group.add_argument("--negative-prompt", help="what to keep out of the image")
+    group.add_argument(
+        "--strength", type=float, default=0.6, help="img2img: how far to move from the photo"
+    )
+    group.add_argument(
+        "--steps", type=int, default=steps, help=f"denoising steps (default: {steps or 30})"
+    )
+    group.add_argument(
+        "--guidance-scale", type=float, help="classifier-free guidance (default: the backend's)"
+    )
+    group.add_argument("--seed", type=int, help="seed of the first image (default: random)")
+    group.add_argument("--num-images", type=int, default=1, help="images to generate")
+    group.add_argument("--width", type=int, help="output width (default: native or photo aspect)")
+    group.add_argument("--height", type=int, help="output height")
+
+
+def _add_output_options(parser: argparse.ArgumentParser, *, out: str) -> None:
+    group = parser.add_argument_group("output")
+    group.add_argument("--out", default=out, help=f"PNG to write (default: {out})")
+    group.add_argument("--no-progress", action="store_true", help="no progress bar")
+    group.add_argument("--json", action="store_true", help="print the record as JSON")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deskgen",
+        description="Turn a photo of a desk into a picture of an improved desk setup.",
+    )
+    parser.add_argument("--version", action="version", version=f"deskgen {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = sub.add_parser(
+        "generate",
+        help="generate makeover images from a prompt (and a desk photo)",
+        description="Generate makeover images: txt2img from PROMPT, img2img with --image.",
+    )
+    gen.add_argument("prompt", help="what the improved desk should look like")
+    _add_model_options(gen, backend="sdxl")
+    _add_request_options(gen, steps=30)
+    _add_output_options(gen, out="makeover.png")
+
+    demo = sub.add_parser(
+        "demo",
+        help="the whole makeover offline on a tiny model (or real weights with --model)",
+        description=(
+            "Run a makeover of the sample desk photo shipped with deskgen. With no --model it "
+            "builds a tiny random-weight SDXL into the user cache on first use (no network, "
+            "no GPU; the picture is noise, the path is the real one). With --backend/--model it "
+            "runs the same makeover on real weights."
+        ),
+    )
+    demo.add_argument("--prompt", help="override the demo prompt")
+    _add_model_options(demo, backend="sdxl")
+    _add_request_options(demo, steps=None)
+    _add_output_options(demo, out="deskgen-demo.png")
+
+    backends = sub.add_parser("backends", help="list backends and whether they are installed")
+    backends.add_argument("--json", action="store_true", help="print JSON")
+
+    record = sub.add_parser("record", help="print the generation record embedded in a PNG")
+    record.add_argument("image", help="a PNG saved by deskgen")
+    record.add_argument(
+        "--parameters", action="store_true", help="print the A1111 'parameters' text instead"
+    )
+    return parser
+
+
+def _run_generation(args: argparse.Namespace, *, prompt: str, model: str | None) -> int:
+    from tqdm.auto import tqdm
+
+    from ._generator import DeskGenerator
+    from ._models import StepProgress
+
+    options: dict[str, Any] = {}
+    for name in ("variant", "revision"):
+        if getattr(args, name):
+            options[name] = getattr(args, name)
+    if args.allow_pickle:
+        options["allow_pickle"] = True
+    fields: dict[str, Any] = {
+        "prompt": prompt,
+        "image": args.image,
+        "negative_prompt": args.negative_prompt,
+        "strength": args.strength,
+        "steps": args.steps,
+        "guidance_scale": args.guidance_scale,
+        "seed": args.seed,
+        "num_images": args.num_images,
+        "width": args.width,
+        "height": args.height,
+    }
+    fields = {k: v for k, v in fields.items() if v is not None}
+    print(f"Loading {args.backend} ({model or 'default model'})...", file=sys.stderr)
+    with DeskGenerator(
+        args.backend, model=model, device=args.device, dtype=args.dtype, **options
+    ) as gen:
+        bar = tqdm(desc="denoising", unit="step", disable=args.no_progress, file=sys.stderr)
+
+        def on_step(progress: StepProgress) -> None:
+            if bar.total != progress.total_steps:
+                bar.reset(total=progress.total_steps)
+            bar.update(progress.step - bar.n)
+
+        try:
+            result = gen.generate(on_step=on_step, **fields)
+        finally:
+            bar.close()
+    paths = result.save(args.out)
+    if args.json:
+        print(json.dumps(result.record(0), indent=2, ensure_ascii=False))
+    else:
+        from ._record import a1111_parameters
+
+        print(a1111_parameters(result, 0))
+        t = result.timings
+        print(
+            f"\n{result.backend} {result.mode} {result.width}x{result.height} on "
+            f"{result.device}/{result.dtype}: {t.total:.2f} s (load {t.load:.2f} s, encode "
+            f"{t.encode:.2f} s, denoise {t.denoise:.2f} s, decode {t.decode:.2f} s), peak "
+            f"memory {result.peak_memory.gib:.2f} GiB ({result.peak_memory.kind})"
+        )
+        for warning in result.warnings:
+            print(f"warning: {warning}")
+    for path in paths:
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import DEMO_NEGATIVE_PROMPT, DEMO_PROMPT, sample_desk_photo, tiny_model
+
+    model = args.model
+    if model is None:
+        print("Building the tiny demo model (first run only)...", file=sys.stderr)
+        model = str(tiny_model())
+        if args.steps is None:
+            args.steps = 20
+    if args.image is None:
+        args.image = str(sample_desk_photo())
+    if args.negative_prompt is None:
+        args.negative_prompt = DEMO_NEGATIVE_PROMPT
+    if args.seed is None:
+        args.seed = 42
+    return _run_generation(args, prompt=args.prompt or DEMO_PROMPT, model=model)
+
+
+def _cmd_backends(args: argparse.Namespace) -> int:
+    from ._registry import list_backends
+
+    infos = list_backends()
+    if args.json:
+        print(json.dumps([info.model_dump() for info in infos], indent=2))
+        return 0
+    width = max(len(info.name) for info in infos)
+    for info in infos:
+        state = (
+            "installed"
+            if info.installed
+            else f"missing {', '.join(info.missing)}: pip install 'deskgen[{info.extra}]'"
+        )
+        print(f"{info.name:<{width}}  {info.description}  [{state}]")
+    return 0
+
+
+def _cmd_record(args: argparse.Namespace) -> int:
+    from ._record import read_record_data
+
+    data = read_record_data(Path(args.image))
+    if args.parameters:
+        from PIL import Image
+
+        with Image.open(args.image, formats=("PNG",)) as img:
+            print(getattr(img, "text", {}).get("parameters", ""))
+        return 0
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``deskgen`` command; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "generate":
+            return _run_generation(args, prompt=args.prompt, model=args.model)
+        if args.command == "demo":
+            return _cmd_demo(args)
+        if args.command == "backends":
+            return _cmd_backends(args)
+        return _cmd_record(args)
+    except DeskgenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Tiny random-weight pipelines in the real Hugging Face on-disk layout, for offline tests.
+
+```python
+from deskgen.testing import make_tiny_pipeline
+path = make_tiny_pipeline("sdxl", tmp_path / "tiny-sdxl")
+gen = DeskGenerator("sdxl", model=str(path), device="cpu")
+```
+
+The folders are written with ``save_pretrained`` (``model_index.json``, one sub-folder per
+component, safetensors weights, the real CLIP tokenizer files), so they load through exactly the
+code path real hub weights take. Same arguments and seed give byte-identical weights. The images
+they make are noise: they test plumbing, not quality. Needs the ``local`` extra.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from ._exceptions import MissingDependencyError
+
+__all__ = ["TinyKind", "clip_tokenizer_dir", "make_tiny_pipeline"]
+
+TinyKind = Literal["sdxl", "sd"]
+
+_MARKER = "deskgen_tiny.json"
+
+
+def clip_tokenizer_dir() -> Path:
+    """The real CLIP BPE vocabulary shipped inside deskgen (MIT, OpenAI), as a folder path."""
+    return Path(str(resources.files("deskgen") / "_data" / "clip"))
+
+
+def _require_local() -> None:
+    try:
+        import diffusers  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "deskgen.testing", extra="local", missing=[exc.name or "torch/diffusers"]
+        ) from exc
+
+
+def _clip_tokenizer(pad_token: str) -> Any:
+    from transformers import CLIPTokenizer
+
+    folder = clip_tokenizer_dir()
+    return CLIPTokenizer(
+        str(folder / "vocab.json"),
+        str(folder / "merges.txt"),
+        model_max_length=77,
+        pad_token=pad_token,
+    )
+
+
+def _clip_text_config(hidden: int, projection: int) -> Any:
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=49408,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_attention_heads=2,
+        num_hidden_layers=2,
+        max_position_embeddings=77,
+        layer_norm_eps=1e-5,
+        hidden_act="quick_gelu",
+        projection_dim=projection,
+    )
+
+
+def _vae(block_out: tuple[int, ...]) -> Any:
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(block_out),
+        up_block_types=("UpDecoderBlock2D",) * len(block_out),
+        block_out_channels=block_out,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+        scaling_factor=0.13025,
+    )
+
+
+def _tiny_sdxl(sample_size: int) -> dict[str, Any]:
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    text_hidden = 32
+    unet = UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=6 * 8 + text_hidden,
+        cross_attention_dim=2 * text_hidden,
+        norm_num_groups=8,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+        prediction_type="epsilon",
+    )
+    return {
+        "unet": unet,
+        "scheduler": scheduler,
+        "vae": _vae((16, 32)),
+        "text_encoder": CLIPTextModel(_clip_text_config(text_hidden, text_hidden)),
+        "tokenizer": _clip_tokenizer("<|endoftext|>"),
+        "text_encoder_2": CLIPTextModelWithProjection(_clip_text_config(text_hidden, text_hidden)),
+        "tokenizer_2": _clip_tokenizer("!"),
+        "image_encoder": None,
+        "feature_extractor": None,
+    }
+
+
+def _tiny_sd(sample_size: int) -> dict[str, Any]:
+    from diffusers import PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    unet = UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        cross_attention_dim=32,
+        norm_num_groups=8,
+    )
+    scheduler = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        skip_prk_steps=True,
+        set_alpha_to_one=False,
+    )
+    return {
+        "unet": unet,
+        "scheduler": scheduler,
+        "vae": _vae((16, 32)),
+        "text_encoder": CLIPTextModel(_clip_text_config(32, 32)),
+        "tokenizer": _clip_tokenizer("<|endoftext|>"),
+        "safety_checker": None,
+        "feature_extractor": None,
+        "image_encoder": None,
+    }
+
+
+def make_tiny_pipeline(
+    kind: TinyKind,
+    path: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    sample_size: int = 32,
+    overwrite: bool = False,
+) -> Path:
+    """Write a tiny random-weight pipeline of ``kind`` to ``path`` and return the path.
+
+    Args:
+        kind: ``"sdxl"`` (two CLIP encoders, text-time conditioning) or ``"sd"`` (SD 1.x layout).
+        path: target folder; it is reused as is when it already holds the same tiny model.
+        seed: seeds the random weights (``torch.manual_seed``).
+        sample_size: latent size; the native image size is ``2 * sample_size`` pixels.
+        overwrite: rebuild even when the folder holds the same tiny model.
+    """
+    _require_local()
+    import torch
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    target = Path(path)
+    spec = {"kind": kind, "seed": seed, "sample_size": sample_size, "version": 1}
+    marker = target / _MARKER
+    if not overwrite and marker.is_file() and json.loads(marker.read_text()) == spec:
+        return target
+    if kind not in ("sdxl", "sd"):
+        raise ValueError(f"Unknown tiny pipeline kind {kind!r}: use 'sdxl' or 'sd'.")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if kind == "sdxl":
+            pipe: Any = StableDiffusionXLPipeline(**_tiny_sdxl(sample_size))
+        else:
+            pipe = StableDiffusionPipeline(**_tiny_sd(sample_size), requires_safety_checker=False)
+    pipe.save_pretrained(target, safe_serialization=True)
+    marker.write_text(json.dumps(spec))
+    return target
