@@ -54,9 +54,7 @@ def resolve_device(device: str) -> str:
         return device
     if kind == "cpu":
         return "cpu"
-    raise ConfigError(
-        f"Unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'."
-    )
+    raise ConfigError(f"Unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.")
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
@@ -154,4 +152,3 @@ def free_accelerator_memory(device: str) -> None:
         torch.cuda.empty_cache()
     elif device.startswith("mps") and torch.backends.mps.is_available():
         torch.mps.empty_cache()
-

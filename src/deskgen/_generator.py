@@ -183,9 +183,7 @@ class DeskGenerator:
         try:
             return GenerationRequest.model_validate(data)
         except ValidationError as exc:
-            raise InvalidRequestError(
-                f"Invalid request: {_format_validation_error(exc)}."
-            ) from exc
+            raise InvalidRequestError(f"Invalid request: {_format_validation_error(exc)}.") from exc
 
     def generate(
         self,

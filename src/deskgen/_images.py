@@ -33,8 +33,9 @@ __all__ = [
 ImageInput: TypeAlias = Union[str, "os.PathLike[str]", bytes, IO[bytes], Image.Image]
 """What deskgen accepts as a photo: a path, raw bytes, a binary file object or a PIL image."""
 
-ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF")
-"""Formats Pillow may decode for deskgen. EPS, PSD, ICO and other rarely needed decoders are off."""
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+"""Formats Pillow may decode for deskgen (JPEG includes multi-picture MPO phone photos). EPS,
+PSD, ICO and the other rarely needed decoders are off."""
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
@@ -78,10 +79,11 @@ def _open(data: ImageInput) -> tuple[Image.Image, str]:
         image = Image.open(fp, formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(_too_large_message(None)) from exc
-    except UnidentifiedImageError as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageInputError(
             f"Could not read the image ({source}): not one of the accepted formats "
-            f"{', '.join(ALLOWED_FORMATS)}, or the file is corrupt. Convert it to JPEG or PNG."
+            f"{', '.join(ALLOWED_FORMATS)}, or the file is corrupt or truncated. Convert it to "
+            "JPEG or PNG."
         ) from exc
     _check_pixels(image.size)
     return image, source

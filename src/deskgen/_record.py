@@ -89,9 +89,7 @@ def build_record(result: GenerationResult, index: int) -> dict[str, Any]:
         "dtype": result.dtype,
         "timings": result.timings.model_dump(mode="json"),
         "peak_memory": result.peak_memory.model_dump(mode="json"),
-        "input_image": (
-            result.input_image.model_dump(mode="json") if result.input_image else None
-        ),
+        "input_image": (result.input_image.model_dump(mode="json") if result.input_image else None),
         "warnings": result.warnings,
         "created_at": result.created_at.isoformat(),
     }

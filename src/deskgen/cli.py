@@ -7,7 +7,9 @@ Run ``deskgen --help`` or ``deskgen COMMAND --help``. Exit codes: 0 success, 1 a
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -69,6 +71,11 @@ def _add_output_options(parser: argparse.ArgumentParser, *, out: str) -> None:
     group.add_argument("--out", default=out, help=f"PNG to write (default: {out})")
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
     group.add_argument("--json", action="store_true", help="print the record as JSON")
+    group.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the warnings and loading bars of diffusers and transformers",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -113,6 +120,18 @@ def _parser() -> argparse.ArgumentParser:
         "--parameters", action="store_true", help="print the A1111 'parameters' text instead"
     )
     return parser
+
+
+def _quiet_libraries() -> None:
+    """Keep diffusers' and transformers' info chatter and loading bars out of the CLI output."""
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if importlib.util.find_spec("diffusers") is not None:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.set_verbosity_error()
+        diffusers_logging.disable_progress_bar()
 
 
 def _run_generation(args: argparse.Namespace, *, prompt: str, model: str | None) -> int:
@@ -229,6 +248,8 @@ def _cmd_record(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``deskgen`` command; returns the exit code."""
     args = _parser().parse_args(argv)
+    if args.command in ("generate", "demo") and not args.verbose:
+        _quiet_libraries()
     try:
         if args.command == "generate":
             return _run_generation(args, prompt=args.prompt, model=args.model)

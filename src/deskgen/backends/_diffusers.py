@@ -364,9 +364,7 @@ class DiffusersBackend(Backend):
             )
         width, height, warnings = self._plan_size(request, photo)
         guidance = (
-            request.guidance_scale
-            if request.guidance_scale is not None
-            else self.default_guidance
+            request.guidance_scale if request.guidance_scale is not None else self.default_guidance
         )
         resolved = request.model_copy(
             update={"width": width, "height": height, "guidance_scale": guidance}

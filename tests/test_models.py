@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+from pydantic import ValidationError
+
+from deskgen import GenerationRequest
+
+
+def test_defaults() -> None:
+    req = GenerationRequest(prompt="a desk")
+    assert req.steps == 30
+    assert req.strength == 0.6
+    assert req.num_images == 1
+    assert req.seed is None and req.width is None and req.guidance_scale is None
+    assert req.mode == "txt2img"
+
+
+def test_image_makes_img2img_and_is_never_serialised() -> None:
+    req = GenerationRequest(prompt="a desk", image=Image.new("RGB", (8, 8)))
+    assert req.mode == "img2img"
+    assert "image" not in req.model_dump()
+    assert '"image"' not in req.model_dump_json()
+    assert "image=" not in repr(req)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"prompt": ""},
+        {"prompt": "   "},
+        {"prompt": "x", "steps": 0},
+        {"prompt": "x", "strength": 0.0},
+        {"prompt": "x", "strength": 1.5},
+        {"prompt": "x", "num_images": 0},
+        {"prompt": "x", "num_images": 17},
+        {"prompt": "x", "seed": -1},
+        {"prompt": "x", "seed": 2**64},
+        {"prompt": "x", "guidance_scale": -1},
+        {"prompt": "x", "width": 4},
+        {"prompt": "x", "unknown_field": 1},
+    ],
+)
+def test_invalid_requests(fields: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        GenerationRequest.model_validate(fields)
+
+
+def test_round_trip_through_json() -> None:
+    req = GenerationRequest(prompt="a desk", seed=3, steps=12, width=512, height=384)
+    assert GenerationRequest.model_validate_json(req.model_dump_json()) == req

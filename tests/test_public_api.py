@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import deskgen
+
+EXPECTED = {
+    "BackendError",
+    "BackendInfo",
+    "ConfigError",
+    "DeskGenerator",
+    "DeskgenError",
+    "GenerationCancelledError",
+    "GenerationRequest",
+    "GenerationResult",
+    "GeneratorClosedError",
+    "ImageInfo",
+    "ImageInputError",
+    "ImageTooLargeError",
+    "InvalidOutputError",
+    "InvalidRequestError",
+    "MissingDependencyError",
+    "ModelLoadError",
+    "ModelMismatchError",
+    "ModelNotFoundError",
+    "PeakMemory",
+    "RecordError",
+    "RequestFields",
+    "StepProgress",
+    "Timings",
+    "UnknownBackendError",
+    "__version__",
+    "list_backends",
+    "load_image",
+    "read_record",
+    "register_backend",
+}
+
+
+def test_exported_names() -> None:
+    assert set(deskgen.__all__) == EXPECTED
+    assert deskgen.__all__ == sorted(deskgen.__all__)
+    for name in deskgen.__all__:
+        assert hasattr(deskgen, name)
+
+
+def test_public_names_come_from_private_modules() -> None:
+    for name in deskgen.__all__:
+        obj = getattr(deskgen, name)
+        module = getattr(obj, "__module__", "deskgen._version")
+        assert module.startswith("deskgen._"), (name, module)
+
+
+def test_import_is_light() -> None:
+    code = (
+        "import sys, deskgen; deskgen.list_backends(); "
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'openai', 'numpy') "
+        "if m in sys.modules]; print(','.join(heavy))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == ""
+
+
+def test_py_typed_marker_ships() -> None:
+    assert (Path(deskgen.__file__).parent / "py.typed").is_file()
+
+
+def test_version_matches_the_package_metadata() -> None:
+    from importlib.metadata import version
+
+    assert version("deskgen") == deskgen.__version__
