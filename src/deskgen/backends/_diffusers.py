@@ -382,9 +382,10 @@ class DiffusersBackend(Backend):
 
         marks = {"last_step": encoded}
 
-        def on_step_end(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        def on_step_end(view: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             marks["last_step"] = time.perf_counter()
-            job.on_step(i + 1, steps_run)
+            # the scheduler's real count: PNDM/PLMS adds a step, second-order ones double them
+            job.on_step(i + 1, int(getattr(view, "num_timesteps", steps_run)))
             return kwargs
 
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in job.seeds]
@@ -451,7 +452,7 @@ class DiffusersBackend(Backend):
             mode=mode,
             width=width,
             height=height,
-            denoising_steps=steps_run,
+            denoising_steps=int(getattr(pipe, "num_timesteps", steps_run)),
             scheduler=scheduler_name,
             encode_seconds=encoded - start,
             denoise_seconds=marks["last_step"] - encoded,

@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from deskgen import DeskGenerator, GenerationResult, RecordError, read_record
+from deskgen._record import RECORD_KEY, a1111_parameters, atomic_write
+
+from . import fakes  # noqa: F401  (registers the fake backend)
+
+
+@pytest.fixture(scope="module")
+def result() -> GenerationResult:
+    gen = DeskGenerator("fake")
+    return gen.generate(
+        prompt="a tidy desk, warm light",
+        negative_prompt="clutter, people",
+        seed=7,
+        steps=3,
+        num_images=2,
+    )
+
+
+def test_save_embeds_parameters_and_record(result: GenerationResult, tmp_path: Path) -> None:
+    (path,) = result.save(tmp_path / "out.png", index=1)
+    with Image.open(path) as img:
+        params = img.text["parameters"]  # type: ignore[attr-defined]
+        record = json.loads(img.text[RECORD_KEY])  # type: ignore[attr-defined]
+    assert params.splitlines()[0] == "a tidy desk, warm light"
+    assert params.splitlines()[1] == "Negative prompt: clutter, people"
+    assert "Steps: 3, Sampler: FakeScheduler, CFG scale: 1, Seed: 8, Size: 16x16" in params
+    assert record["request"]["seed"] == 8
+    assert record["request"]["num_images"] == 1
+    assert record["batch_seeds"] == [7, 8]
+    assert record["backend"] == "fake"
+
+
+def test_read_record_replays_the_exact_image(result: GenerationResult, tmp_path: Path) -> None:
+    paths = result.save(tmp_path / "batch.png")
+    assert [p.name for p in paths] == ["batch-0.png", "batch-1.png"]
+    request = read_record(paths[1])
+    assert request.seed == 8 and request.num_images == 1
+    again = DeskGenerator("fake").generate(request)
+    assert again.images[0].tobytes() == result.images[1].tobytes()
+
+
+def test_single_image_goes_to_the_given_path(tmp_path: Path) -> None:
+    res = DeskGenerator("fake").generate(prompt="a desk", seed=1, steps=1)
+    assert res.save(tmp_path / "one.png") == [tmp_path / "one.png"]
+    assert res.save(tmp_path / "noext") == [tmp_path / "noext.png"]
+
+
+def test_index_out_of_range(result: GenerationResult, tmp_path: Path) -> None:
+    with pytest.raises(IndexError):
+        result.save(tmp_path / "x.png", index=5)
+
+
+def test_a1111_parameters_of_img2img(tmp_path: Path) -> None:
+    res = DeskGenerator("fake").generate(
+        prompt="desk", image=Image.new("RGB", (8, 8)), seed=2, steps=1, strength=0.5
+    )
+    text = a1111_parameters(res, 0)
+    assert "Denoising strength: 0.5" in text
+    assert "Negative prompt" not in text
+
+
+def test_no_input_metadata_reaches_the_output(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x8825] = {1: "N", 2: (37.0, 33.0, 59.0)}
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="JPEG", exif=exif.tobytes())
+    res = DeskGenerator("fake").generate(prompt="desk", image=buf.getvalue(), seed=1, steps=1)
+    (path,) = res.save(tmp_path / "clean.png")
+    with Image.open(path) as img:
+        assert set(img.info) <= {"parameters", RECORD_KEY}
+        assert len(img.getexif()) == 0
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "file.bin"
+    target.write_bytes(b"old")
+
+    def fail(fh: object) -> None:
+        fh.write(b"partial")  # type: ignore[attr-defined]
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, fail)
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.bin"]
+
+
+def test_save_failure_leaves_no_partial_png(result: GenerationResult, tmp_path: Path) -> None:
+    class Broken:
+        def save(self, *args: object, **kwargs: object) -> None:
+            raise OSError("no space left on device")
+
+    broken = result.model_copy(update={"images": [Broken(), Broken()]})
+    with pytest.raises(OSError, match="no space"):
+        broken.save(tmp_path / "out.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unicode_prompts_round_trip(tmp_path: Path) -> None:
+    res = DeskGenerator("fake").generate(prompt="책상 위 정리된 모니터", seed=1, steps=1)
+    (path,) = res.save(tmp_path / "ko.png")
+    assert read_record(path).prompt == "책상 위 정리된 모니터"
+
+
+class TestRecordErrors:
+    def test_missing_file(self, tmp_path: Path) -> None:
+        with pytest.raises(RecordError, match="No file"):
+            read_record(tmp_path / "none.png")
+
+    def test_not_a_png(self, tmp_path: Path) -> None:
+        path = tmp_path / "x.jpg"
+        Image.new("RGB", (4, 4)).save(path, format="JPEG")
+        with pytest.raises(RecordError, match="not a PNG"):
+            read_record(path)
+
+    def test_png_without_record(self, tmp_path: Path) -> None:
+        path = tmp_path / "plain.png"
+        Image.new("RGB", (4, 4)).save(path)
+        with pytest.raises(RecordError, match="no deskgen record"):
+            read_record(path)
+
+    def test_broken_json(self, tmp_path: Path) -> None:
+        from PIL import PngImagePlugin
+
+        info = PngImagePlugin.PngInfo()
+        info.add_text(RECORD_KEY, "{not json")
+        path = tmp_path / "bad.png"
+        Image.new("RGB", (4, 4)).save(path, pnginfo=info)
+        with pytest.raises(RecordError, match="not valid JSON"):
+            read_record(path)
+
+    def test_invalid_request(self, tmp_path: Path) -> None:
+        from PIL import PngImagePlugin
+
+        info = PngImagePlugin.PngInfo()
+        info.add_text(RECORD_KEY, json.dumps({"request": {"prompt": "x", "steps": -3}}))
+        path = tmp_path / "bad.png"
+        Image.new("RGB", (4, 4)).save(path, pnginfo=info)
+        with pytest.raises(RecordError, match="invalid"):
+            read_record(path)
