@@ -60,7 +60,7 @@ class TestInputKinds:
 
     def test_truncated_jpeg(self) -> None:
         data = _encode(Image.new("RGB", (64, 64), (10, 200, 30)), "JPEG")
-        with pytest.raises(ImageInputError, match="corrupt|decode"):
+        with pytest.raises(ImageInputError, match=r"corrupt|decode"):
             load_image(data[: len(data) // 3])
 
 

@@ -88,7 +88,8 @@ class DeskGenerator:
     Args:
         backend: a registered backend name (see `deskgen.list_backends`).
         model: hub id or local folder; ``None`` takes the backend's default model.
-        device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``.
+        device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or
+            ``"mps"``.
         dtype: ``"auto"`` (bfloat16 on CUDA GPUs that have it, float16 on other GPUs, float32 on
             CPU), ``"float32"``, ``"float16"``, ``"bfloat16"``.
         **options: backend options, e.g. ``variant="fp16"``, ``revision=...``,

@@ -121,17 +121,22 @@ def _to_srgb(image: Image.Image) -> Image.Image:
     return converted if converted is not None else image
 
 
+def _max_value(image: Image.Image) -> float:
+    extrema = image.getextrema()  # (min, max) for single-band images
+    high = extrema[1]
+    return float(high) if isinstance(high, (int, float)) else float(max(high))
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     mode = image.mode
     if mode in _SIXTEEN_BIT_MODES or mode == "I":
         wide = image.convert("I") if mode != "I" else image
-        lo, hi = wide.getextrema()  # type: ignore[misc]
-        if mode != "I" or hi > 255:
+        if mode != "I" or _max_value(wide) > 255:  # 16-bit range: scale, don't clip
             wide = wide.point(lambda v: v * (1 / 257))
         image = wide.convert("L")
     elif mode == "F":
-        lo, hi = image.getextrema()  # type: ignore[misc]
-        image = (image.point(lambda v: v * 255) if hi <= 1.0 else image).convert("L")
+        unit_range = _max_value(image) <= 1.0
+        image = (image.point(lambda v: v * 255) if unit_range else image).convert("L")
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

@@ -174,7 +174,7 @@ class GenerationResult(BaseModel):
 
     def _repr_html_(self) -> str:
         thumbs = []
-        for img, seed in zip(self.images, self.seeds):
+        for img, seed in zip(self.images, self.seeds, strict=True):
             thumb = img.copy()
             thumb.thumbnail((256, 256))
             buf = io.BytesIO()

@@ -12,6 +12,7 @@ Nothing from the input photo's metadata is ever written.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -121,6 +122,10 @@ def _quote(value: str) -> str:
     return json.dumps(value) if ("," in value or ":" in value) else value
 
 
+def _write_png(image: Image.Image, info: PngImagePlugin.PngInfo, fh: IO[bytes]) -> None:
+    image.save(fh, format="PNG", pnginfo=info)
+
+
 def save_result(result: GenerationResult, path: Path, *, index: int | None) -> list[Path]:
     if index is not None and not 0 <= index < len(result.images):
         raise IndexError(f"index {index} out of range for {len(result.images)} image(s)")
@@ -135,8 +140,7 @@ def save_result(result: GenerationResult, path: Path, *, index: int | None) -> l
         info = PngImagePlugin.PngInfo()
         info.add_text("parameters", a1111_parameters(result, i))
         info.add_text(RECORD_KEY, json.dumps(build_record(result, i), ensure_ascii=False))
-        image = result.images[i]
-        atomic_write(target, lambda fh, img=image: img.save(fh, format="PNG", pnginfo=info))
+        atomic_write(target, functools.partial(_write_png, result.images[i], info))
         written.append(target)
     return written
 

@@ -319,7 +319,7 @@ class TestLoading:
             DeskGenerator("sd", model=str(tmp_path / "nothing"), device="cpu")
 
     def test_folder_without_model_index(self, tmp_path: Path) -> None:
-        with pytest.raises(ModelLoadError, match="model_index.json"):
+        with pytest.raises(ModelLoadError, match=r"model_index\.json"):
             DeskGenerator("sd", model=str(tmp_path), device="cpu")
 
     def test_single_file_checkpoint_is_explained(self, tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ from ._base import Backend, BackendOptions, BackendOutput, Job
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .._models import GenerationRequest
+    from .._models import GenerationRequest, Mode
 
 __all__ = ["DiffusersBackend", "DiffusersOptions", "denoising_steps"]
 
@@ -212,10 +212,10 @@ class DiffusersBackend(Backend):
                 if suggestion and suggestion in known and suggestion != self.name
                 else ""
             )
+            accepted = ", ".join(sorted(self.accepted_pipelines))
             raise ModelMismatchError(
                 f"{model!r} is a {class_name or 'non-diffusers'} model, but the {self.name!r} "
-                f"backend loads {self.family} weights ({', '.join(sorted(self.accepted_pipelines))})."
-                f"{hint}"
+                f"backend loads {self.family} weights ({accepted}).{hint}"
             )
 
     def _load(self) -> Any:
@@ -240,8 +240,9 @@ class DiffusersBackend(Backend):
         except (OSError, ValueError) as exc:
             text = str(exc)
             if "safetensors" in text.lower() and not self.opts.allow_pickle:
+                variant = f" for variant {self.opts.variant!r}" if self.opts.variant else ""
                 raise ModelLoadError(
-                    f"{model!r} has no safetensors weights{' for variant ' + repr(self.opts.variant) if self.opts.variant else ''}. "
+                    f"{model!r} has no safetensors weights{variant}. "
                     "deskgen loads safetensors only by default because pickle files can run code; "
                     "pass allow_pickle=True if you trust this checkpoint, or convert it to "
                     f"safetensors. Details: {text.splitlines()[0]}"
@@ -352,7 +353,7 @@ class DiffusersBackend(Backend):
         self._check_open()
         request = job.request
         photo = job.photo
-        mode = "img2img" if photo is not None else "txt2img"
+        mode: Mode = "img2img" if photo is not None else "txt2img"
         strength = request.strength if photo is not None else None
         steps_run = denoising_steps(request.steps, strength)
         if steps_run < 1:

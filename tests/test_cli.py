@@ -1,0 +1,202 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deskgen import read_record
+from deskgen.cli import main
+
+
+def test_backends(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["backends"]) == 0
+    out = capsys.readouterr().out
+    assert "sdxl" in out and "installed" in out
+    assert main(["backends", "--json"]) == 0
+    names = {b["name"] for b in json.loads(capsys.readouterr().out)}
+    assert {"sd", "sdxl"} <= names
+
+
+def test_generate_writes_png_with_record(
+    tiny_sdxl_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photo = tmp_path / "desk.png"
+    from .conftest import draw_desk
+
+    draw_desk((96, 72)).save(photo)
+    out = tmp_path / "result.png"
+    code = main(
+        [
+            "generate",
+            "a tidy desk",
+            "--model",
+            str(tiny_sdxl_path),
+            "--device",
+            "cpu",
+            "--image",
+            str(photo),
+            "--strength",
+            "0.5",
+            "--steps",
+            "4",
+            "--seed",
+            "7",
+            "--negative-prompt",
+            "clutter",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "Seed: 7" in captured.out and "Denoising strength: 0.5" in captured.out
+    request = read_record(out)
+    assert (request.seed, request.steps, request.negative_prompt) == (7, 4, "clutter")
+
+    assert main(["record", str(out)]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["mode"] == "img2img" and record["backend"] == "sdxl"
+    assert main(["record", str(out), "--parameters"]) == 0
+    assert capsys.readouterr().out.startswith("a tidy desk\nNegative prompt: clutter")
+
+
+def test_generate_json_and_several_images(
+    tiny_sd_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "generate",
+            "a desk",
+            "--backend",
+            "sd",
+            "--model",
+            str(tiny_sd_path),
+            "--device",
+            "cpu",
+            "--steps",
+            "2",
+            "--num-images",
+            "2",
+            "--seed",
+            "1",
+            "--json",
+            "--out",
+            str(tmp_path / "many.png"),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["batch_seeds"] == [1, 2]
+    assert (tmp_path / "many-0.png").is_file() and (tmp_path / "many-1.png").is_file()
+
+
+def test_errors_exit_1_with_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["generate", "x", "--model", str(tmp_path / "missing"), "--device", "cpu"]) == 1
+    assert "No model folder" in capsys.readouterr().err
+    assert main(["generate", "x", "--backend", "nope"]) == 1
+    assert "Known backends" in capsys.readouterr().err
+    plain = tmp_path / "plain.png"
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(plain)
+    assert main(["record", str(plain)]) == 1
+    assert "no deskgen record" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_2() -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["generate"])
+    assert info.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        (
+            "generate",
+            [
+                "--image",
+                "--negative-prompt",
+                "--strength",
+                "--steps",
+                "--guidance-scale",
+                "--seed",
+                "--num-images",
+                "--width",
+                "--height",
+                "--backend",
+                "--model",
+                "--device",
+                "--dtype",
+                "--variant",
+                "--allow-pickle",
+                "--out",
+                "--no-progress",
+                "--json",
+            ],
+        ),
+        ("demo", ["--backend", "--model", "--out", "--image", "--prompt"]),
+        ("record", ["--parameters"]),
+    ],
+)
+def test_help_is_complete(
+    command: str, expected: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    for option in expected:
+        assert option in text
+
+
+def test_progress_bar_is_shown(
+    tiny_sd_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(
+        [
+            "generate",
+            "a desk",
+            "--backend",
+            "sd",
+            "--model",
+            str(tiny_sd_path),
+            "--device",
+            "cpu",
+            "--steps",
+            "3",
+            "--out",
+            str(tmp_path / "p.png"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert "denoising" in err and "4/4" in err  # PNDM: 3 steps + PLMS's repeated one
+
+
+@pytest.mark.slow
+def test_demo_runs_offline_in_a_fresh_process(tmp_path: Path) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "DESKGEN_CACHE": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    out = tmp_path / "demo.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "deskgen", "demo", "--out", str(out), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file()
+    assert "Seed: 42" in proc.stdout
+    assert (tmp_path / "cache" / "tiny-sdxl-demo" / "model_index.json").is_file()
+    request = read_record(out)
+    assert request.prompt.startswith("A clean, modern desk setup")

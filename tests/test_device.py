@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deskgen import ConfigError
+from deskgen._device import PeakMemorySampler, dtype_name, resolve_device, resolve_dtype
+
+
+def test_cpu_resolution() -> None:
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_dtype("auto", "cpu") == torch.float32
+    assert resolve_dtype("bfloat16", "cpu") == torch.bfloat16
+    assert dtype_name(torch.float16) == "float16"
+
+
+def test_auto_device_without_gpu() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert resolve_device("auto") in ("cpu", "mps")
+
+
+def test_cuda_index_out_of_range_or_missing() -> None:
+    with pytest.raises(ConfigError):
+        resolve_device("cuda:99")
+
+
+def test_peak_memory_sees_an_allocation() -> None:
+    with PeakMemorySampler("cpu", interval=0.001) as baseline:
+        pass
+    with PeakMemorySampler("cpu", interval=0.001) as sampler:
+        block = torch.ones(64 * 2**20, dtype=torch.uint8)  # 64 MiB, touched
+        block.add_(1)
+        del block
+    assert sampler.kind == "process_rss"
+    assert sampler.peak_bytes >= baseline.peak_bytes
+    assert sampler.peak_bytes > 0
