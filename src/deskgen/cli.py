@@ -196,7 +196,7 @@ def _run_generation(args: argparse.Namespace, *, prompt: str, model: str | None)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ._demo import DEMO_NEGATIVE_PROMPT, DEMO_PROMPT, sample_desk_photo, tiny_model
+    from .demo import DEMO_NEGATIVE_PROMPT, DEMO_PROMPT, sample_desk_photo, tiny_model
 
     model = args.model
     if model is None:

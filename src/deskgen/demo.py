@@ -1,4 +1,4 @@
-"""`deskgen demo`: the whole makeover path offline, on a tiny model built on first use."""
+"""What `deskgen demo` uses: the sample desk photo, the tiny offline model, the demo prompts."""
 
 from __future__ import annotations
 

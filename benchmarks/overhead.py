@@ -1,0 +1,111 @@
+"""deskgen's overhead against calling the diffusers pipeline by hand, as a ratio.
+
+Both sides load the same tiny SDXL (random weights, real architecture family, saved and loaded
+from disk) and run the same requests with the same seeds; calls are interleaved so drift in the
+machine's speed hits both alike. The goal is a ratio of at most 1.03 (deskgen at most 3% slower).
+On real weights the denoising loop is seconds long and the fixed per-call overhead (a pipeline
+view, a scheduler copy, the NaN check, a memory sampler) is far below 1%: this tiny model is the
+hard case.
+
+    .venv/bin/python benchmarks/overhead.py [--steps 20] [--repeats 9] [--sample-size 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def _median_seconds(fn: Callable[[], object], samples: list[float]) -> None:
+    start = time.perf_counter()
+    fn()
+    samples.append(time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--sample-size", type=int, default=64, help="latent size (px = 2x)")
+    args = parser.parse_args()
+
+    import torch
+    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+    from diffusers.utils import logging
+
+    from deskgen import DeskGenerator, load_image
+    from deskgen.demo import sample_desk_photo
+    from deskgen._images import prepare_image
+    from deskgen.testing import make_tiny_pipeline
+
+    logging.disable_progress_bar()
+    folder = Path(tempfile.mkdtemp(prefix="deskgen-bench-"))
+    path = make_tiny_pipeline("sdxl", folder / "tiny-sdxl", sample_size=args.sample_size)
+    gen = DeskGenerator("sdxl", model=str(path), device="cpu")
+    txt = StableDiffusionXLPipeline.from_pretrained(path, use_safetensors=True)
+    img = StableDiffusionXLImg2ImgPipeline.from_pretrained(path, use_safetensors=True)
+    for pipe in (txt, img):
+        pipe.set_progress_bar_config(disable=True)
+
+    prompt = "a tidy minimalist desk, warm light, plants"
+    photo, _ = load_image(sample_desk_photo())
+    size = gen.generate(prompt=prompt, image=photo, steps=2, seed=0).images[0].size
+
+    cases: dict[str, tuple[Callable[[], object], Callable[[], object]]] = {
+        "txt2img": (
+            lambda: (
+                txt(
+                    prompt,
+                    num_inference_steps=args.steps,
+                    guidance_scale=5.0,
+                    generator=torch.Generator().manual_seed(1),
+                ).images
+            ),
+            lambda: gen.generate(prompt=prompt, steps=args.steps, seed=1).images,
+        ),
+        "img2img": (
+            lambda: (
+                img(
+                    prompt,
+                    image=prepare_image(photo, size),  # by hand the photo needs sizing too
+                    strength=0.6,
+                    num_inference_steps=args.steps,
+                    guidance_scale=5.0,
+                    generator=torch.Generator().manual_seed(1),
+                ).images
+            ),
+            lambda: (
+                gen.generate(
+                    prompt=prompt, image=photo, strength=0.6, steps=args.steps, seed=1
+                ).images
+            ),
+        ),
+    }
+    print(
+        f"tiny SDXL {2 * args.sample_size}px, {args.steps} steps, {args.repeats} interleaved "
+        f"repeats, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    print(f"{'case':<8} {'diffusers s':>12} {'deskgen s':>10} {'ratio':>7}")
+    for name, (by_hand, with_deskgen) in cases.items():
+        by_hand()  # warm-up
+        with_deskgen()
+        hand: list[float] = []
+        ours: list[float] = []
+        for _ in range(args.repeats):
+            _median_seconds(by_hand, hand)
+            _median_seconds(with_deskgen, ours)
+        h, d = statistics.median(hand), statistics.median(ours)
+        print(f"{name:<8} {h:>12.4f} {d:>10.4f} {d / h:>7.3f}")
+
+
+if __name__ == "__main__":
+    main()

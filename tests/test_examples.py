@@ -1,0 +1,46 @@
+"""The examples and the notebook run offline on tiny models."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "DESKGEN_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.mark.slow
+def test_makeover_script(tmp_path: Path) -> None:
+    out = tmp_path / "makeover.png"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "makeover.py"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "makeover-0.png").is_file()
+    assert (tmp_path / "makeover-1.png").is_file()
+    assert "replay seed 43" in proc.stdout
+
+
+@pytest.mark.slow
+def test_notebook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    for key, value in _env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    nb = nbformat.read(ROOT / "examples" / "makeover.ipynb", as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3").execute()
+    shown = nb.cells[4].outputs[0]["data"]
+    assert "text/html" in shown
+    assert "data:image/png;base64" in shown["text/html"]
