@@ -43,8 +43,8 @@ def main() -> None:
     from diffusers.utils import logging
 
     from deskgen import DeskGenerator, load_image
-    from deskgen.demo import sample_desk_photo
     from deskgen._images import prepare_image
+    from deskgen.demo import sample_desk_photo
     from deskgen.testing import make_tiny_pipeline
 
     logging.disable_progress_bar()

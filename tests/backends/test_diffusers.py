@@ -397,3 +397,31 @@ class TestLoading:
         assert unet() is None
         with pytest.raises(GeneratorClosedError):
             gen.generate(prompt="a desk")
+
+
+class TestHalfPrecisionSDXL:
+    """diffusers flips the shared VAE between bfloat16/float16 and float32 inside SDXL calls;
+    deskgen serialises those calls so concurrent requests never see a half-switched VAE."""
+
+    def test_threads_on_bfloat16_match_alone(self, tiny_sdxl_path: Path) -> None:
+        gen = DeskGenerator("sdxl", model=str(tiny_sdxl_path), device="cpu", dtype="bfloat16")
+        backend = gen.backend
+        assert isinstance(backend, DiffusersBackend)
+        assert backend._call_lock is not None
+        assert gen.dtype == "bfloat16"
+        photo = draw_desk((96, 72))
+        requests: list[dict[str, Any]] = [
+            {"prompt": "a tidy desk", "seed": 1, "steps": 3},
+            {"prompt": "a wooden desk", "seed": 2, "steps": 3, "image": photo},
+        ]
+        alone = [gen.generate(**r) for r in requests]
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            together = list(pool.map(lambda r: gen.generate(**r), requests * 2))
+        for i, result in enumerate(together):
+            assert result.images[0].tobytes() == alone[i % 2].images[0].tobytes()
+        assert backend.pipeline.vae.dtype == torch.bfloat16  # restored after each call
+
+    def test_float32_runs_concurrently(self, generators: dict[str, DeskGenerator]) -> None:
+        backend = generators["sdxl"].backend
+        assert isinstance(backend, DiffusersBackend)
+        assert backend._call_lock is None
