@@ -258,7 +258,7 @@ class DeskGenerator:
         return GenerationResult(
             images=output.images,
             seeds=seeds,
-            request=output.request.model_copy(update={"image": req.image}),
+            request=output.request,
             backend=self.backend_name,
             model=self.model,
             mode=output.mode,
