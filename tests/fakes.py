@@ -14,6 +14,7 @@ from deskgen.backends import Backend, BackendOptions, BackendOutput, Job
 
 class FakeOptions(BackendOptions):
     fail_with: str | None = None
+    fail_on_load: bool = False
 
 
 @register_backend("fake", replace=True)
@@ -26,7 +27,10 @@ class FakeBackend(Backend):
     def __init__(self, options: BackendOptions) -> None:
         super().__init__(options)
         assert isinstance(options, FakeOptions)
+        if options.fail_on_load:
+            raise KeyError("weights.bin")
         self.fail_with = options.fail_with
+        self.steps_done = 0
         self.closed = False
         self.jobs: list[Job] = []
         self.step_barrier: threading.Event | None = None
@@ -47,6 +51,7 @@ class FakeBackend(Backend):
         for i in range(steps):
             if self.step_barrier is not None:
                 self.step_barrier.wait(5)
+            self.steps_done = i + 1
             job.on_step(i + 1, steps)
         images = []
         for seed in job.seeds:

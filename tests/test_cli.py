@@ -140,7 +140,7 @@ def test_usage_errors_exit_2() -> None:
                 "--json",
             ],
         ),
-        ("demo", ["--backend", "--model", "--out", "--image", "--prompt"]),
+        ("demo", ["--backend", "--model", "--out", "--image", "--prompt", "20 on the tiny model"]),
         ("record", ["--parameters"]),
     ],
 )
@@ -175,6 +175,24 @@ def test_progress_bar_is_shown(
     )
     err = capsys.readouterr().err
     assert "denoising" in err and "4/4" in err  # PNDM: 3 steps + PLMS's repeated one
+
+
+def test_demo_on_the_sd_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DESKGEN_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "sd-demo.png"
+    code = main(["demo", "--backend", "sd", "--device", "cpu", "--steps", "3", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert "sd img2img" in capsys.readouterr().out
+    assert (tmp_path / "cache" / "tiny-sd-demo" / "model_index.json").is_file()
+
+
+def test_demo_of_a_backend_without_a_tiny_model(capsys: pytest.CaptureFixture[str]) -> None:
+    from . import fakes  # noqa: F401  (registers "fake")
+
+    assert main(["demo", "--backend", "fake"]) == 1
+    assert "pass --model" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -35,3 +35,26 @@ def test_peak_memory_sees_an_allocation() -> None:
     assert sampler.kind == "process_rss"
     assert sampler.peak_bytes >= baseline.peak_bytes
     assert sampler.peak_bytes > 0
+
+
+@pytest.mark.parametrize(
+    ("capability", "expected"),
+    [
+        ((7, 5), torch.float16),
+        ((7, 0), torch.float16),
+        ((8, 0), torch.bfloat16),
+        ((9, 0), torch.bfloat16),
+    ],
+)
+def test_auto_dtype_on_cuda_follows_native_bf16_support(
+    capability: tuple[int, int], expected: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[torch.device] = []
+
+    def fake_capability(device: torch.device) -> tuple[int, int]:
+        asked.append(device)
+        return capability
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", fake_capability)
+    assert resolve_dtype("auto", "cuda:1") == expected
+    assert asked == [torch.device("cuda:1")]  # the chosen GPU, not the current one

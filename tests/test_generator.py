@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
 
 import pytest
@@ -10,6 +11,7 @@ from PIL import Image
 
 import deskgen
 from deskgen import (
+    BackendError,
     ConfigError,
     DeskGenerator,
     GenerationCancelledError,
@@ -17,6 +19,7 @@ from deskgen import (
     GeneratorClosedError,
     ImageInputError,
     InvalidRequestError,
+    ModelLoadError,
     StepProgress,
 )
 
@@ -133,10 +136,11 @@ def test_cancel_between_steps(gen: DeskGenerator) -> None:
         if progress.step == 2:
             flag.set()
 
-    with pytest.raises(GenerationCancelledError) as info:
+    with pytest.raises(GenerationCancelledError, match="after 2 of 5") as info:
         gen.generate(prompt="a desk", steps=5, on_step=cancel_at_two, cancel=flag)
     assert info.value.step == 2
     assert info.value.total_steps == 5
+    assert _backend(gen).steps_done == 2  # the reported count is what ran
 
 
 def test_cancel_before_start(gen: DeskGenerator) -> None:
@@ -163,10 +167,42 @@ def test_unknown_option_is_a_config_error() -> None:
         DeskGenerator("fake", colour="red")
 
 
-def test_backend_errors_surface() -> None:
+def test_backend_errors_are_translated_at_the_boundary() -> None:
     gen = DeskGenerator("fake", fail_with="kaput")
-    with pytest.raises(RuntimeError, match="kaput"):
+    with pytest.raises(BackendError, match="kaput") as info:
         gen.generate(prompt="a desk")
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_backend_load_errors_are_translated() -> None:
+    with pytest.raises(ModelLoadError, match=r"weights\.bin") as info:
+        DeskGenerator("fake", fail_on_load=True)
+    assert isinstance(info.value.__cause__, KeyError)
+
+
+class TestReplayChecks:
+    def test_a_replayed_makeover_needs_its_photo(self, gen: DeskGenerator) -> None:
+        photo = Image.new("RGB", (20, 10), (10, 20, 30))
+        first = gen.generate(prompt="a desk", image=photo, steps=1, seed=1)
+        assert first.input_image is not None
+        assert first.request.image_sha256 == first.input_image.sha256
+        replay = first.request.model_copy(update={"image": None})
+        with pytest.raises(InvalidRequestError, match="pass the same photo"):
+            gen.generate(replay)
+        same = gen.generate(replay, image=photo.copy())
+        assert same.warnings == []
+        other = gen.generate(replay, image=Image.new("RGB", (20, 10)))
+        assert any("differs" in w for w in other.warnings)
+        txt = gen.generate(replay, image_sha256=None)
+        assert txt.mode == "txt2img"
+
+    def test_file_objects_are_rewound_for_replay(self, gen: DeskGenerator) -> None:
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), (200, 0, 0)).save(buf, format="PNG")
+        buf.seek(0)
+        first = gen.generate(prompt="a desk", image=buf, steps=1, seed=2)
+        again = gen.generate(first.request)
+        assert again.input_image == first.input_image
 
 
 def test_agenerate_matches_generate(gen: DeskGenerator) -> None:

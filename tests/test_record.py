@@ -52,6 +52,24 @@ def test_single_image_goes_to_the_given_path(tmp_path: Path) -> None:
     res = DeskGenerator("fake").generate(prompt="a desk", seed=1, steps=1)
     assert res.save(tmp_path / "one.png") == [tmp_path / "one.png"]
     assert res.save(tmp_path / "noext") == [tmp_path / "noext.png"]
+    with pytest.raises(RecordError, match=r"Use a \.png path"):
+        res.save(tmp_path / "photo.jpg")
+    assert not (tmp_path / "photo.jpg").exists()
+    assert not (tmp_path / "photo.jpg.png").exists()
+
+
+def test_records_name_local_models_without_their_path(tmp_path: Path) -> None:
+    folder = tmp_path / "secret-user" / "my-sdxl-finetune"
+    folder.mkdir(parents=True)
+    res = DeskGenerator("fake", model=str(folder)).generate(prompt="a desk", seed=1, steps=1)
+    assert res.model == str(folder)  # in memory: as given
+    (path,) = res.save(tmp_path / "out.png")
+    with Image.open(path) as img:
+        text = img.text["parameters"] + img.text[RECORD_KEY]  # type: ignore[attr-defined]
+    assert "my-sdxl-finetune" in text
+    assert "secret-user" not in text
+    hub = DeskGenerator("fake", model="org/model").generate(prompt="a desk", seed=1, steps=1)
+    assert hub.record()["model"] == "org/model"
 
 
 def test_index_out_of_range(result: GenerationResult, tmp_path: Path) -> None:

@@ -58,13 +58,15 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    """``"auto"``: bfloat16 on CUDA GPUs that support it, else float16 on GPUs, float32 on CPU."""
+    """``"auto"``: bfloat16 on CUDA GPUs with native support (compute capability 8.0+, Ampere
+    and newer), float16 on older GPUs and MPS, float32 on CPU."""
     import torch
 
     names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
     if dtype == "auto":
         if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            major, _ = torch.cuda.get_device_capability(torch.device(device))
+            return torch.bfloat16 if major >= 8 else torch.float16
         if device.startswith("mps"):
             return torch.float16
         return torch.float32

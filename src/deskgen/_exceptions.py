@@ -15,7 +15,7 @@ DeskgenError                      base of everything deskgen raises on purpose
 │   └── InvalidOutputError        NaN/black output that must not be returned as an image
 ├── GenerationCancelledError      the caller cancelled a request between steps
 ├── GeneratorClosedError          the DeskGenerator was closed (RuntimeError)
-└── RecordError                   a file carries no readable deskgen record (ValueError)
+└── RecordError                   no readable record in a file, or an unsaveable path (ValueError)
 ```
 
 Third-party exceptions (diffusers, huggingface_hub, torch, Pillow) are translated into this tree at
@@ -121,4 +121,4 @@ class GeneratorClosedError(DeskgenError, RuntimeError):
 
 
 class RecordError(DeskgenError, ValueError):
-    """A file that carries no deskgen generation record, or a record that cannot be read."""
+    """A file that carries no readable deskgen record, or a path a record can't be saved to."""

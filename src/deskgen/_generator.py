@@ -15,12 +15,15 @@ from typing_extensions import Unpack
 
 from ._device import PeakMemorySampler
 from ._exceptions import (
+    BackendError,
     ConfigError,
+    DeskgenError,
     GenerationCancelledError,
     GeneratorClosedError,
     InvalidRequestError,
+    ModelLoadError,
 )
-from ._images import ImageInput, load_image
+from ._images import ImageInfo, ImageInput, load_image
 from ._models import (
     MAX_SEED,
     CancelFlag,
@@ -47,6 +50,7 @@ class RequestFields(TypedDict, total=False):
     prompt: str
     negative_prompt: str | None
     image: ImageInput | None
+    image_sha256: str | None
     strength: float
     steps: int
     guidance_scale: float | None
@@ -98,7 +102,9 @@ class DeskGenerator:
         UnknownBackendError: ``backend`` is not registered.
         MissingDependencyError: the backend's extra is not installed.
         ConfigError: an option is unknown or invalid.
-        ModelNotFoundError / ModelMismatchError / ModelLoadError: the weights can't be loaded.
+        ModelNotFoundError: no such folder, or a hub id that is not cached and can't be fetched.
+        ModelMismatchError: the weights are for another backend.
+        ModelLoadError: the weights can't be loaded (corrupt files, pickle refused, ...).
     """
 
     def __init__(
@@ -124,7 +130,14 @@ class DeskGenerator:
                 f"Accepted options: {accepted}."
             ) from exc
         started = time.perf_counter()
-        self._backend: Backend | None = cls(opts)
+        try:
+            self._backend: Backend | None = cls(opts)
+        except DeskgenError:
+            raise
+        except Exception as exc:  # a backend that did not translate its own errors
+            raise ModelLoadError(
+                f"The {backend!r} backend failed to load {model!r}: {type(exc).__name__}: {exc}"
+            ) from exc
         self.load_seconds: float = time.perf_counter() - started
         self.backend_name = backend
         self.model = model
@@ -185,6 +198,25 @@ class DeskGenerator:
         except ValidationError as exc:
             raise InvalidRequestError(f"Invalid request: {_format_validation_error(exc)}.") from exc
 
+    @staticmethod
+    def _check_photo(request: GenerationRequest, info: ImageInfo | None) -> list[str]:
+        """Compare the photo with the one a replayed request was recorded from."""
+        expected = request.image_sha256
+        if expected is None:
+            return []
+        if info is None:
+            raise InvalidRequestError(
+                "This request was made from a desk photo (image_sha256 "
+                f"{expected[:12]}...) but no image was given: pass the same photo with "
+                "image=..., or set image_sha256=None to generate from the prompt alone."
+            )
+        if info.sha256 != expected:
+            return [
+                "The photo differs from the one this request was recorded with "
+                f"(sha256 {info.sha256[:12]}... instead of {expected[:12]}...)."
+            ]
+        return []
+
     def generate(
         self,
         request: GenerationRequest | None = None,
@@ -208,13 +240,18 @@ class DeskGenerator:
             The images, their seeds and the full record of how they were made.
 
         Raises:
-            InvalidRequestError, ImageInputError, GenerationCancelledError, BackendError,
-            InvalidOutputError, GeneratorClosedError.
+            InvalidRequestError: the request can't run (the message names the field).
+            ImageInputError: the photo can't be read.
+            GenerationCancelledError: ``cancel`` was set.
+            InvalidOutputError: the model produced NaN or black images.
+            BackendError: the backend failed (the original exception is chained).
+            GeneratorClosedError: `close` was called.
         """
         backend = self._require_open()
         req = self._build_request(request, fields)
         started = time.perf_counter()
         photo, info = load_image(req.image) if req.image is not None else (None, None)
+        warnings = self._check_photo(req, info)
         seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
         if seed + req.num_images - 1 > MAX_SEED:
             raise InvalidRequestError(
@@ -227,12 +264,6 @@ class DeskGenerator:
         callback_error: list[BaseException] = []
 
         def step_hook(step: int, total: int) -> None:
-            if cancel is not None and cancel.is_set():
-                raise GenerationCancelledError(
-                    f"Cancelled after {step - 1} of {total} steps; no image was produced.",
-                    step=step - 1,
-                    total_steps=total,
-                )
             if on_step is not None:
                 try:
                     on_step(StepProgress(step=step, total_steps=total, elapsed=_since(started)))
@@ -241,11 +272,19 @@ class DeskGenerator:
                     raise GenerationCancelledError(
                         "on_step raised", step=step, total_steps=total
                     ) from exc
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelledError(
+                    f"Cancelled after {step} of {total} steps; no image was produced.",
+                    step=step,
+                    total_steps=total,
+                )
 
         if cancel is not None and cancel.is_set():
             raise GenerationCancelledError(
                 "Cancelled before the request started.", step=0, total_steps=req.steps
             )
+        if info is not None:
+            req = req.model_copy(update={"image_sha256": info.sha256})
         job = Job(request=req, photo=photo, seeds=seeds, on_step=step_hook)
         try:
             with PeakMemorySampler(backend.device) as memory:
@@ -254,6 +293,12 @@ class DeskGenerator:
             if callback_error:
                 raise callback_error[0] from None
             raise
+        except DeskgenError:
+            raise
+        except Exception as exc:  # a backend that did not translate its own errors
+            raise BackendError(
+                f"The {self.backend_name!r} backend failed: {type(exc).__name__}: {exc}"
+            ) from exc
         total = _since(started)
         return GenerationResult(
             images=output.images,
@@ -276,7 +321,7 @@ class DeskGenerator:
                 total=total,
             ),
             peak_memory=PeakMemory(bytes=memory.peak_bytes, kind=memory.kind),
-            warnings=output.warnings,
+            warnings=warnings + output.warnings,
             input_image=info,
             deskgen_version=__version__,
             created_at=datetime.now(timezone.utc),

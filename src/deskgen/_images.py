@@ -68,7 +68,10 @@ def _open(data: ImageInput) -> tuple[Image.Image, str]:
         fp = io.BytesIO(path.read_bytes())
         source = path.name
     elif hasattr(data, "read"):
+        start = data.tell() if data.seekable() else None
         fp = io.BytesIO(data.read())
+        if start is not None:
+            data.seek(start)  # rewound, so the same request can be replayed
         source = "file"
     else:
         raise ImageInputError(

@@ -49,6 +49,10 @@ class GenerationRequest(BaseModel):
     """The user's desk photo (path, bytes, binary file or PIL image): img2img when given.
 
     Never serialised: records keep a digest of it (`GenerationResult.input_image`)."""
+    image_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """Digest of the photo this request was made from (`ImageInfo.sha256`), set in results and
+    records. When set, `generate` refuses to run without a photo (so a replayed makeover can't
+    silently turn into txt2img) and warns when the photo differs."""
     strength: float = Field(default=0.6, gt=0.0, le=1.0)
     """img2img only: how far to move from the photo (1.0 ignores it). Runs
     ``int(steps * strength)`` denoising steps."""

@@ -28,7 +28,14 @@ from ._exceptions import RecordError
 if TYPE_CHECKING:
     from ._models import GenerationRequest, GenerationResult
 
-__all__ = ["RECORD_KEY", "atomic_write", "build_record", "read_record", "save_result"]
+__all__ = [
+    "RECORD_KEY",
+    "atomic_write",
+    "build_record",
+    "public_model_name",
+    "read_record",
+    "save_result",
+]
 
 RECORD_KEY = "deskgen"
 RECORD_FORMAT = 1
@@ -69,6 +76,15 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         raise
 
 
+def public_model_name(model: str) -> str:
+    """What records say about the model: hub ids as they are, local folders by name only, so
+    saved images don't reveal the machine's paths (user names, project folders)."""
+    expanded = os.path.expanduser(model)
+    if os.path.isabs(expanded) or model.startswith((".", "~")) or os.path.exists(expanded):
+        return Path(expanded).name or model
+    return model
+
+
 def build_record(result: GenerationResult, index: int) -> dict[str, Any]:
     """The record of one image: its own seed and ``num_images=1`` so it replays alone."""
     seed = result.seeds[index]
@@ -77,7 +93,7 @@ def build_record(result: GenerationResult, index: int) -> dict[str, Any]:
         "format": RECORD_FORMAT,
         "deskgen_version": result.deskgen_version,
         "backend": result.backend,
-        "model": result.model,
+        "model": public_model_name(result.model),
         "mode": result.mode,
         "request": request.model_dump(mode="json"),
         "image_index": index,
@@ -108,7 +124,7 @@ def a1111_parameters(result: GenerationResult, index: int) -> str:
         ("CFG scale", f"{req.guidance_scale:g}" if req.guidance_scale is not None else "default"),
         ("Seed", str(result.seeds[index])),
         ("Size", f"{result.width}x{result.height}"),
-        ("Model", result.model),
+        ("Model", public_model_name(result.model)),
     ]
     if result.mode == "img2img":
         fields.append(("Denoising strength", f"{req.strength:g}"))
@@ -130,8 +146,13 @@ def save_result(result: GenerationResult, path: Path, *, index: int | None) -> l
     if index is not None and not 0 <= index < len(result.images):
         raise IndexError(f"index {index} out of range for {len(result.images)} image(s)")
     indices = [index] if index is not None else list(range(len(result.images)))
-    if path.suffix.lower() != ".png":
-        path = path.with_suffix(path.suffix + ".png") if path.suffix else path.with_suffix(".png")
+    if not path.suffix:
+        path = path.with_suffix(".png")
+    elif path.suffix.lower() != ".png":
+        raise RecordError(
+            f"Cannot save {str(path)!r}: deskgen writes PNG files (the generation record lives "
+            "in PNG text chunks). Use a .png path, or convert the saved PNG yourself."
+        )
     written = []
     for i in indices:
         target = path

@@ -11,11 +11,12 @@ import importlib.util
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._exceptions import DeskgenError
+from ._exceptions import ConfigError, DeskgenError
 from ._version import __version__
 
 __all__ = ["main"]
@@ -47,16 +48,16 @@ def _add_model_options(parser: argparse.ArgumentParser, *, backend: str | None) 
     )
 
 
-def _add_request_options(parser: argparse.ArgumentParser, *, steps: int | None) -> None:
+def _add_request_options(
+    parser: argparse.ArgumentParser, *, steps: int | None, steps_help: str
+) -> None:
     group = parser.add_argument_group("request")
     group.add_argument("--image", help="the desk photo (img2img); omit for txt2img")
     group.add_argument("--negative-prompt", help="what to keep out of the image")
     group.add_argument(
         "--strength", type=float, default=0.6, help="img2img: how far to move from the photo"
     )
-    group.add_argument(
-        "--steps", type=int, default=steps, help=f"denoising steps (default: {steps or 30})"
-    )
+    group.add_argument("--steps", type=int, default=steps, help=f"denoising steps ({steps_help})")
     group.add_argument(
         "--guidance-scale", type=float, help="classifier-free guidance (default: the backend's)"
     )
@@ -93,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("prompt", help="what the improved desk should look like")
     _add_model_options(gen, backend="sdxl")
-    _add_request_options(gen, steps=30)
+    _add_request_options(gen, steps=30, steps_help="default: 30")
     _add_output_options(gen, out="makeover.png")
 
     demo = sub.add_parser(
@@ -108,7 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--prompt", help="override the demo prompt")
     _add_model_options(demo, backend="sdxl")
-    _add_request_options(demo, steps=None)
+    _add_request_options(
+        demo, steps=None, steps_help="default: 20 on the tiny model, 30 with --model"
+    )
     _add_output_options(demo, out="deskgen-demo.png")
 
     backends = sub.add_parser("backends", help="list backends and whether they are installed")
@@ -127,6 +130,9 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # deprecation notices that diffusers triggers inside huggingface_hub: not the user's to fix
+    warnings.filterwarnings("ignore", category=UserWarning, module="huggingface_hub")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="diffusers")
     if importlib.util.find_spec("diffusers") is not None:
         from diffusers.utils import logging as diffusers_logging
 
@@ -200,10 +206,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     model = args.model
     if model is None:
-        print("Building the tiny demo model (first run only)...", file=sys.stderr)
-        model = str(tiny_model())
+        if args.backend not in ("sdxl", "sd"):
+            raise ConfigError(
+                f"The offline demo has tiny models for 'sdxl' and 'sd' only; pass --model to run "
+                f"the {args.backend!r} backend."
+            )
+        model = str(tiny_model(args.backend))
         if args.steps is None:
             args.steps = 20
+    elif args.steps is None:
+        args.steps = 30
     if args.image is None:
         args.image = str(sample_desk_photo())
     if args.negative_prompt is None:

@@ -6,6 +6,8 @@ import os
 from importlib import resources
 from pathlib import Path
 
+from .testing import TinyKind
+
 __all__ = ["DEMO_NEGATIVE_PROMPT", "DEMO_PROMPT", "cache_dir", "sample_desk_photo", "tiny_model"]
 
 # The seed team's "clean desk" prompt and their default negative preset (shared/seed/prompts.json).
@@ -21,7 +23,7 @@ DEMO_NEGATIVE_PROMPT = (
 )
 
 TINY_DEMO_SAMPLE_SIZE = 64
-"""Latent size of the demo's tiny SDXL: 128x128 pixel images."""
+"""Latent size of the demo's tiny models: 128x128 pixel images."""
 
 
 def cache_dir() -> Path:
@@ -37,10 +39,10 @@ def sample_desk_photo() -> Path:
     return Path(str(resources.files("deskgen") / "_data" / "sample" / "desk.jpg"))
 
 
-def tiny_model() -> Path:
-    """The demo's tiny random-weight SDXL, built into the cache on first use (a few seconds)."""
+def tiny_model(kind: TinyKind = "sdxl") -> Path:
+    """The demo's tiny random-weight model of ``kind``, built into the cache on first use."""
     from .testing import make_tiny_pipeline
 
     return make_tiny_pipeline(
-        "sdxl", cache_dir() / "tiny-sdxl-demo", seed=0, sample_size=TINY_DEMO_SAMPLE_SIZE
+        kind, cache_dir() / f"tiny-{kind}-demo", seed=0, sample_size=TINY_DEMO_SAMPLE_SIZE
     )

@@ -162,6 +162,11 @@ class TestSizes:
         result = gen.generate(prompt="a desk", image=draw_desk((400, 200)), width=96, steps=2)
         assert result.images[0].size == (96, 48)
 
+    def test_no_crop_warning_for_sizes_deskgen_chose(self, gen: DeskGenerator) -> None:
+        result = gen.generate(prompt="a desk", image=draw_desk((100, 30)), steps=2)
+        assert result.images[0].size == (112, 32)  # nearest grid size to 10:3
+        assert result.warnings == []
+
     def test_crop_is_reported(self, gen: DeskGenerator) -> None:
         result = gen.generate(
             prompt="a desk", image=draw_desk((400, 100)), width=64, height=64, steps=2
@@ -179,6 +184,14 @@ class TestStrength:
     ) -> None:
         with pytest.raises(InvalidRequestError, match=r"0 denoising steps.*strength >= 0\.100"):
             gen.generate(prompt="a desk", image=desk_photo, strength=0.05, steps=10)
+
+    def test_suggested_minimum_strength_really_runs_a_step(
+        self, gen: DeskGenerator, desk_photo: Image.Image
+    ) -> None:
+        with pytest.raises(InvalidRequestError, match=r"strength >= 0\.334") as info:
+            gen.generate(prompt="a desk", image=desk_photo, strength=0.3, steps=3)
+        assert "0.334" in str(info.value) and int(3 * 0.334) == 1
+        assert gen.generate(prompt="a desk", image=desk_photo, strength=0.334, steps=3).images
 
     def test_strength_follows_diffusers_rounding(
         self, gen: DeskGenerator, desk_photo: Image.Image
@@ -354,11 +367,43 @@ class TestLoading:
             DeskGenerator("sd", model=str(broken), device="cpu")
 
     def test_refiner_layout_is_refused(self, tmp_path: Path) -> None:
+        folder = tmp_path / "refiner"
+        folder.mkdir()
+        index = {
+            "_class_name": "StableDiffusionXLImg2ImgPipeline",
+            "requires_aesthetics_score": True,
+            "text_encoder": [None, None],
+            "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        }
+        (folder / "model_index.json").write_text(json.dumps(index))
+        with pytest.raises(ModelMismatchError, match="refiner"):
+            DeskGenerator("sdxl", model=str(folder), device="cpu")
+
+    def test_other_family_is_refused(self, tmp_path: Path) -> None:
         folder = tmp_path / "other"
         folder.mkdir()
         (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
         with pytest.raises(ModelMismatchError, match="FluxPipeline"):
             DeskGenerator("sdxl", model=str(folder), device="cpu")
+
+    def test_separate_vae(self, tiny_paths: dict[str, Path], tmp_path: Path) -> None:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(tiny_paths["sdxl"] / "vae")
+        with torch.no_grad():
+            vae.decoder.conv_out.bias.add_(0.25)
+        vae.save_pretrained(tmp_path / "fixed-vae")
+        gen = DeskGenerator(
+            "sdxl", model=str(tiny_paths["sdxl"]), device="cpu", vae=str(tmp_path / "fixed-vae")
+        )
+        backend = gen.backend
+        assert isinstance(backend, DiffusersBackend)
+        loaded = backend.pipeline.vae.decoder.conv_out.bias
+        assert torch.equal(loaded, vae.decoder.conv_out.bias)
+        with pytest.raises(ModelNotFoundError, match="VAE"):
+            DeskGenerator(
+                "sdxl", model=str(tiny_paths["sdxl"]), device="cpu", vae=str(tmp_path / "none")
+            )
 
     def test_cuda_without_cuda(self, tiny_paths: dict[str, Path]) -> None:
         if torch.cuda.is_available():

@@ -24,6 +24,7 @@ import abc
 import contextlib
 import inspect
 import json
+import math
 import os
 import re
 import threading
@@ -65,6 +66,9 @@ class DiffusersOptions(BackendOptions):
     cache_dir: str | None = None
     local_files_only: bool = False
     """Never contact the Hub (also implied by ``HF_HUB_OFFLINE=1``)."""
+    vae: str | None = None
+    """A VAE to use instead of the model's own: hub id or folder of an ``AutoencoderKL``, e.g.
+    ``madebyollin/sdxl-vae-fp16-fix``, which does not overflow in float16."""
     allow_pickle: bool = False
     """Also accept pickle weights (``.bin``/``.ckpt``) when no safetensors exist. Pickle files
     can run code when loaded: only for checkpoints you trust."""
@@ -196,6 +200,15 @@ class DiffusersBackend(Backend):
 
     def _check_family(self, index: dict[str, Any], model: str) -> None:
         class_name = str(index.get("_class_name", ""))
+        text_encoder = index.get("text_encoder")
+        if index.get("requires_aesthetics_score") or (
+            isinstance(text_encoder, list) and text_encoder[-1] is None
+        ):
+            raise ModelMismatchError(
+                f"{model!r} is an SDXL refiner (aesthetic-score conditioning, no first text "
+                "encoder); deskgen's backends load base models. Use the SDXL base model, e.g. "
+                "stabilityai/stable-diffusion-xl-base-1.0."
+            )
         if class_name not in self.accepted_pipelines:
             from .._registry import list_backends
 
@@ -225,9 +238,13 @@ class DiffusersBackend(Backend):
         self._check_family(index, model)
         cls = self._pipeline_class(self.txt2img_class)
         source = os.path.expanduser(model) if local else model
+        extra: dict[str, Any] = {}
+        if self.opts.vae is not None:
+            extra["vae"] = self._load_vae(self.opts.vae)
         try:
             pipe = cls.from_pretrained(
                 source,
+                **extra,
                 dtype=self._torch_dtype,
                 use_safetensors=None if self.opts.allow_pickle else True,
                 variant=self.opts.variant,
@@ -264,6 +281,29 @@ class DiffusersBackend(Backend):
             ) from exc
         pipe.set_progress_bar_config(disable=True)
         return pipe
+
+    def _load_vae(self, name: str) -> Any:
+        from diffusers import AutoencoderKL
+
+        local = _is_local(name)
+        folder = os.path.expanduser(name)
+        if local and not os.path.isfile(os.path.join(folder, "config.json")):
+            raise ModelNotFoundError(
+                f"No VAE folder with a config.json at {name!r}: pass a folder saved with "
+                "AutoencoderKL.save_pretrained() or a hub id such as madebyollin/sdxl-vae-fp16-fix."
+            )
+        try:
+            return AutoencoderKL.from_pretrained(
+                folder if local else name,
+                dtype=self._torch_dtype,
+                use_safetensors=None if self.opts.allow_pickle else True,
+                cache_dir=self.opts.cache_dir,
+                local_files_only=self.opts.local_files_only,
+            )
+        except (OSError, ValueError) as exc:
+            if local:
+                raise ModelLoadError(f"Could not load the VAE {name!r}: {exc}") from exc
+            raise ModelNotFoundError(self._missing_hub_message(name, exc)) from exc
 
     def _construct(self, cls: Any, template: Any, **overrides: Any) -> Any:
         """A ``cls`` pipeline over ``template``'s modules (no weights copied), with overrides."""
@@ -334,7 +374,8 @@ class DiffusersBackend(Backend):
             width, height = fit_size(aspect, native=native, multiple=grid)
         else:
             width, height = native
-        if photo is not None and abs(width / height - aspect) / aspect > 0.02:
+        explicit = request.width is not None and request.height is not None
+        if explicit and photo is not None and abs(width / height - aspect) / aspect > 0.02:
             warnings.append(
                 f"The photo ({photo.width}x{photo.height}) was centre-cropped to the requested "
                 f"aspect ratio {width}x{height}."
@@ -342,8 +383,11 @@ class DiffusersBackend(Backend):
         return width, height, warnings
 
     @abc.abstractmethod
-    def _encode(self, pipe: Any, request: GenerationRequest, do_cfg: bool) -> dict[str, Any]:
-        """The pipeline's own ``encode_prompt``, as keyword arguments for ``__call__``."""
+    def encode_prompt(
+        self, pipe: Any, request: GenerationRequest, *, do_cfg: bool
+    ) -> dict[str, Any]:
+        """Encode the prompts with ``pipe``'s own ``encode_prompt``; return the embeddings as
+        keyword arguments for ``pipe.__call__`` (``prompt_embeds``, ...). Runs under a lock."""
 
     def generate(self, job: Job) -> BackendOutput:
         import numpy as np
@@ -357,7 +401,7 @@ class DiffusersBackend(Backend):
         strength = request.strength if photo is not None else None
         steps_run = denoising_steps(request.steps, strength)
         if steps_run < 1:
-            minimum = 1 / request.steps
+            minimum = math.ceil(1000 / request.steps) / 1000  # rounded up: int(steps*s) >= 1
             raise InvalidRequestError(
                 f"strength={request.strength} with steps={request.steps} runs "
                 f"int({request.steps} * {request.strength}) = 0 denoising steps, so the photo "
@@ -378,7 +422,7 @@ class DiffusersBackend(Backend):
 
         start = time.perf_counter()
         with self._encode_lock:
-            embeds = self._encode(pipe, resolved, do_cfg)
+            embeds = self.encode_prompt(pipe, resolved, do_cfg=do_cfg)
         encoded = time.perf_counter()
 
         marks = {"last_step": encoded}

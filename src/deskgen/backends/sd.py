@@ -27,7 +27,9 @@ class SDBackend(DiffusersBackend):
     family: ClassVar[str] = "Stable Diffusion 1.x/2.x"
     default_guidance: ClassVar[float] = 7.5
 
-    def _encode(self, pipe: Any, request: GenerationRequest, do_cfg: bool) -> dict[str, Any]:
+    def encode_prompt(
+        self, pipe: Any, request: GenerationRequest, *, do_cfg: bool
+    ) -> dict[str, Any]:
         embeds, negative = pipe.encode_prompt(
             prompt=request.prompt,
             device=pipe._execution_device,

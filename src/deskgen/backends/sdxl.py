@@ -27,7 +27,9 @@ class SDXLBackend(DiffusersBackend):
     family: ClassVar[str] = "Stable Diffusion XL"
     default_guidance: ClassVar[float] = 5.0
 
-    def _encode(self, pipe: Any, request: GenerationRequest, do_cfg: bool) -> dict[str, Any]:
+    def encode_prompt(
+        self, pipe: Any, request: GenerationRequest, *, do_cfg: bool
+    ) -> dict[str, Any]:
         embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
             prompt=request.prompt,
             device=pipe._execution_device,
