@@ -6,6 +6,7 @@ import contextlib
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -130,14 +131,8 @@ class DeskGenerator:
                 f"Accepted options: {accepted}."
             ) from exc
         started = time.perf_counter()
-        try:
+        with _backend_boundary(ModelLoadError, f"The {backend!r} backend failed to load {model!r}"):
             self._backend: Backend | None = cls(opts)
-        except DeskgenError:
-            raise
-        except Exception as exc:  # a backend that did not translate its own errors
-            raise ModelLoadError(
-                f"The {backend!r} backend failed to load {model!r}: {type(exc).__name__}: {exc}"
-            ) from exc
         self.load_seconds: float = time.perf_counter() - started
         self.backend_name = backend
         self.model = model
@@ -287,18 +282,15 @@ class DeskGenerator:
             req = req.model_copy(update={"image_sha256": info.sha256})
         job = Job(request=req, photo=photo, seeds=seeds, on_step=step_hook)
         try:
-            with PeakMemorySampler(backend.device) as memory:
+            with (
+                _backend_boundary(BackendError, f"The {self.backend_name!r} backend failed"),
+                PeakMemorySampler(backend.device) as memory,
+            ):
                 output = backend.generate(job)
         except GenerationCancelledError:
             if callback_error:
                 raise callback_error[0] from None
             raise
-        except DeskgenError:
-            raise
-        except Exception as exc:  # a backend that did not translate its own errors
-            raise BackendError(
-                f"The {self.backend_name!r} backend failed: {type(exc).__name__}: {exc}"
-            ) from exc
         total = _since(started)
         return GenerationResult(
             images=output.images,
@@ -379,6 +371,17 @@ class DeskGenerator:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def _backend_boundary(error: type[DeskgenError], what: str) -> Iterator[None]:
+    """Translate what a backend let escape untranslated into ``error``, chained."""
+    try:
+        yield
+    except DeskgenError:
+        raise
+    except Exception as exc:
+        raise error(f"{what}: {type(exc).__name__}: {exc}") from exc
 
 
 def _since(start: float) -> float:
