@@ -108,6 +108,21 @@ def test_errors_exit_1_with_the_fix(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "no deskgen record" in capsys.readouterr().err
 
 
+def test_non_png_output_fails_before_loading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["generate", "x", "--model", str(tmp_path / "nope"), "--out", "x.jpg"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "Use a .png path" in err
+    assert "Loading" not in err
+
+
+def test_demo_with_an_unknown_backend(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--backend", "nope"]) == 1
+    assert "Unknown backend 'nope'" in capsys.readouterr().err
+
+
 def test_usage_errors_exit_2() -> None:
     with pytest.raises(SystemExit) as info:
         main(["generate"])

@@ -46,6 +46,20 @@ class TestInputKinds:
         assert results[3][1].source == "file"
         assert results[4][1].source == "PIL.Image"
 
+    def test_read_only_file_like_objects(self) -> None:
+        class Stream:
+            def __init__(self, data: bytes) -> None:
+                self._buf = io.BytesIO(data)
+
+            def read(self, size: int = -1) -> bytes:
+                return self._buf.read(size)
+
+        stream = Stream(_encode(_two_tone(), "PNG"))
+        img, info = load_image(stream)  # type: ignore[arg-type]
+        assert img.size == (40, 20) and info.source == "file"
+        with pytest.raises(ImageInputError, match="read to the end already"):
+            load_image(stream)  # type: ignore[arg-type]
+
     def test_missing_file(self, tmp_path: Path) -> None:
         with pytest.raises(ImageInputError, match="No image file"):
             load_image(tmp_path / "nope.jpg")

@@ -52,6 +52,7 @@ def test_single_image_goes_to_the_given_path(tmp_path: Path) -> None:
     res = DeskGenerator("fake").generate(prompt="a desk", seed=1, steps=1)
     assert res.save(tmp_path / "one.png") == [tmp_path / "one.png"]
     assert res.save(tmp_path / "noext") == [tmp_path / "noext.png"]
+    assert res.save(tmp_path / "makeover.v2") == [tmp_path / "makeover.v2.png"]
     with pytest.raises(RecordError, match=r"Use a \.png path"):
         res.save(tmp_path / "photo.jpg")
     assert not (tmp_path / "photo.jpg").exists()

@@ -8,8 +8,8 @@ with DeskGenerator("sdxl", model="stabilityai/stable-diffusion-xl-base-1.0") as 
     result.save("makeover.png")
 ```
 
-Importing deskgen is light: torch, diffusers, transformers and openai are imported only when a
-backend that needs them is created.
+Importing deskgen is light: torch, diffusers and transformers are imported only when a backend
+that needs them is created.
 """
 
 from ._exceptions import (

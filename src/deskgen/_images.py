@@ -68,10 +68,17 @@ def _open(data: ImageInput) -> tuple[Image.Image, str]:
         fp = io.BytesIO(path.read_bytes())
         source = path.name
     elif hasattr(data, "read"):
-        start = data.tell() if data.seekable() else None
-        fp = io.BytesIO(data.read())
+        seekable = getattr(data, "seekable", None)
+        start = data.tell() if callable(seekable) and seekable() else None
+        raw = data.read()
         if start is not None:
             data.seek(start)  # rewound, so the same request can be replayed
+        if not raw:
+            raise ImageInputError(
+                "The file object gave no data: it is empty, or it was read to the end already "
+                "(non-seekable streams can be used once; pass bytes to reuse a photo)."
+            )
+        fp = io.BytesIO(raw)
         source = "file"
     else:
         raise ImageInputError(

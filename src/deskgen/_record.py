@@ -32,6 +32,7 @@ __all__ = [
     "RECORD_KEY",
     "atomic_write",
     "build_record",
+    "png_path",
     "public_model_name",
     "read_record",
     "save_result",
@@ -142,17 +143,30 @@ def _write_png(image: Image.Image, info: PngImagePlugin.PngInfo, fh: IO[bytes]) 
     image.save(fh, format="PNG", pnginfo=info)
 
 
-def save_result(result: GenerationResult, path: Path, *, index: int | None) -> list[Path]:
-    if index is not None and not 0 <= index < len(result.images):
-        raise IndexError(f"index {index} out of range for {len(result.images)} image(s)")
-    indices = [index] if index is not None else list(range(len(result.images)))
-    if not path.suffix:
-        path = path.with_suffix(".png")
-    elif path.suffix.lower() != ".png":
+_OTHER_IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic", ".jxl"}
+)
+
+
+def png_path(path: Path) -> Path:
+    """``path`` as the PNG that `GenerationResult.save` writes: ``.png`` is appended unless the
+    name ends in it; another image format's suffix is refused (the record lives in PNG chunks)."""
+    suffix = path.suffix.lower()
+    if suffix == ".png":
+        return path
+    if suffix in _OTHER_IMAGE_SUFFIXES:
         raise RecordError(
             f"Cannot save {str(path)!r}: deskgen writes PNG files (the generation record lives "
             "in PNG text chunks). Use a .png path, or convert the saved PNG yourself."
         )
+    return path.with_name(path.name + ".png")
+
+
+def save_result(result: GenerationResult, path: Path, *, index: int | None) -> list[Path]:
+    if index is not None and not 0 <= index < len(result.images):
+        raise IndexError(f"index {index} out of range for {len(result.images)} image(s)")
+    indices = [index] if index is not None else list(range(len(result.images)))
+    path = png_path(path)
     written = []
     for i in indices:
         target = path

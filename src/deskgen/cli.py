@@ -102,9 +102,9 @@ def _parser() -> argparse.ArgumentParser:
         help="the whole makeover offline on a tiny model (or real weights with --model)",
         description=(
             "Run a makeover of the sample desk photo shipped with deskgen. With no --model it "
-            "builds a tiny random-weight SDXL into the user cache on first use (no network, "
-            "no GPU; the picture is noise, the path is the real one). With --backend/--model it "
-            "runs the same makeover on real weights."
+            "builds a tiny random-weight model of the backend (sdxl or sd) into the user cache "
+            "on first use (no network, no GPU; the picture is noise, the path is the real one). "
+            "With --model it runs the same makeover on real weights."
         ),
     )
     demo.add_argument("--prompt", help="override the demo prompt")
@@ -145,6 +145,9 @@ def _run_generation(args: argparse.Namespace, *, prompt: str, model: str | None)
 
     from ._generator import DeskGenerator
     from ._models import StepProgress
+    from ._record import png_path
+
+    png_path(Path(args.out))  # refuse a .jpg output before spending minutes generating
 
     options: dict[str, Any] = {}
     for name in ("variant", "revision"):
@@ -202,10 +205,12 @@ def _run_generation(args: argparse.Namespace, *, prompt: str, model: str | None)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from ._registry import get_backend_class
     from .demo import DEMO_NEGATIVE_PROMPT, DEMO_PROMPT, sample_desk_photo, tiny_model
 
     model = args.model
     if model is None:
+        get_backend_class(args.backend)  # unknown names fail as such
         if args.backend not in ("sdxl", "sd"):
             raise ConfigError(
                 f"The offline demo has tiny models for 'sdxl' and 'sd' only; pass --model to run "

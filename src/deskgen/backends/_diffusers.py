@@ -420,12 +420,7 @@ class DiffusersBackend(Backend):
         pipe = self._view(template)
         do_cfg = guidance > 1 and self._uses_cfg_embeds
 
-        start = time.perf_counter()
-        with self._encode_lock:
-            embeds = self.encode_prompt(pipe, resolved, do_cfg=do_cfg)
-        encoded = time.perf_counter()
-
-        marks = {"last_step": encoded}
+        marks: dict[str, float] = {}
 
         def on_step_end(view: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             marks["last_step"] = time.perf_counter()
@@ -435,7 +430,6 @@ class DiffusersBackend(Backend):
 
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in job.seeds]
         call: dict[str, Any] = {
-            **embeds,
             "num_inference_steps": request.steps,
             "guidance_scale": guidance,
             "num_images_per_prompt": request.num_images,
@@ -450,7 +444,11 @@ class DiffusersBackend(Backend):
             call["width"] = width
             call["height"] = height
         lock = self._call_lock if self._call_lock is not None else contextlib.nullcontext()
+        start = time.perf_counter()
         try:
+            with self._encode_lock:
+                call.update(self.encode_prompt(pipe, resolved, do_cfg=do_cfg))
+            encoded = marks["last_step"] = time.perf_counter()
             with lock:
                 output = pipe(**call)
         except DeskgenError:
