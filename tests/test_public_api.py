@@ -11,6 +11,8 @@ EXPECTED = {
     "BackendInfo",
     "ConfigError",
     "DeskGenerator",
+    "DeskItem",
+    "DeskSpec",
     "DeskgenError",
     "GenerationCancelledError",
     "GenerationRequest",
@@ -21,11 +23,14 @@ EXPECTED = {
     "ImageTooLargeError",
     "InvalidOutputError",
     "InvalidRequestError",
+    "LongPromptMode",
     "MissingDependencyError",
     "ModelLoadError",
     "ModelMismatchError",
     "ModelNotFoundError",
     "PeakMemory",
+    "PromptReport",
+    "PromptTooLongError",
     "RecordError",
     "RequestFields",
     "StepProgress",
@@ -50,7 +55,7 @@ def test_public_names_come_from_private_modules() -> None:
     for name in deskgen.__all__:
         obj = getattr(deskgen, name)
         module = getattr(obj, "__module__", "deskgen._version")
-        assert module.startswith("deskgen._"), (name, module)
+        assert module.startswith(("deskgen._", "deskgen.prompts._")), (name, module)
 
 
 def test_import_is_light() -> None:

@@ -26,6 +26,7 @@ from ._exceptions import (
     ModelLoadError,
     ModelMismatchError,
     ModelNotFoundError,
+    PromptTooLongError,
     RecordError,
     UnknownBackendError,
 )
@@ -41,12 +42,16 @@ from ._models import (
 from ._record import read_record
 from ._registry import BackendInfo, list_backends, register_backend
 from ._version import __version__
+from .prompts._report import LongPromptMode, PromptReport
+from .prompts._spec import DeskItem, DeskSpec
 
 __all__ = [
     "BackendError",
     "BackendInfo",
     "ConfigError",
     "DeskGenerator",
+    "DeskItem",
+    "DeskSpec",
     "DeskgenError",
     "GenerationCancelledError",
     "GenerationRequest",
@@ -57,11 +62,14 @@ __all__ = [
     "ImageTooLargeError",
     "InvalidOutputError",
     "InvalidRequestError",
+    "LongPromptMode",
     "MissingDependencyError",
     "ModelLoadError",
     "ModelMismatchError",
     "ModelNotFoundError",
     "PeakMemory",
+    "PromptReport",
+    "PromptTooLongError",
     "RecordError",
     "RequestFields",
     "StepProgress",

@@ -3,6 +3,7 @@
 ```text
 DeskgenError                      base of everything deskgen raises on purpose
 ├── InvalidRequestError           a generation request that cannot run (ValueError)
+│   └── PromptTooLongError        over a text encoder's limit with long_prompt="error"
 ├── ConfigError                   bad DeskGenerator options: device, dtype, options (ValueError)
 ├── ImageInputError               a photo that cannot be used (ValueError)
 │   └── ImageTooLargeError        more pixels than Pillow's bomb limit, refused before decoding
@@ -38,6 +39,7 @@ __all__ = [
     "ModelLoadError",
     "ModelMismatchError",
     "ModelNotFoundError",
+    "PromptTooLongError",
     "RecordError",
     "UnknownBackendError",
 ]
@@ -49,6 +51,24 @@ class DeskgenError(Exception):
 
 class InvalidRequestError(DeskgenError, ValueError):
     """A generation request that cannot run as given (the message says which field and why)."""
+
+
+class PromptTooLongError(InvalidRequestError):
+    """A prompt over a text encoder's limit (or a character limit) with ``long_prompt="error"``."""
+
+    def __init__(self, *, role: str, encoder: str, tokens: int, limit: int, overflow: str) -> None:
+        self.role = role
+        self.encoder = encoder
+        self.tokens = tokens
+        self.limit = limit
+        self.overflow = overflow
+        unit = "characters" if encoder == "characters" else "tokens"
+        where = "the backend takes" if encoder == "characters" else f"{encoder} sees"
+        super().__init__(
+            f"The {role} is {tokens} {unit} but {where} {limit} (long_prompt='error'). "
+            f"Over the limit: {overflow!r}. Shorten it, or use long_prompt='chunk' to encode "
+            "all of it, or 'fit' to drop its last phrases."
+        )
 
 
 class ConfigError(DeskgenError, ValueError):

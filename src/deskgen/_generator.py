@@ -38,6 +38,7 @@ from ._models import (
 from ._registry import get_backend_class
 from ._version import __version__
 from .backends._base import Job
+from .prompts._report import LongPromptMode, PromptReport
 
 if TYPE_CHECKING:
     from .backends._base import Backend
@@ -50,6 +51,9 @@ class RequestFields(TypedDict, total=False):
 
     prompt: str
     negative_prompt: str | None
+    long_prompt: LongPromptMode | str | None
+    trigger_words: list[str]
+    remove_words: list[str]
     image: ImageInput | None
     image_sha256: str | None
     strength: float
@@ -193,6 +197,22 @@ class DeskGenerator:
         except ValidationError as exc:
             raise InvalidRequestError(f"Invalid request: {_format_validation_error(exc)}.") from exc
 
+    def check_prompt(
+        self, request: GenerationRequest | None = None, /, **fields: Unpack[RequestFields]
+    ) -> PromptReport:
+        """The `PromptReport` a request would get, without generating: per text encoder, the
+        tokens, limit, chunks and any text that would not be encoded. Uses the loaded
+        pipeline's own tokenizers.
+
+        Raises:
+            PromptTooLongError: with ``long_prompt="error"``, a text over an encoder's limit.
+            InvalidRequestError: an invalid request, e.g. an unknown negative preset.
+        """
+        backend = self._require_open()
+        req = self._build_request(request, fields)
+        with _backend_boundary(BackendError, f"The {self.backend_name!r} backend failed"):
+            return backend.plan_prompt(req).report
+
     @staticmethod
     def _check_photo(request: GenerationRequest, info: ImageInfo | None) -> list[str]:
         """Compare the photo with the one a replayed request was recorded from."""
@@ -280,7 +300,9 @@ class DeskGenerator:
             )
         if info is not None:
             req = req.model_copy(update={"image_sha256": info.sha256})
-        job = Job(request=req, photo=photo, seeds=seeds, on_step=step_hook)
+        with _backend_boundary(BackendError, f"The {self.backend_name!r} backend failed"):
+            plan = backend.plan_prompt(req)
+        job = Job(request=req, photo=photo, seeds=seeds, prompt=plan, on_step=step_hook)
         try:
             with (
                 _backend_boundary(BackendError, f"The {self.backend_name!r} backend failed"),
@@ -313,8 +335,9 @@ class DeskGenerator:
                 total=total,
             ),
             peak_memory=PeakMemory(bytes=memory.peak_bytes, kind=memory.kind),
-            warnings=warnings + output.warnings,
+            warnings=warnings + plan.report.warnings + output.warnings,
             input_image=info,
+            prompt_report=plan.report,
             deskgen_version=__version__,
             created_at=datetime.now(timezone.utc),
         )

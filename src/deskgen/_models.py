@@ -14,6 +14,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, SkipValidation, field_validator
 
 from ._images import ImageInfo, ImageInput
+from .prompts._report import LongPromptMode, PromptReport
 
 __all__ = [
     "CancelFlag",
@@ -44,7 +45,17 @@ class GenerationRequest(BaseModel):
     prompt: str = Field(min_length=1)
     """What the improved desk should look like."""
     negative_prompt: str | None = None
-    """What to keep out of the image; ``None`` is the backend's default (none for sd/sdxl)."""
+    """What to keep out of the image: text, or a preset reference such as
+    ``"preset:photo_default"``, ``"preset:default"`` (the backend's preset) or
+    ``"preset:sdxl_default, text"``. ``None``: no negative prompt (as diffusers)."""
+    long_prompt: LongPromptMode | None = None
+    """What to do with a prompt over a text encoder's limit: ``chunk``, ``fit``, ``truncate``
+    or ``error``; ``None`` is the backend's default (``chunk`` for sd/sdxl)."""
+    trigger_words: list[str] = Field(default_factory=list)
+    """LoRA trigger words to put at the front of the prompt (those it lacks)."""
+    remove_words: list[str] = Field(default_factory=list)
+    """Words or phrases to take out of the prompt (case-insensitive, whole words), e.g. an
+    unwanted LoRA trigger such as ``"3D 0ff1c3"``."""
     image: SkipValidation[ImageInput | None] = Field(default=None, exclude=True, repr=False)
     """The user's desk photo (path, bytes, binary file or PIL image): img2img when given.
 
@@ -152,6 +163,8 @@ class GenerationResult(BaseModel):
     peak_memory: PeakMemory
     warnings: list[str] = Field(default_factory=list)
     input_image: ImageInfo | None = None
+    prompt_report: PromptReport | None = None
+    """Per text encoder: tokens, limit, chunks and any text not encoded."""
     deskgen_version: str
     created_at: datetime
 

@@ -108,6 +108,9 @@ def build_record(result: GenerationResult, index: int) -> dict[str, Any]:
         "timings": result.timings.model_dump(mode="json"),
         "peak_memory": result.peak_memory.model_dump(mode="json"),
         "input_image": (result.input_image.model_dump(mode="json") if result.input_image else None),
+        "prompt_report": (
+            result.prompt_report.model_dump(mode="json") if result.prompt_report else None
+        ),
         "warnings": result.warnings,
         "created_at": result.created_at.isoformat(),
     }

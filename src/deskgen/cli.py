@@ -1,4 +1,4 @@
-"""The ``deskgen`` command line: generate, demo, backends, record.
+"""The ``deskgen`` command line: generate, demo, prompt, backends, record.
 
 Run ``deskgen --help`` or ``deskgen COMMAND --help``. Exit codes: 0 success, 1 a deskgen error
 (its message says how to fix it), 2 bad command-line usage, 130 interrupted.
@@ -53,7 +53,11 @@ def _add_request_options(
 ) -> None:
     group = parser.add_argument_group("request")
     group.add_argument("--image", help="the desk photo (img2img); omit for txt2img")
-    group.add_argument("--negative-prompt", help="what to keep out of the image")
+    group.add_argument(
+        "--negative-prompt",
+        help="what to keep out of the image: text or 'preset:NAME' (see `deskgen prompt --help`)",
+    )
+    _add_prompt_options(group)
     group.add_argument(
         "--strength", type=float, default=0.6, help="img2img: how far to move from the photo"
     )
@@ -65,6 +69,29 @@ def _add_request_options(
     group.add_argument("--num-images", type=int, default=1, help="images to generate")
     group.add_argument("--width", type=int, help="output width (default: native or photo aspect)")
     group.add_argument("--height", type=int, help="output height")
+
+
+def _add_prompt_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--long-prompt",
+        choices=["chunk", "fit", "truncate", "error"],
+        help="prompts over a text encoder's limit: encode all in chunks (default for sd/sdxl), "
+        "drop the last phrases, let the encoder cut them, or refuse",
+    )
+    group.add_argument(
+        "--trigger-word",
+        action="append",
+        default=[],
+        metavar="WORDS",
+        help="LoRA trigger words to put at the front of the prompt (repeatable)",
+    )
+    group.add_argument(
+        "--remove-word",
+        action="append",
+        default=[],
+        metavar="WORDS",
+        help="words to take out of the prompt, e.g. an unwanted trigger (repeatable)",
+    )
 
 
 def _add_output_options(parser: argparse.ArgumentParser, *, out: str) -> None:
@@ -113,6 +140,24 @@ def _parser() -> argparse.ArgumentParser:
         demo, steps=None, steps_help="default: 20 on the tiny model, 30 with --model"
     )
     _add_output_options(demo, out="deskgen-demo.png")
+
+    prompt = sub.add_parser(
+        "prompt",
+        help="report how a backend's text encoders see a prompt, without loading a model",
+        description=(
+            "Count tokens per text encoder of a backend with the real tokenizers (CLIP's "
+            "vocabulary ships with deskgen) and show the chunks, the limit and anything that "
+            "would not be encoded. Negative presets: "
+            + ", ".join(f"preset:{name}" for name in _preset_names())
+            + ", preset:default (the backend's)."
+        ),
+    )
+    prompt.add_argument("prompt", help="the prompt to check")
+    prompt.add_argument("--backend", default="sdxl", help="backend name (default: sdxl)")
+    prompt_group = prompt.add_argument_group("prompt")
+    prompt_group.add_argument("--negative-prompt", help="text or 'preset:NAME'")
+    _add_prompt_options(prompt_group)
+    prompt.add_argument("--json", action="store_true", help="print the report as JSON")
 
     backends = sub.add_parser("backends", help="list backends and whether they are installed")
     backends.add_argument("--json", action="store_true", help="print JSON")
@@ -166,6 +211,9 @@ def _run_generation(args: argparse.Namespace, *, prompt: str, model: str | None)
         "num_images": args.num_images,
         "width": args.width,
         "height": args.height,
+        "long_prompt": args.long_prompt,
+        "trigger_words": args.trigger_word,
+        "remove_words": args.remove_word,
     }
     fields = {k: v for k, v in fields.items() if v is not None}
     print(f"Loading {args.backend} ({model or 'default model'})...", file=sys.stderr)
@@ -197,6 +245,8 @@ def _run_generation(args: argparse.Namespace, *, prompt: str, model: str | None)
             f"{t.encode:.2f} s, denoise {t.denoise:.2f} s, decode {t.decode:.2f} s), peak "
             f"memory {result.peak_memory.gib:.2f} GiB ({result.peak_memory.kind})"
         )
+        if result.prompt_report is not None:
+            print(result.prompt_report.summary())
         for warning in result.warnings:
             print(f"warning: {warning}")
     for path in paths:
@@ -228,6 +278,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.seed is None:
         args.seed = 42
     return _run_generation(args, prompt=args.prompt or DEMO_PROMPT, model=model)
+
+
+def _preset_names() -> list[str]:
+    from .prompts import list_negative_presets
+
+    return list(list_negative_presets())
+
+
+def _cmd_prompt(args: argparse.Namespace) -> int:
+    from .prompts import check_prompt
+
+    report = check_prompt(
+        args.prompt,
+        backend=args.backend,
+        negative_prompt=args.negative_prompt,
+        long_prompt=args.long_prompt,
+        trigger_words=args.trigger_word,
+        remove_words=args.remove_word,
+    )
+    if args.json:
+        print(report.model_dump_json(indent=2))
+    else:
+        print(report.summary())
+    return 0
 
 
 def _cmd_backends(args: argparse.Namespace) -> int:
@@ -265,7 +339,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``deskgen`` command; returns the exit code."""
     args = _parser().parse_args(argv)
-    if args.command in ("generate", "demo") and not args.verbose:
+    if args.command in ("generate", "demo", "prompt") and not getattr(args, "verbose", False):
         _quiet_libraries()
     try:
         if args.command == "generate":
@@ -274,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_demo(args)
         if args.command == "backends":
             return _cmd_backends(args)
+        if args.command == "prompt":
+            return _cmd_prompt(args)
         return _cmd_record(args)
     except DeskgenError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from ._exceptions import MissingDependencyError
 
-__all__ = ["TinyKind", "clip_tokenizer_dir", "make_tiny_pipeline"]
+__all__ = ["TinyKind", "clip_tokenizer_dir", "make_tiny_pipeline", "make_tiny_tokenizer"]
 
 TinyKind = Literal["sdxl", "sd"]
 
@@ -208,3 +208,56 @@ def make_tiny_pipeline(
     pipe.save_pretrained(target, safe_serialization=True)
     marker.write_text(json.dumps(spec))
     return target
+
+
+_CORPUS = (
+    "a clean modern desk setup in a bright open office with a large monitor and a laptop",
+    "a minimalist LED desk lamp on the left and a sleek wireless charger pad",
+    "all cables neatly organized and hidden, calm tidy professional natural lighting",
+    "a wooden desk with a plant, a keyboard, a mouse, a mug and a notebook",
+    "research monitoring or visual content analysis in a collaborative lab",
+)
+
+
+def make_tiny_tokenizer(
+    kind: Literal["t5", "llama"], path: str | os.PathLike[str] | None = None
+) -> Any:
+    """A tiny tokenizer with the special-token rules of T5 (EOS appended) or Llama 3 (BOS
+    prepended), trained in-process on a few desk sentences. Saved to ``path`` when given
+    (``save_pretrained`` layout). For tests of token counting and sequence lengths; the real
+    tokenizers are large downloads.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if kind == "t5":
+        special = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
+        tok = Tokenizer(models.Unigram())
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        trainer: Any = trainers.UnigramTrainer(
+            vocab_size=200, special_tokens=list(special.values()), unk_token="<unk>"
+        )
+        tok.train_from_iterator(_CORPUS, trainer)
+        tok.post_processor = processors.TemplateProcessing(
+            single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
+        )
+    elif kind == "llama":
+        special = {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"}
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=list(special.values()),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
+        tok.train_from_iterator(_CORPUS, trainer)
+        bos = special["bos_token"]
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", special_tokens=[(bos, tok.token_to_id(bos))]
+        )
+    else:
+        raise ValueError(f"Unknown tiny tokenizer kind {kind!r}: use 't5' or 'llama'.")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=512, **special)
+    if path is not None:
+        fast.save_pretrained(os.fspath(path))
+    return fast

@@ -11,9 +11,12 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
+
+from ..prompts._plan import PromptPlan, plan_prompt
+from ..prompts._report import LongPromptMode, TextEncoderSpec
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -43,6 +46,10 @@ class Job:
     photo: Image.Image | None
     """The normalised RGB photo (no metadata), not yet resized; ``None`` for txt2img."""
     seeds: list[int]
+    prompt: PromptPlan
+    """What to encode: the prompt builder's plan for this backend (trigger words applied,
+    negative preset resolved, ``fit`` applied, chunks chosen). Encode ``prompt.prompt`` and
+    ``prompt.negative_prompt``, not the request's raw texts."""
     on_step: Callable[[int, int], None]
     """Call after each denoising step with (steps done, total steps); it raises to cancel."""
 
@@ -75,6 +82,11 @@ class Backend(abc.ABC):
     """Importable module names this backend needs (checked by `list_backends`)."""
     default_model: ClassVar[str | None] = None
     options_class: ClassVar[type[BackendOptions]] = BackendOptions
+    text_encoders: ClassVar[tuple[TextEncoderSpec, ...]] = ()
+    """The text encoders the prompt builder plans for (empty: none, e.g. an API backend)."""
+    default_long_prompt: ClassVar[LongPromptMode] = LongPromptMode.CHUNK
+    default_negative_preset: ClassVar[str | None] = None
+    """What ``negative_prompt="preset:default"`` means on this backend."""
 
     def __init__(self, options: BackendOptions) -> None:
         self.options = options
@@ -92,6 +104,24 @@ class Backend(abc.ABC):
     @property
     def model_id(self) -> str:
         return self.options.model
+
+    def prompt_encoders(self) -> list[tuple[TextEncoderSpec, Any]]:
+        """The text encoders with the tokenizers that count for them (default: none)."""
+        return []
+
+    def plan_prompt(self, request: GenerationRequest) -> PromptPlan:
+        """The prompt builder's plan and report for ``request`` on this backend."""
+        return plan_prompt(
+            backend=self.name,
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            encoders=self.prompt_encoders(),
+            mode=request.long_prompt,
+            default_mode=self.default_long_prompt,
+            default_negative_preset=self.default_negative_preset,
+            trigger_words=request.trigger_words,
+            remove_words=request.remove_words,
+        )
 
     @abc.abstractmethod
     def generate(self, job: Job) -> BackendOutput:

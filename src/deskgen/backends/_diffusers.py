@@ -44,6 +44,7 @@ from .._exceptions import (
     ModelNotFoundError,
 )
 from .._images import fit_size, prepare_image
+from ..prompts import PromptPlan, TextEncoderSpec
 from ._base import Backend, BackendOptions, BackendOutput, Job
 
 if TYPE_CHECKING:
@@ -382,12 +383,30 @@ class DiffusersBackend(Backend):
             )
         return width, height, warnings
 
+    def prompt_encoders(self) -> list[tuple[TextEncoderSpec, Any]]:
+        """The loaded pipeline's CLIP encoders with their own tokenizers and limits."""
+        pipe = self._txt2img
+        if pipe is None:
+            self._check_open()
+        encoders = []
+        for spec in self.text_encoders:
+            tokenizer = getattr(pipe, spec.name.replace("text_encoder", "tokenizer"), None)
+            if tokenizer is None or getattr(pipe, spec.name, None) is None:
+                continue
+            limit = int(getattr(tokenizer, "model_max_length", spec.max_tokens))
+            encoders.append((spec.model_copy(update={"max_tokens": limit}), tokenizer))
+        return encoders
+
+    def plan_prompt(self, request: GenerationRequest) -> PromptPlan:
+        # the pipeline's tokenizers are shared: every use of them holds the encode lock
+        with self._encode_lock:
+            return super().plan_prompt(request)
+
     @abc.abstractmethod
-    def encode_prompt(
-        self, pipe: Any, request: GenerationRequest, *, do_cfg: bool
-    ) -> dict[str, Any]:
-        """Encode the prompts with ``pipe``'s own ``encode_prompt``; return the embeddings as
-        keyword arguments for ``pipe.__call__`` (``prompt_embeds``, ...). Runs under a lock."""
+    def encode_prompt(self, pipe: Any, plan: PromptPlan, *, do_cfg: bool) -> dict[str, Any]:
+        """Encode ``plan`` with ``pipe``: the pipeline's own ``encode_prompt`` for texts of one
+        chunk, the chunked encoder (`deskgen.backends._chunked`) for longer ones. Returns the
+        embeddings as keyword arguments for ``pipe.__call__``. Runs under the encode lock."""
 
     def generate(self, job: Job) -> BackendOutput:
         import numpy as np
@@ -446,8 +465,8 @@ class DiffusersBackend(Backend):
         lock = self._call_lock if self._call_lock is not None else contextlib.nullcontext()
         start = time.perf_counter()
         try:
-            with self._encode_lock:
-                call.update(self.encode_prompt(pipe, resolved, do_cfg=do_cfg))
+            with self._encode_lock, torch.no_grad():
+                call.update(self.encode_prompt(pipe, job.prompt, do_cfg=do_cfg))
             encoded = marks["last_step"] = time.perf_counter()
             with lock:
                 output = pipe(**call)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from .._registry import register_backend
+from ..prompts import EncoderFamily, PromptPlan, TextEncoderSpec
+from ._chunked import encode_chunked_sd
 from ._diffusers import DiffusersBackend
-
-if TYPE_CHECKING:
-    from .._models import GenerationRequest
 
 __all__ = ["SDBackend"]
 
@@ -26,15 +25,20 @@ class SDBackend(DiffusersBackend):
     )
     family: ClassVar[str] = "Stable Diffusion 1.x/2.x"
     default_guidance: ClassVar[float] = 7.5
+    text_encoders: ClassVar[tuple[TextEncoderSpec, ...]] = (
+        TextEncoderSpec(name="text_encoder", family=EncoderFamily.CLIP, max_tokens=77),
+    )
+    default_negative_preset: ClassVar[str | None] = "photo_default"
 
-    def encode_prompt(
-        self, pipe: Any, request: GenerationRequest, *, do_cfg: bool
-    ) -> dict[str, Any]:
+    def encode_prompt(self, pipe: Any, plan: PromptPlan, *, do_cfg: bool) -> dict[str, Any]:
+        device = pipe._execution_device
+        if plan.chunked:
+            return encode_chunked_sd(pipe, plan, do_cfg=do_cfg, device=device)
         embeds, negative = pipe.encode_prompt(
-            prompt=request.prompt,
-            device=pipe._execution_device,
+            prompt=plan.prompt,
+            device=device,
             num_images_per_prompt=1,
             do_classifier_free_guidance=do_cfg,
-            negative_prompt=request.negative_prompt,
+            negative_prompt=plan.negative_prompt,
         )
         return {"prompt_embeds": embeds, "negative_prompt_embeds": negative}
