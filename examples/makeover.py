@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--out", default="makeover.png")
     args = parser.parse_args()
 
-    model = args.model or str(tiny_model())
+    model = args.model or str(tiny_model(args.backend))
     stop = threading.Event()  # set() it from another thread to cancel between steps
 
     def progress(p: StepProgress) -> None:

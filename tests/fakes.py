@@ -61,6 +61,7 @@ class FakeBackend(Backend):
         resolved = job.request.model_copy(update={"width": 16, "height": 16, "guidance_scale": 1.0})
         return BackendOutput(
             images=images,
+            seeds=job.seeds,
             request=resolved,
             mode="img2img" if job.photo is not None else "txt2img",
             width=16,

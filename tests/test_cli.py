@@ -118,6 +118,18 @@ def test_non_png_output_fails_before_loading(
     assert "Loading" not in err
 
 
+def test_unwritable_output_fails_before_loading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = main(["generate", "x", "--model", str(tmp_path), "--out", str(blocker / "o.png")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "not a writable folder" in err
+    assert "Loading" not in err
+
+
 def test_demo_with_an_unknown_backend(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--backend", "nope"]) == 1
     assert "Unknown backend 'nope'" in capsys.readouterr().err
@@ -149,7 +161,13 @@ def test_usage_errors_exit_2() -> None:
                 "--device",
                 "--dtype",
                 "--variant",
+                "--vae",
+                "--cache-dir",
+                "--local-files-only",
                 "--allow-pickle",
+                "--long-prompt",
+                "--trigger-word",
+                "--remove-word",
                 "--out",
                 "--no-progress",
                 "--json",

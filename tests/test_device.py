@@ -26,15 +26,23 @@ def test_cuda_index_out_of_range_or_missing() -> None:
 
 
 def test_peak_memory_sees_an_allocation() -> None:
+    import time
+
     with PeakMemorySampler("cpu", interval=0.001) as baseline:
         pass
     with PeakMemorySampler("cpu", interval=0.001) as sampler:
-        block = torch.ones(64 * 2**20, dtype=torch.uint8)  # 64 MiB, touched
+        block = torch.ones(256 * 2**20, dtype=torch.uint8)  # 256 MiB, touched
         block.add_(1)
+        time.sleep(0.05)  # let the sampler see it
         del block
     assert sampler.kind == "process_rss"
-    assert sampler.peak_bytes >= baseline.peak_bytes
-    assert sampler.peak_bytes > 0
+    assert sampler.peak_bytes - baseline.peak_bytes >= 200 * 2**20
+
+
+def test_cuda_index_that_is_not_a_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ConfigError, match="cuda:N"):
+        resolve_device("cuda:x")
 
 
 @pytest.mark.parametrize(

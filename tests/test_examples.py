@@ -20,7 +20,14 @@ def _env(tmp_path: Path) -> dict[str, str]:
 def test_makeover_script(tmp_path: Path) -> None:
     out = tmp_path / "makeover.png"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "makeover.py"), "--out", str(out)],
+        [
+            sys.executable,
+            str(ROOT / "examples" / "makeover.py"),
+            "--backend",
+            "sd",
+            "--out",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         env=_env(tmp_path),

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import zlib
@@ -41,7 +42,7 @@ class TestInputKinds:
         digests = {info.sha256 for _, info in results}
         assert len(digests) == 1
         assert all(img.mode == "RGB" and img.size == (40, 20) for img, _ in results)
-        assert results[0][1].source == "desk.png"
+        assert results[0][1].source == "path"  # never the file name: it can be personal
         assert results[2][1].source == "bytes"
         assert results[3][1].source == "file"
         assert results[4][1].source == "PIL.Image"
@@ -236,17 +237,39 @@ class TestModes:
         assert isinstance(value, tuple)
         assert 126 <= value[0] <= 129
 
-    def test_icc_profile_is_converted_to_srgb(self) -> None:
-        lab = ImageCms.createProfile("LAB")
-        srgb = ImageCms.createProfile("sRGB")
-        profile = ImageCms.ImageCmsProfile(srgb).tobytes()
+    def test_srgb_profile_changes_nothing(self) -> None:
+        profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
         img = Image.new("RGB", (4, 4), (200, 100, 50))
         out, _ = load_image(_encode(img, "PNG", icc_profile=profile))
         value = out.getpixel((0, 0))
         assert isinstance(value, tuple)
         assert all(abs(a - b) <= 2 for a, b in zip(value, (200, 100, 50), strict=True))
         assert out.info == {}
-        assert lab is not None
+
+    @staticmethod
+    def _swapped_primaries_profile() -> bytes:
+        """sRGB with its red and blue primaries swapped: another RGB space, like a phone's
+        Display P3, where the same numbers mean other colours."""
+        data = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+        (count,) = struct.unpack(">I", data[128:132])
+        entries = {}
+        for i in range(count):
+            at = 132 + 12 * i
+            entries[bytes(data[at : at + 4])] = at
+        red, blue = entries[b"rXYZ"], entries[b"bXYZ"]
+        data[red + 4 : red + 12], data[blue + 4 : blue + 12] = (
+            data[blue + 4 : blue + 12],
+            data[red + 4 : red + 12],
+        )
+        return bytes(data)
+
+    def test_other_profiles_are_converted_to_srgb(self) -> None:
+        img = Image.new("RGB", (4, 4), (200, 100, 50))
+        tagged, _ = load_image(_encode(img, "PNG", icc_profile=self._swapped_primaries_profile()))
+        value = tagged.getpixel((0, 0))
+        assert isinstance(value, tuple)
+        assert value[2] > value[0]  # what the file calls red is really blue
+        assert tagged.info == {}
 
     def test_animated_gif_takes_the_first_frame(self) -> None:
         frames = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 255, 0))]
@@ -256,6 +279,26 @@ class TestModes:
         value = out.getpixel((0, 0))
         assert isinstance(value, tuple)
         assert value[0] > 200 and value[1] < 60
+
+
+class TestFuzz:
+    @pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow's notes on skipped TIFF tags
+    def test_damaged_files_only_ever_raise_image_input_errors(self) -> None:
+        import random
+
+        rng = random.Random(0)
+        seeds = [
+            _encode(_two_tone((24, 16)), fmt)
+            for fmt in ("PNG", "JPEG", "TIFF", "GIF", "WEBP", "BMP")
+        ]
+        for _ in range(600):
+            data = bytearray(rng.choice(seeds))
+            for _ in range(rng.randint(1, 8)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            if rng.random() < 0.3:
+                data = data[: rng.randrange(8, len(data))]
+            with contextlib.suppress(ImageInputError):
+                load_image(bytes(data))
 
 
 class TestSizing:

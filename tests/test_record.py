@@ -138,7 +138,7 @@ class TestRecordErrors:
     def test_not_a_png(self, tmp_path: Path) -> None:
         path = tmp_path / "x.jpg"
         Image.new("RGB", (4, 4)).save(path, format="JPEG")
-        with pytest.raises(RecordError, match="not a PNG"):
+        with pytest.raises(RecordError, match="not a readable PNG"):
             read_record(path)
 
     def test_png_without_record(self, tmp_path: Path) -> None:
@@ -166,3 +166,45 @@ class TestRecordErrors:
         Image.new("RGB", (4, 4)).save(path, pnginfo=info)
         with pytest.raises(RecordError, match="invalid"):
             read_record(path)
+
+
+def test_saved_files_get_normal_permissions(result: GenerationResult, tmp_path: Path) -> None:
+    import os
+    import stat
+
+    (path,) = result.save(tmp_path / "perm.png", index=0)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    path.chmod(0o640)
+    result.save(path, index=1)  # replacing keeps the file's mode
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+def test_records_from_a_newer_deskgen_still_replay(tmp_path: Path) -> None:
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    record = {"format": 2, "request": {"prompt": "a desk", "seed": 3, "new_field": [1]}}
+    info.add_text(RECORD_KEY, json.dumps(record))
+    path = tmp_path / "newer.png"
+    Image.new("RGB", (4, 4)).save(path, pnginfo=info)
+    request = read_record(path)
+    assert (request.prompt, request.seed) == ("a desk", 3)
+
+
+def test_bombs_and_huge_text_chunks_are_record_errors(tmp_path: Path) -> None:
+    from .test_images import TestBombs
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(TestBombs._png_header_only(30000, 30000))
+    with pytest.raises(RecordError):
+        read_record(bomb)
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "x" * (2**21), zip=True)  # over Pillow's text-chunk limit
+    huge = tmp_path / "huge.png"
+    Image.new("RGB", (4, 4)).save(huge, pnginfo=info)
+    with pytest.raises(RecordError):
+        read_record(huge)

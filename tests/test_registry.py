@@ -63,3 +63,23 @@ def test_a_custom_backend_works_through_the_facade() -> None:
         result = gen.generate(prompt="a desk", seed=1, steps=2)
     assert result.backend == "custom-test"
     assert result.model == "fake/model"
+
+
+def test_replacing_a_built_in_before_first_lookup() -> None:
+    import subprocess
+    import sys
+
+    code = """
+import deskgen
+from deskgen.backends import Backend
+@deskgen.register_backend("sdxl", replace=True)
+class Mine(Backend):
+    pass
+names = [b.name for b in deskgen.list_backends()]
+from deskgen._registry import get_backend_class
+assert get_backend_class("sdxl", check_installed=False) is Mine, names
+assert "sd" in names
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr

@@ -42,7 +42,10 @@ def resolve_device(device: str) -> str:
                 f"(torch {torch.__version__}). Install a CUDA build of torch, or use device='cpu' "
                 "or device='auto'."
             )
-        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        try:
+            index = int(device.split(":", 1)[1]) if ":" in device else 0
+        except ValueError:
+            raise ConfigError(f"Unknown device {device!r}: use 'cuda' or 'cuda:N'.") from None
         if index >= torch.cuda.device_count():
             raise ConfigError(
                 f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible."

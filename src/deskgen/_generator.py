@@ -316,7 +316,7 @@ class DeskGenerator:
         total = _since(started)
         return GenerationResult(
             images=output.images,
-            seeds=seeds,
+            seeds=output.seeds,
             request=output.request,
             backend=self.backend_name,
             model=self.model,

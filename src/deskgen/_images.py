@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import IO, TypeAlias, Union
 
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps
 from pydantic import BaseModel, ConfigDict
 
 from ._exceptions import ImageInputError, ImageTooLargeError
@@ -39,6 +39,9 @@ PSD, ICO and the other rarely needed decoders are off."""
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
+MAX_FILE_BYTES = 100 * 2**20
+"""Photo files above this size are refused before they are read into memory."""
+
 
 class ImageInfo(BaseModel):
     """What the generation record keeps about an input photo (never its pixels or metadata)."""
@@ -46,7 +49,8 @@ class ImageInfo(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     source: str
-    """A short, path-free description: the file name, ``"bytes"``, ``"file"`` or ``"PIL.Image"``."""
+    """How the photo was given: ``"path"``, ``"bytes"``, ``"file"`` or ``"PIL.Image"`` (never the
+    file name, which can be personal)."""
     format: str | None
     original_width: int
     original_height: int
@@ -65,12 +69,22 @@ def _open(data: ImageInput) -> tuple[Image.Image, str]:
         path = Path(data)
         if not path.is_file():
             raise ImageInputError(f"No image file at {str(path)!r}: check the path.")
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ImageTooLargeError(
+                f"{str(path)!r} is {path.stat().st_size} bytes, over deskgen's "
+                f"{MAX_FILE_BYTES // 2**20} MiB limit for a photo: downscale or recompress it."
+            )
         fp = io.BytesIO(path.read_bytes())
-        source = path.name
+        source = "path"
     elif hasattr(data, "read"):
         seekable = getattr(data, "seekable", None)
         start = data.tell() if callable(seekable) and seekable() else None
-        raw = data.read()
+        raw = data.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise ImageTooLargeError(
+                f"The file object holds over {MAX_FILE_BYTES // 2**20} MiB, deskgen's limit for "
+                "a photo: downscale or recompress it."
+            )
         if start is not None:
             data.seek(start)  # rewound, so the same request can be replayed
         if not raw:
@@ -89,7 +103,7 @@ def _open(data: ImageInput) -> tuple[Image.Image, str]:
         image = Image.open(fp, formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(_too_large_message(None)) from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except Exception as exc:  # Pillow's decoders raise many kinds on crafted files
         raise ImageInputError(
             f"Could not read the image ({source}): not one of the accepted formats "
             f"{', '.join(ALLOWED_FORMATS)}, or the file is corrupt or truncated. Convert it to "
@@ -172,8 +186,13 @@ def load_image(data: ImageInput) -> tuple[Image.Image, ImageInfo]:
         image.load()
         image = ImageOps.exif_transpose(image)
         image = _to_rgb(_to_srgb(image))
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageInputError(f"Could not decode the image ({source}): {exc}") from exc
+    except ImageInputError:
+        raise
+    except Exception as exc:  # crafted or damaged files: TypeError, struct.error, ...
+        raise ImageInputError(
+            f"Could not decode the image ({source}): {type(exc).__name__}: {exc}. The file is "
+            "damaged or unusual: re-save it as JPEG or PNG."
+        ) from exc
     # A fresh image holds the pixels only: no EXIF, GPS, ICC, XMP or text chunks survive.
     clean = Image.frombytes("RGB", image.size, image.tobytes())
     info = ImageInfo(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -67,6 +68,13 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes 0600 files: give the file the mode a plain open() would (or keep the
+        # mode of the file it replaces), so a web server can still serve it
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except FileNotFoundError:
+            mode = 0o666 & ~_UMASK
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
@@ -75,6 +83,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
 
 
 def public_model_name(model: str) -> str:
@@ -84,6 +93,29 @@ def public_model_name(model: str) -> str:
     if os.path.isabs(expanded) or model.startswith((".", "~")) or os.path.exists(expanded):
         return Path(expanded).name or model
     return model
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once at import: os.umask is process-wide and not thread-safe
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders can't be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def build_record(result: GenerationResult, index: int) -> dict[str, Any]:
@@ -183,17 +215,28 @@ def save_result(result: GenerationResult, path: Path, *, index: int | None) -> l
     return written
 
 
-def read_record_data(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The whole embedded record (JSON) of a PNG written by deskgen."""
+def read_png_text(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The text chunks of a PNG, read from its header: no pixel is decoded.
+
+    deskgen writes its chunks before the image data, where ``Image.open`` finds them.
+    """
     try:
         with Image.open(path, formats=("PNG",)) as img:
-            text = getattr(img, "text", {}).get(RECORD_KEY)
+            return {k: v for k, v in img.info.items() if isinstance(v, str)}
     except FileNotFoundError as exc:
         raise RecordError(f"No file at {os.fspath(path)!r}.") from exc
-    except (UnidentifiedImageError, OSError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise RecordError(f"{os.fspath(path)!r} claims a size past the bomb limit.") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise RecordError(
-            f"{os.fspath(path)!r} is not a PNG; deskgen records live in PNG files it saved."
+            f"{os.fspath(path)!r} is not a readable PNG ({exc}); deskgen records live in PNG "
+            "files it saved."
         ) from exc
+
+
+def read_record_data(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The whole embedded record (JSON) of a PNG written by deskgen."""
+    text = read_png_text(path).get(RECORD_KEY)
     if text is None:
         raise RecordError(
             f"{os.fspath(path)!r} has no deskgen record: it was not saved by "
@@ -218,7 +261,10 @@ def read_record(path: str | os.PathLike[str]) -> GenerationRequest:
     from ._models import GenerationRequest
 
     data = read_record_data(path)
+    request = data["request"]
+    if isinstance(request, dict):  # fields from a newer deskgen are ignored, not fatal
+        request = {k: v for k, v in request.items() if k in GenerationRequest.model_fields}
     try:
-        return GenerationRequest.model_validate(data["request"])
+        return GenerationRequest.model_validate(request)
     except ValidationError as exc:
         raise RecordError(f"The deskgen record in {os.fspath(path)!r} is invalid: {exc}") from exc

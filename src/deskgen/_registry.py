@@ -54,6 +54,7 @@ def register_backend(name: str, *, replace: bool = False) -> Callable[[B], B]:
     """
 
     def decorator(cls: B) -> B:
+        _load_builtins()  # so a user's replace=True really replaces a built-in, once
         if not (isinstance(cls, type) and issubclass(cls, Backend)):
             raise TypeError(f"{cls!r} is not a subclass of deskgen.backends.Backend")
         with _LOCK:
@@ -72,9 +73,9 @@ def register_backend(name: str, *, replace: bool = False) -> Callable[[B], B]:
 def _load_builtins() -> None:
     global _builtins_loaded
     if not _builtins_loaded:
+        _builtins_loaded = True  # first: the built-in modules call register_backend themselves
         for module in _BUILTIN_MODULES:
             importlib.import_module(module)
-        _builtins_loaded = True
 
 
 def _missing(cls: type[Backend]) -> list[str]:

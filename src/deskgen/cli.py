@@ -14,10 +14,13 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._exceptions import ConfigError, DeskgenError
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._models import GenerationResult
 
 __all__ = ["main"]
 
@@ -41,6 +44,13 @@ def _add_model_options(parser: argparse.ArgumentParser, *, backend: str | None) 
     )
     group.add_argument("--variant", help="weight variant to load, e.g. fp16")
     group.add_argument("--revision", help="hub branch, tag or commit")
+    group.add_argument(
+        "--vae", help="a VAE to use instead of the model's (hub id or folder), e.g. an fp16 fix"
+    )
+    group.add_argument("--cache-dir", help="Hugging Face cache folder to load from")
+    group.add_argument(
+        "--local-files-only", action="store_true", help="never contact the Hugging Face Hub"
+    )
     group.add_argument(
         "--allow-pickle",
         action="store_true",
@@ -185,21 +195,32 @@ def _quiet_libraries() -> None:
         diffusers_logging.disable_progress_bar()
 
 
-def _run_generation(args: argparse.Namespace, *, prompt: str, model: str | None) -> int:
+def _check_output(path: Path) -> None:
+    folder = path.resolve().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise OSError(f"Cannot write {str(path)!r}: {str(folder)!r} is not a writable folder.")
+
+
+def _run_generation(
+    args: argparse.Namespace, *, prompt: str, model: str | None, show_record: bool = False
+) -> int:
     from tqdm.auto import tqdm
 
     from ._generator import DeskGenerator
     from ._models import StepProgress
     from ._record import png_path
 
-    png_path(Path(args.out))  # refuse a .jpg output before spending minutes generating
+    _check_output(png_path(Path(args.out)))  # before spending minutes generating
 
     options: dict[str, Any] = {}
-    for name in ("variant", "revision"):
+    for name in ("variant", "revision", "vae", "cache_dir"):
         if getattr(args, name):
             options[name] = getattr(args, name)
-    if args.allow_pickle:
-        options["allow_pickle"] = True
+    for flag in ("allow_pickle", "local_files_only"):
+        if getattr(args, flag):
+            options[flag] = True
     fields: dict[str, Any] = {
         "prompt": prompt,
         "image": args.image,
@@ -232,26 +253,32 @@ def _run_generation(args: argparse.Namespace, *, prompt: str, model: str | None)
         finally:
             bar.close()
     paths = result.save(args.out)
-    if args.json:
+    if args.json or show_record:
+        if show_record:
+            _print_summary(result)
         print(json.dumps(result.record(0), indent=2, ensure_ascii=False))
     else:
         from ._record import a1111_parameters
 
         print(a1111_parameters(result, 0))
-        t = result.timings
-        print(
-            f"\n{result.backend} {result.mode} {result.width}x{result.height} on "
-            f"{result.device}/{result.dtype}: {t.total:.2f} s (load {t.load:.2f} s, encode "
-            f"{t.encode:.2f} s, denoise {t.denoise:.2f} s, decode {t.decode:.2f} s), peak "
-            f"memory {result.peak_memory.gib:.2f} GiB ({result.peak_memory.kind})"
-        )
-        if result.prompt_report is not None:
-            print(result.prompt_report.summary())
-        for warning in result.warnings:
-            print(f"warning: {warning}")
+        _print_summary(result)
     for path in paths:
         print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def _print_summary(result: GenerationResult) -> None:
+    t = result.timings
+    print(
+        f"\n{result.backend} {result.mode} {result.width}x{result.height} on "
+        f"{result.device}/{result.dtype}: {t.total:.2f} s (load {t.load:.2f} s, encode "
+        f"{t.encode:.2f} s, denoise {t.denoise:.2f} s, decode {t.decode:.2f} s), peak "
+        f"memory {result.peak_memory.gib:.2f} GiB ({result.peak_memory.kind})"
+    )
+    if result.prompt_report is not None:
+        print(result.prompt_report.summary())
+    for warning in result.warnings:
+        print(f"warning: {warning}")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -274,10 +301,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.image is None:
         args.image = str(sample_desk_photo())
     if args.negative_prompt is None:
-        args.negative_prompt = DEMO_NEGATIVE_PROMPT
+        args.negative_prompt = DEMO_NEGATIVE_PROMPT  # the seed's photo_default preset
     if args.seed is None:
         args.seed = 42
-    return _run_generation(args, prompt=args.prompt or DEMO_PROMPT, model=model)
+    return _run_generation(args, prompt=args.prompt or DEMO_PROMPT, model=model, show_record=True)
 
 
 def _preset_names() -> list[str]:
@@ -327,10 +354,9 @@ def _cmd_record(args: argparse.Namespace) -> int:
 
     data = read_record_data(Path(args.image))
     if args.parameters:
-        from PIL import Image
+        from ._record import read_png_text
 
-        with Image.open(args.image, formats=("PNG",)) as img:
-            print(getattr(img, "text", {}).get("parameters", ""))
+        print(read_png_text(args.image).get("parameters", ""))
         return 0
     print(json.dumps(data, indent=2, ensure_ascii=False))
     return 0
@@ -357,6 +383,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # e.g. the output folder: not deskgen's to translate, but no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

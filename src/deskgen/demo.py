@@ -10,17 +10,15 @@ from .testing import TinyKind
 
 __all__ = ["DEMO_NEGATIVE_PROMPT", "DEMO_PROMPT", "cache_dir", "sample_desk_photo", "tiny_model"]
 
-# The seed team's "clean desk" prompt and their default negative preset (shared/seed/prompts.json).
+# The seed team's "clean desk" prompt (shared/seed/prompts.json).
 DEMO_PROMPT = (
     "A clean, modern desk setup in a bright open office, with a large LG monitor displaying a "
     "forest wallpaper and a MacBook beneath it. Add a minimalist LED desk lamp on the left, a "
     "sleek wireless charger pad beside the laptop, and all cables neatly organized and hidden. "
     "The scene should feel calm, tidy, and professional, with natural lighting and no clutter."
 )
-DEMO_NEGATIVE_PROMPT = (
-    "blurry, low resolution, distorted, deformed, people, human, cartoon, anime, painting, "
-    "clutter, messy background, bad lighting, duplicate, twin, cloned"
-)
+DEMO_NEGATIVE_PROMPT = "preset:photo_default"
+"""The seed's default negative preset, by reference (see `deskgen.prompts`)."""
 
 TINY_DEMO_SAMPLE_SIZE = 64
 """Latent size of the demo's tiny models: 128x128 pixel images."""

@@ -173,6 +173,15 @@ class TestSizes:
         )
         assert any("centre-cropped" in w for w in result.warnings)
 
+    def test_extreme_photos_cannot_force_huge_outputs(self, gen: DeskGenerator) -> None:
+        sliver = Image.new("RGB", (1, 2000), (120, 80, 40))
+        result = gen.generate(prompt="a desk", image=sliver, steps=2, seed=1)
+        w, h = result.images[0].size
+        assert h / w <= 4.0
+        assert any("beyond 4:1" in warning for warning in result.warnings)
+        with pytest.raises(InvalidRequestError, match="limit"):
+            gen.generate(prompt="a desk", image=sliver, width=4096, steps=2)
+
     def test_size_not_on_the_grid_is_rejected(self, gen: DeskGenerator) -> None:
         with pytest.raises(InvalidRequestError, match="multiple of 8"):
             gen.generate(prompt="a desk", width=70, height=64)
@@ -253,6 +262,50 @@ class TestThreads:
             assert [im.tobytes() for im in result.images] == [
                 im.tobytes() for im in expected.images
             ]
+
+
+class TestSafetyChecker:
+    def test_flagged_images_are_left_out_and_the_rest_returned(
+        self, tiny_paths: dict[str, Path]
+    ) -> None:
+        gen = DeskGenerator("sd", model=str(tiny_paths["sd"]), device="cpu")
+        backend = gen.backend
+        assert isinstance(backend, DiffusersBackend)
+
+        class Features:
+            def __init__(self) -> None:
+                self.pixel_values = torch.zeros(1)
+
+            def to(self, device: Any) -> Features:
+                return self
+
+        class Checker(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.weight = torch.nn.Parameter(torch.zeros(1))
+
+            @property
+            def device(self) -> torch.device:  # pipelines ask their modules for it
+                return self.weight.device
+
+            @property
+            def dtype(self) -> torch.dtype:
+                return self.weight.dtype
+
+            def forward(self, images: Any, clip_input: Any) -> tuple[Any, list[bool]]:
+                images[0] = 0.0  # what diffusers' checker does to a flagged image
+                return images, [True] + [False] * (len(images) - 1)
+
+        for pipe in (backend._txt2img, backend._img2img):
+            pipe.register_modules(
+                safety_checker=Checker(), feature_extractor=lambda *a, **k: Features()
+            )
+        result = gen.generate(prompt="a desk", seed=10, steps=2, num_images=3)
+        assert result.seeds == [11, 12]
+        assert len(result.images) == 2
+        assert any("seed(s) [10]" in w for w in result.warnings)
+        with pytest.raises(InvalidOutputError, match="every image"):
+            gen.generate(prompt="a desk", seed=10, steps=2)
 
 
 class TestOutputChecks:
@@ -362,9 +415,16 @@ class TestLoading:
         broken = tmp_path / "broken"
         shutil.copytree(tiny_paths["sd"], broken)
         (weights,) = (broken / "unet").glob("*.safetensors")
-        weights.write_bytes(b"garbage")
-        with pytest.raises(ModelLoadError):
+        weights.write_bytes(weights.read_bytes()[:5000])  # a download cut short
+        with pytest.raises(ModelLoadError) as info:
             DeskGenerator("sd", model=str(broken), device="cpu")
+        assert "download it again" in str(info.value)
+        assert "allow_pickle" not in str(info.value)
+
+    def test_corrupt_model_index(self, tmp_path: Path) -> None:
+        (tmp_path / "model_index.json").write_text("{not json")
+        with pytest.raises(ModelLoadError, match="not valid JSON"):
+            DeskGenerator("sd", model=str(tmp_path), device="cpu")
 
     def test_refiner_layout_is_refused(self, tmp_path: Path) -> None:
         folder = tmp_path / "refiner"

@@ -57,6 +57,8 @@ class Job:
 @dataclass
 class BackendOutput:
     images: list[Image.Image]
+    seeds: list[int]
+    """The seed of each returned image (a backend may leave out images it must not return)."""
     request: GenerationRequest
     """The request with every default resolved (size, guidance scale, negative prompt)."""
     mode: Mode

@@ -54,6 +54,15 @@ if TYPE_CHECKING:
 
 __all__ = ["DiffusersBackend", "DiffusersOptions", "denoising_steps"]
 
+MAX_ASPECT = 4.0
+"""Photos more elongated than 4:1 are centre-cropped to 4:1 before sizing."""
+MAX_SIDE = 8192
+"""No output side may exceed this many pixels (the request's own limit)."""
+
+# diffusers' and transformers' words for "no safetensors file" (not for a corrupt one)
+_MISSING_SAFETENSORS = re.compile(
+    r"Could not find the necessary `safetensors` weights|no file named \S+\.safetensors"
+)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -168,7 +177,13 @@ class DiffusersBackend(Backend):
                 raise ModelLoadError(
                     f"{model!r} is not a diffusers pipeline folder (no model_index.json).{hint}"
                 )
-            data: dict[str, Any] = json.loads(index.read_text(encoding="utf-8"))
+            try:
+                data: dict[str, Any] = json.loads(index.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ModelLoadError(
+                    f"{str(index)!r} is not valid JSON ({exc}): the folder is damaged; save or "
+                    "download the model again."
+                ) from exc
             return data
         from diffusers import DiffusionPipeline
 
@@ -257,7 +272,7 @@ class DiffusersBackend(Backend):
             raise
         except (OSError, ValueError) as exc:
             text = str(exc)
-            if "safetensors" in text.lower() and not self.opts.allow_pickle:
+            if _MISSING_SAFETENSORS.search(text):
                 variant = f" for variant {self.opts.variant!r}" if self.opts.variant else ""
                 raise ModelLoadError(
                     f"{model!r} has no safetensors weights{variant}. "
@@ -267,7 +282,10 @@ class DiffusersBackend(Backend):
                 ) from exc
             if not local and ("cache" in text.lower() or "connect" in text.lower()):
                 raise ModelNotFoundError(self._missing_hub_message(model, exc)) from exc
-            raise ModelLoadError(f"Could not load {model!r}: {text}") from exc
+            raise ModelLoadError(
+                f"Could not load {model!r}: {text.splitlines()[0] if text else exc!r}. If a "
+                "weight file is corrupt or incomplete, delete it and download it again."
+            ) from exc
         except Exception as exc:  # torch / safetensors errors: corrupt or truncated files, OOM
             raise ModelLoadError(
                 f"Could not load {model!r} ({type(exc).__name__}: {exc}). If the files are "
@@ -362,6 +380,13 @@ class DiffusersBackend(Backend):
                     f"use {lower} or {lower + required} (multiples of {grid} work best)."
                 )
         aspect = photo.width / photo.height if photo is not None else 1.0
+        if photo is not None and not 1 / MAX_ASPECT <= aspect <= MAX_ASPECT:
+            clamped = min(max(aspect, 1 / MAX_ASPECT), MAX_ASPECT)
+            warnings.append(
+                f"The photo's aspect ratio {photo.width}:{photo.height} is beyond "
+                f"{MAX_ASPECT:g}:1; it was centre-cropped to {clamped:.3g}:1."
+            )
+            aspect = clamped
         native = (self.native_size, self.native_size)
         if request.width is not None and request.height is not None:
             width, height = request.width, request.height
@@ -375,6 +400,12 @@ class DiffusersBackend(Backend):
             width, height = fit_size(aspect, native=native, multiple=grid)
         else:
             width, height = native
+        for name, value in (("width", width), ("height", height)):
+            if value > MAX_SIDE:
+                raise InvalidRequestError(
+                    f"The {name} would be {value} px (from the photo's aspect ratio and the "
+                    f"given size), over the {MAX_SIDE} px limit: give a smaller width/height."
+                )
         explicit = request.width is not None and request.height is not None
         if explicit and photo is not None and abs(width / height - aspect) / aspect > 0.02:
             warnings.append(
@@ -493,13 +524,19 @@ class DiffusersBackend(Backend):
                 "the known SDXL VAE overflow; use dtype='bfloat16' or 'float32', or a VAE fixed "
                 "for float16 (e.g. madebyollin/sdxl-vae-fp16-fix)."
             )
-        flagged = getattr(output, "nsfw_content_detected", None)
-        if flagged and any(flagged):
+        flagged = [bool(f) for f in (getattr(output, "nsfw_content_detected", None) or [])]
+        kept = [i for i in range(arrays.shape[0]) if not (flagged and flagged[i])]
+        if not kept:
             raise InvalidOutputError(
-                f"The model's safety checker blanked image(s) "
-                f"{[i for i, f in enumerate(flagged) if f]}; they are not returned. Rephrase the "
-                "prompt or use another seed."
+                "The model's safety checker blanked every image; none is returned. Rephrase "
+                "the prompt or use other seeds."
             )
+        if len(kept) < arrays.shape[0]:
+            warnings.append(
+                "The model's safety checker blanked the image(s) of seed(s) "
+                f"{[s for i, s in enumerate(job.seeds) if i not in kept]}; they are left out."
+            )
+            arrays = arrays[kept]
         black = [i for i in range(arrays.shape[0]) if float(arrays[i].max()) <= 0.0]
         if black:
             raise InvalidOutputError(
@@ -510,6 +547,7 @@ class DiffusersBackend(Backend):
         scheduler_name = type(pipe.scheduler).__name__
         return BackendOutput(
             images=images,
+            seeds=[job.seeds[i] for i in kept],
             request=resolved,
             mode=mode,
             width=width,

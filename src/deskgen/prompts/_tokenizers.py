@@ -63,7 +63,7 @@ def _require_transformers() -> None:
 
 
 @functools.cache
-def packaged_clip_tokenizer(pad_token: str = "<|endoftext|>") -> Any:  # noqa: S107
+def packaged_clip_tokenizer(pad_token: str = "<|endoftext|>") -> Any:
     """The real CLIP tokenizer from the vocabulary shipped with deskgen (MIT, OpenAI).
 
     SD 1.x/2.x and both SDXL encoders tokenize with this vocabulary; SDXL's second encoder pads
