@@ -247,7 +247,55 @@ def test_demo_runs_offline_in_a_fresh_process(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert out.is_file()
-    assert "Seed: 42" in proc.stdout
+    assert '"seed": 42' in proc.stdout  # the demo prints the record
     assert (tmp_path / "cache" / "tiny-sdxl-demo" / "model_index.json").is_file()
     request = read_record(out)
     assert request.prompt.startswith("A clean, modern desk setup")
+
+
+def test_prompt_command_reports_per_encoder(capsys: pytest.CaptureFixture[str]) -> None:
+    import json as _json
+
+    seed = _json.loads((Path(__file__).parent / "data" / "seed_prompts.json").read_text())
+    assert main(["prompt", seed["long_description"], "--backend", "sdxl"]) == 0
+    out = capsys.readouterr().out
+    assert "text_encoder: 128/77 tokens, 2 chunks" in out
+    assert "text_encoder_2: 128/77 tokens, 2 chunks" in out
+    assert main(["prompt", "a desk", "--negative-prompt", "preset:default", "--json"]) == 0
+    report = _json.loads(capsys.readouterr().out)
+    assert report["negative_preset"] == "sdxl_default"
+    assert main(["prompt", seed["long_description"], "--long-prompt", "error"]) == 1
+    assert "long_prompt='chunk'" in capsys.readouterr().err
+
+
+def test_generate_prints_the_prompt_report(
+    tiny_sd_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "generate",
+            "3D 0ff1c3, a desk",
+            "--backend",
+            "sd",
+            "--model",
+            str(tiny_sd_path),
+            "--device",
+            "cpu",
+            "--steps",
+            "2",
+            "--remove-word",
+            "3D 0ff1c3",
+            "--trigger-word",
+            "desk topview",
+            "--long-prompt",
+            "fit",
+            "--out",
+            str(tmp_path / "r.png"),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "prompt mode fit (sd)" in out
+    assert "words removed: ['3D 0ff1c3']" in out
+    assert "trigger words added: ['desk topview']" in out

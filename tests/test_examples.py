@@ -51,3 +51,19 @@ def test_notebook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     shown = nb.cells[4].outputs[0]["data"]
     assert "text/html" in shown
     assert "data:image/png;base64" in shown["text/html"]
+
+
+@pytest.mark.slow
+def test_prompts_example(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "prompts.py")],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "CLIP tokens: 128" in proc.stdout
+    assert "text_encoder: 128/77 tokens, 2 chunks" in proc.stdout
+    assert "trigger words added: ['desk topview']" in proc.stdout
+    assert "lossless: True" in proc.stdout

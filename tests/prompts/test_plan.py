@@ -112,3 +112,44 @@ def test_backends_without_text_encoders() -> None:
 
     report = check_prompt("x " * 500, backend="fake")
     assert report.encoders == [] and report.lossless
+
+
+class TestCharacterLimits:
+    """OpenAI image models limit prompts in characters; the same modes apply."""
+
+    def test_limits_by_model(self) -> None:
+        from deskgen.prompts import character_limit
+
+        assert character_limit("dall-e-3") == 4000
+        assert character_limit("dall-e-2") == 1000
+        assert character_limit("gpt-image-1") == character_limit("gpt-image-2") == 32000
+        assert character_limit("some-other-model") is None
+
+    def _plan(self, text: str, mode: str) -> Any:
+        from deskgen.prompts import plan_prompt
+
+        return plan_prompt(
+            backend="openai",
+            prompt=text,
+            negative_prompt=None,
+            encoders=[],
+            mode=LongPromptMode(mode),
+            character_limit=60,
+        )
+
+    def test_fit_drops_phrases_to_the_limit(self) -> None:
+        text = "a tidy desk, warm light, a plant by the window, hidden cables, a lamp"
+        plan = self._plan(text, "fit")
+        assert len(plan.prompt) <= 60
+        assert plan.report.characters == len(plan.prompt)
+        assert plan.report.character_limit == 60
+        assert plan.report.dropped_phrases == ["hidden cables", "a lamp"]  # 67 -> 52 chars
+
+    def test_error_shows_the_overflow(self) -> None:
+        with pytest.raises(PromptTooLongError, match="characters") as info:
+            self._plan("x" * 70, "error")
+        assert info.value.overflow == "x" * 10
+
+    def test_within_the_limit(self) -> None:
+        plan = self._plan("a tidy desk", "error")
+        assert plan.report.characters == 11 and plan.report.lossless

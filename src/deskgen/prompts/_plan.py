@@ -185,12 +185,15 @@ def plan_prompt(
                 limit=character_limit,
                 overflow=final[character_limit:],
             )
+    cut: dict[str, list[str]] = {}
     for encoder_report in pos.reports:
         if encoder_report.dropped:
-            warnings.append(
-                f"{encoder_report.encoder} cut the prompt at {encoder_report.limit} tokens and "
-                f"never saw: {encoder_report.dropped!r}"
-            )
+            cut.setdefault(encoder_report.dropped, []).append(encoder_report.encoder)
+    for dropped, names in cut.items():
+        limit = next(r.limit for r in pos.reports if r.encoder == names[0])
+        warnings.append(
+            f"{' and '.join(names)} cut the prompt at {limit} tokens and never saw: {dropped!r}"
+        )
     report = PromptReport(
         backend=backend,
         mode=mode,
