@@ -23,23 +23,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-CLEAN_DESK = (
-    "A clean, modern desk setup in a bright open office, with a large LG monitor displaying a "
-    "forest wallpaper and a MacBook beneath it. Add a minimalist LED desk lamp on the left, a "
-    "sleek wireless charger pad beside the laptop, and all cables neatly organized and hidden. "
-    "The scene should feel calm, tidy, and professional, with natural lighting and no clutter."
-)
-LONG_DESCRIPTION = (
-    "A modern office workspace featuring a large monitor on a stand displaying a forest scene "
-    "with tall redwood trees, showing the time as 2:55. A laptop is placed on the desk, "
-    "mirroring the same forest image. Multiple cables are connected to the laptop, possibly for "
-    "data and power. A small device with a blue button sits on the desk, likely a USB hub or "
-    "external drive. The background shows other desks and people working, indicating a "
-    "collaborative lab or office environment. A visible sign on the desk reads 'Please do not "
-    "touch the screens,' suggesting the setup is for research, monitoring, or visual content "
-    "analysis."
-)
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -50,6 +33,8 @@ def main() -> None:
 
     from deskgen import DeskGenerator, GenerationRequest
     from deskgen.backends import DiffusersBackend
+    from deskgen.demo import DEMO_PROMPT as CLEAN_DESK
+    from deskgen.demo import LONG_DESCRIPTION
     from deskgen.testing import make_tiny_pipeline
 
     folder = Path(tempfile.mkdtemp(prefix="deskgen-bench-"))

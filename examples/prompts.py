@@ -11,20 +11,9 @@ from __future__ import annotations
 import argparse
 
 from deskgen import DeskGenerator, DeskItem, DeskSpec
+from deskgen.demo import LONG_DESCRIPTION as LONG
 from deskgen.demo import tiny_model
 from deskgen.prompts import check_prompt, count_tokens, list_negative_presets
-
-# The seed team's description prompt: 128 CLIP tokens, cut at 77 by stock pipelines.
-LONG = (
-    "A modern office workspace featuring a large monitor on a stand displaying a forest scene "
-    "with tall redwood trees, showing the time as 2:55. A laptop is placed on the desk, "
-    "mirroring the same forest image. Multiple cables are connected to the laptop, possibly for "
-    "data and power. A small device with a blue button sits on the desk, likely a USB hub or "
-    "external drive. The background shows other desks and people working, indicating a "
-    "collaborative lab or office environment. A visible sign on the desk reads 'Please do not "
-    "touch the screens,' suggesting the setup is for research, monitoring, or visual content "
-    "analysis."
-)
 
 
 def main() -> None:

@@ -8,7 +8,14 @@ from pathlib import Path
 
 from .testing import TinyKind
 
-__all__ = ["DEMO_NEGATIVE_PROMPT", "DEMO_PROMPT", "cache_dir", "sample_desk_photo", "tiny_model"]
+__all__ = [
+    "DEMO_NEGATIVE_PROMPT",
+    "DEMO_PROMPT",
+    "LONG_DESCRIPTION",
+    "cache_dir",
+    "sample_desk_photo",
+    "tiny_model",
+]
 
 # The seed team's "clean desk" prompt (shared/seed/prompts.json).
 DEMO_PROMPT = (
@@ -17,6 +24,17 @@ DEMO_PROMPT = (
     "sleek wireless charger pad beside the laptop, and all cables neatly organized and hidden. "
     "The scene should feel calm, tidy, and professional, with natural lighting and no clutter."
 )
+LONG_DESCRIPTION = (
+    "A modern office workspace featuring a large monitor on a stand displaying a forest scene "
+    "with tall redwood trees, showing the time as 2:55. A laptop is placed on the desk, "
+    "mirroring the same forest image. Multiple cables are connected to the laptop, possibly for "
+    "data and power. A small device with a blue button sits on the desk, likely a USB hub or "
+    "external drive. The background shows other desks and people working, indicating a "
+    "collaborative lab or office environment. A visible sign on the desk reads 'Please do not "
+    "touch the screens,' suggesting the setup is for research, monitoring, or visual content "
+    "analysis."
+)
+"""The seed team's description prompt: 128 CLIP tokens, cut at 77 by stock pipelines."""
 DEMO_NEGATIVE_PROMPT = "preset:photo_default"
 """The seed's default negative preset, by reference (see `deskgen.prompts`)."""
 

@@ -16,22 +16,17 @@ from __future__ import annotations
 
 import json
 import os
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 from ._exceptions import MissingDependencyError
+from .prompts._tokenizers import clip_tokenizer_dir, packaged_clip_tokenizer
 
 __all__ = ["TinyKind", "clip_tokenizer_dir", "make_tiny_pipeline", "make_tiny_tokenizer"]
 
 TinyKind = Literal["sdxl", "sd"]
 
 _MARKER = "deskgen_tiny.json"
-
-
-def clip_tokenizer_dir() -> Path:
-    """The real CLIP BPE vocabulary shipped inside deskgen (MIT, OpenAI), as a folder path."""
-    return Path(str(resources.files("deskgen") / "_data" / "clip"))
 
 
 def _require_local() -> None:
@@ -43,18 +38,6 @@ def _require_local() -> None:
         raise MissingDependencyError(
             "deskgen.testing", extra="local", missing=[exc.name or "torch/diffusers"]
         ) from exc
-
-
-def _clip_tokenizer(pad_token: str) -> Any:
-    from transformers import CLIPTokenizer
-
-    folder = clip_tokenizer_dir()
-    return CLIPTokenizer(
-        str(folder / "vocab.json"),
-        str(folder / "merges.txt"),
-        model_max_length=77,
-        pad_token=pad_token,
-    )
 
 
 def _clip_text_config(hidden: int, projection: int) -> Any:
@@ -127,9 +110,9 @@ def _tiny_sdxl(sample_size: int) -> dict[str, Any]:
         "scheduler": scheduler,
         "vae": _vae((16, 32)),
         "text_encoder": CLIPTextModel(_clip_text_config(text_hidden, text_hidden)),
-        "tokenizer": _clip_tokenizer("<|endoftext|>"),
+        "tokenizer": packaged_clip_tokenizer("<|endoftext|>"),
         "text_encoder_2": CLIPTextModelWithProjection(_clip_text_config(text_hidden, text_hidden)),
-        "tokenizer_2": _clip_tokenizer("!"),
+        "tokenizer_2": packaged_clip_tokenizer("!"),
         "image_encoder": None,
         "feature_extractor": None,
     }
@@ -164,7 +147,7 @@ def _tiny_sd(sample_size: int) -> dict[str, Any]:
         "scheduler": scheduler,
         "vae": _vae((16, 32)),
         "text_encoder": CLIPTextModel(_clip_text_config(32, 32)),
-        "tokenizer": _clip_tokenizer("<|endoftext|>"),
+        "tokenizer": packaged_clip_tokenizer("<|endoftext|>"),
         "safety_checker": None,
         "feature_extractor": None,
         "image_encoder": None,

@@ -167,17 +167,10 @@ def plan_prompt(
     final = pos.text
     dropped_phrases = list(pos.dropped_phrases)
     if character_limit is not None and count_characters(final) > character_limit:
-        if mode is LongPromptMode.ERROR:
-            raise PromptTooLongError(
-                role="prompt",
-                encoder="characters",
-                tokens=count_characters(final),
-                limit=character_limit,
-                overflow=final[character_limit:],
-            )
-        fitted = fit_phrases(final, count=count_characters, budget=character_limit)
-        final, dropped_phrases = fitted.text, dropped_phrases + fitted.dropped
-        if not fitted.fits:
+        if mode is not LongPromptMode.ERROR:
+            fitted = fit_phrases(final, count=count_characters, budget=character_limit)
+            final, dropped_phrases = fitted.text, dropped_phrases + fitted.dropped
+        if count_characters(final) > character_limit:  # error mode, or no phrase split helps
             raise PromptTooLongError(
                 role="prompt",
                 encoder="characters",

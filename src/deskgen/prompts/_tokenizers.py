@@ -8,6 +8,8 @@ import os
 import threading
 from dataclasses import dataclass
 from enum import Enum
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from .._exceptions import ConfigError, MissingDependencyError, ModelNotFoundError
@@ -16,6 +18,7 @@ __all__ = [
     "DEFAULT_TOKENIZERS",
     "EncoderFamily",
     "Token",
+    "clip_tokenizer_dir",
     "count_tokens",
     "packaged_clip_tokenizer",
     "resolve_tokenizer",
@@ -62,6 +65,11 @@ def _require_transformers() -> None:
         ) from exc
 
 
+def clip_tokenizer_dir() -> Path:
+    """The real CLIP BPE vocabulary shipped inside deskgen (MIT, OpenAI), as a folder path."""
+    return Path(str(resources.files("deskgen") / "_data" / "clip"))
+
+
 @functools.cache
 def packaged_clip_tokenizer(pad_token: str = "<|endoftext|>") -> Any:
     """The real CLIP tokenizer from the vocabulary shipped with deskgen (MIT, OpenAI).
@@ -71,8 +79,6 @@ def packaged_clip_tokenizer(pad_token: str = "<|endoftext|>") -> Any:
     """
     _require_transformers()
     from transformers import CLIPTokenizer
-
-    from ..testing import clip_tokenizer_dir
 
     folder = clip_tokenizer_dir()
     return CLIPTokenizer(
