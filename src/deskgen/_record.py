@@ -74,7 +74,8 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             mode = stat.S_IMODE(path.stat().st_mode)
         except FileNotFoundError:
             mode = 0o666 & ~_UMASK
-        os.fchmod(fd, mode)
+        if hasattr(os, "fchmod"):  # not on Windows before Python 3.13
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
