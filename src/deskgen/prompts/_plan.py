@@ -90,11 +90,12 @@ def _process(
     chunks: list[EncoderText] = []
     for (spec, tok), tokens in zip(encoders, counts, strict=True):
         pieces, dropped = [text], ""
-        if tokens > spec.max_tokens and mode is LongPromptMode.CHUNK:
-            if spec.family is EncoderFamily.CLIP:
-                size = spec.max_tokens - special_token_count(tok)
-                pieces = [c.text for c in split_chunks(tok, text, size=size)]
-        elif tokens > spec.max_tokens:  # truncate, or fit that could not get under the limit
+        chunkable = spec.family is EncoderFamily.CLIP and mode is LongPromptMode.CHUNK
+        if tokens > spec.max_tokens and chunkable:
+            size = spec.max_tokens - special_token_count(tok)
+            pieces = [c.text for c in split_chunks(tok, text, size=size)]
+        elif tokens > spec.max_tokens:  # truncate, a fit that could not get under the limit,
+            # or an encoder that can't be chunked (T5/Llama: its limit is its maximum)
             keep = spec.max_tokens - special_token_count(tok)
             toks = tokenize(tok, text)
             pieces = [text[: toks[keep - 1].end] if keep > 0 else ""]
