@@ -7,7 +7,7 @@ request. Rows: the tiny test models (where fixed costs dominate), and SD with a 
 CLIP ViT-L/14's size (random weights, 123 M parameters), where the encoder's work dominates as
 it does with real weights. Printed: median milliseconds per encoding and the ratio.
 
-    .venv/bin/python benchmarks/prompt_encoding.py [--repeats 30]
+    .venv/bin/python benchmarks/prompt_encoding.py [--repeats 20]
 """
 
 from __future__ import annotations

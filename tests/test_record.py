@@ -208,3 +208,20 @@ def test_bombs_and_huge_text_chunks_are_record_errors(tmp_path: Path) -> None:
     Image.new("RGB", (4, 4)).save(huge, pnginfo=info)
     with pytest.raises(RecordError):
         read_record(huge)
+
+
+def test_parameters_show_the_texts_as_encoded(tmp_path: Path) -> None:
+    res = DeskGenerator("fake").generate(
+        prompt="3D 0ff1c3, a desk",
+        negative_prompt="preset:controlnet_short",
+        remove_words=["3D 0ff1c3"],
+        trigger_words=["topview"],
+        seed=1,
+        steps=1,
+    )
+    text = a1111_parameters(res, 0)
+    assert text.splitlines()[0] == "topview, a desk"
+    assert text.splitlines()[1] == "Negative prompt: low quality, bad quality, sketches"
+    assert read_record(res.save(tmp_path / "p.png")[0]).negative_prompt == (
+        "preset:controlnet_short"
+    )

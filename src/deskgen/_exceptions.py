@@ -6,7 +6,7 @@ DeskgenError                      base of everything deskgen raises on purpose
 │   └── PromptTooLongError        over a text encoder's limit with long_prompt="error"
 ├── ConfigError                   bad DeskGenerator options: device, dtype, options (ValueError)
 ├── ImageInputError               a photo that cannot be used (ValueError)
-│   └── ImageTooLargeError        more pixels than Pillow's bomb limit, refused before decoding
+│   └── ImageTooLargeError        over Pillow's pixel (bomb) limit or 100 MiB, refused unread
 ├── UnknownBackendError           a backend name nobody registered (LookupError)
 ├── MissingDependencyError        an optional extra is not installed (ImportError)
 ├── ModelLoadError                weights could not be loaded (OSError)
@@ -80,7 +80,8 @@ class ImageInputError(DeskgenError, ValueError):
 
 
 class ImageTooLargeError(ImageInputError):
-    """A photo with more pixels than `PIL.Image.MAX_IMAGE_PIXELS`, refused before decoding."""
+    """A photo with more pixels than `PIL.Image.MAX_IMAGE_PIXELS` (refused before decoding), or
+    a file over 100 MiB (refused before reading)."""
 
 
 class UnknownBackendError(DeskgenError, LookupError):

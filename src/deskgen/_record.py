@@ -150,11 +150,15 @@ def build_record(result: GenerationResult, index: int) -> dict[str, Any]:
 
 
 def a1111_parameters(result: GenerationResult, index: int) -> str:
-    """The A1111 infotext of image ``index``."""
+    """The A1111 infotext of image ``index``: the texts as encoded (trigger words applied,
+    presets resolved, ``fit`` applied), so A1111, civitai and viewers show what the model saw."""
     req = result.request
-    lines = [req.prompt]
-    if req.negative_prompt:
-        lines.append(f"Negative prompt: {req.negative_prompt}")
+    report = result.prompt_report
+    prompt = report.prompt if report is not None else req.prompt
+    negative = report.negative_prompt if report is not None else req.negative_prompt
+    lines = [prompt]
+    if negative:
+        lines.append(f"Negative prompt: {negative}")
     fields = [
         ("Steps", str(req.steps)),
         ("Sampler", _SAMPLERS.get(result.scheduler, result.scheduler)),

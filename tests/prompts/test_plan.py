@@ -170,3 +170,9 @@ def test_encoders_that_cannot_be_chunked_report_their_cut() -> None:
     assert report.dropped and text.endswith(report.dropped)
     assert len(report.chunks) == 1 and text.startswith(report.chunks[0])
     assert not plan.report.lossless
+
+
+def test_a_cut_negative_prompt_is_warned_about_too() -> None:
+    long_negative = ", ".join(["blurry"] * 60)
+    report = check_prompt("a desk", negative_prompt=long_negative, long_prompt="truncate")
+    assert any("cut the negative prompt at 77 tokens" in w for w in report.warnings)

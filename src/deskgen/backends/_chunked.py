@@ -100,7 +100,7 @@ def encode_chunked_sdxl(
         if do_cfg:
             if plan.negative_prompt is None and pipe.config.force_zeros_for_empty_prompt:
                 negative_embeds = torch.zeros_like(embeds)
-                negative_pooled = torch.zeros_like(pooled)
+                negative_pooled = torch.zeros_like(pooled) if pooled is not None else None
             else:
                 negative_embeds, negative_pooled = encode(_padded(negative, n))
     return {

@@ -179,15 +179,18 @@ def plan_prompt(
                 limit=character_limit,
                 overflow=final[character_limit:],
             )
-    cut: dict[str, list[str]] = {}
-    for encoder_report in pos.reports:
-        if encoder_report.dropped:
-            cut.setdefault(encoder_report.dropped, []).append(encoder_report.encoder)
-    for dropped, names in cut.items():
-        limit = next(r.limit for r in pos.reports if r.encoder == names[0])
-        warnings.append(
-            f"{' and '.join(names)} cut the prompt at {limit} tokens and never saw: {dropped!r}"
-        )
+    for role, processed in (("prompt", pos), ("negative prompt", neg)):
+        if processed is None:
+            continue
+        cut: dict[str, list[str]] = {}
+        for encoder_report in processed.reports:
+            if encoder_report.dropped:
+                cut.setdefault(encoder_report.dropped, []).append(encoder_report.encoder)
+        for dropped, names in cut.items():
+            limit = next(r.limit for r in processed.reports if r.encoder == names[0])
+            warnings.append(
+                f"{' and '.join(names)} cut the {role} at {limit} tokens and never saw: {dropped!r}"
+            )
     report = PromptReport(
         backend=backend,
         mode=mode,
