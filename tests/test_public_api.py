@@ -7,9 +7,11 @@ from pathlib import Path
 import deskgen
 
 EXPECTED = {
+    "AuthenticationError",
     "BackendError",
     "BackendInfo",
     "ConfigError",
+    "ContentPolicyError",
     "DeskGenerator",
     "DeskItem",
     "DeskSpec",
@@ -31,8 +33,12 @@ EXPECTED = {
     "PeakMemory",
     "PromptReport",
     "PromptTooLongError",
+    "RateLimitedError",
     "RecordError",
     "RequestFields",
+    "ServiceError",
+    "ServiceRequestError",
+    "ServiceTimeoutError",
     "StepProgress",
     "Timings",
     "UnknownBackendError",

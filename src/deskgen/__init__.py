@@ -13,8 +13,10 @@ that needs them is created.
 """
 
 from ._exceptions import (
+    AuthenticationError,
     BackendError,
     ConfigError,
+    ContentPolicyError,
     DeskgenError,
     GenerationCancelledError,
     GeneratorClosedError,
@@ -27,7 +29,11 @@ from ._exceptions import (
     ModelMismatchError,
     ModelNotFoundError,
     PromptTooLongError,
+    RateLimitedError,
     RecordError,
+    ServiceError,
+    ServiceRequestError,
+    ServiceTimeoutError,
     UnknownBackendError,
 )
 from ._generator import DeskGenerator, RequestFields
@@ -46,9 +52,11 @@ from .prompts._report import LongPromptMode, PromptReport
 from .prompts._spec import DeskItem, DeskSpec
 
 __all__ = [
+    "AuthenticationError",
     "BackendError",
     "BackendInfo",
     "ConfigError",
+    "ContentPolicyError",
     "DeskGenerator",
     "DeskItem",
     "DeskSpec",
@@ -70,8 +78,12 @@ __all__ = [
     "PeakMemory",
     "PromptReport",
     "PromptTooLongError",
+    "RateLimitedError",
     "RecordError",
     "RequestFields",
+    "ServiceError",
+    "ServiceRequestError",
+    "ServiceTimeoutError",
     "StepProgress",
     "Timings",
     "UnknownBackendError",

@@ -13,7 +13,13 @@ DeskgenError                      base of everything deskgen raises on purpose
 │   ├── ModelNotFoundError        no such folder, or a hub id missing from the offline cache
 │   └── ModelMismatchError        the weights are for another backend (e.g. SD 1.5 given to "sdxl")
 ├── BackendError                  a backend failed while generating (RuntimeError)
-│   └── InvalidOutputError        NaN/black output that must not be returned as an image
+│   ├── InvalidOutputError        NaN/black output, or an API answer without an image
+│   └── ServiceError              a hosted API (OpenAI) failed, after the client's own retries
+│       ├── AuthenticationError   the API key was refused (401/403)
+│       ├── RateLimitedError      still rate limited (429) after the retries; has retry_after
+│       ├── ContentPolicyError    the service refused the prompt or photo (never retried)
+│       ├── ServiceRequestError   the service rejected the request (other 4xx)
+│       └── ServiceTimeoutError   no answer in time, or no connection
 ├── GenerationCancelledError      the caller cancelled a request between steps
 ├── GeneratorClosedError          the DeskGenerator was closed (RuntimeError)
 └── RecordError                   no readable record in a file, or an unsaveable path (ValueError)
@@ -26,8 +32,10 @@ the backend boundary and chained (``raise ... from exc``) so the original stays 
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationError",
     "BackendError",
     "ConfigError",
+    "ContentPolicyError",
     "DeskgenError",
     "GenerationCancelledError",
     "GeneratorClosedError",
@@ -40,7 +48,11 @@ __all__ = [
     "ModelMismatchError",
     "ModelNotFoundError",
     "PromptTooLongError",
+    "RateLimitedError",
     "RecordError",
+    "ServiceError",
+    "ServiceRequestError",
+    "ServiceTimeoutError",
     "UnknownBackendError",
 ]
 
@@ -126,6 +138,46 @@ class BackendError(DeskgenError, RuntimeError):
 
 class InvalidOutputError(BackendError):
     """The model produced NaN or all-black images; they are never returned as valid images."""
+
+
+class ServiceError(BackendError):
+    """A hosted image API failed (5xx, or an unexpected answer) after the client's retries."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+        self.status = status
+        self.code = code
+        super().__init__(message)
+
+
+class AuthenticationError(ServiceError):
+    """The service refused the API key (401), or the key lacks access (403)."""
+
+
+class RateLimitedError(ServiceError):
+    """Still rate limited (429) after the client's retries; ``retry_after`` is in seconds."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None,
+        status: int | None = 429,
+        code: str | None = None,
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, status=status, code=code)
+
+
+class ContentPolicyError(ServiceError):
+    """The service's safety system refused the prompt or photo; retrying would not help."""
+
+
+class ServiceRequestError(ServiceError):
+    """The service rejected the request as invalid (400, 404, 422...); the message says why."""
+
+
+class ServiceTimeoutError(ServiceError):
+    """No answer within the timeout, or no connection to the service, after the retries."""
 
 
 class GenerationCancelledError(DeskgenError):

@@ -338,6 +338,8 @@ class DeskGenerator:
             warnings=warnings + plan.report.warnings + output.warnings,
             input_image=info,
             prompt_report=plan.report,
+            cost_usd=output.cost_usd,
+            revised_prompts=output.revised_prompts,
             deskgen_version=__version__,
             created_at=datetime.now(timezone.utc),
         )

@@ -165,6 +165,10 @@ class GenerationResult(BaseModel):
     input_image: ImageInfo | None = None
     prompt_report: PromptReport | None = None
     """Per text encoder: tokens, limit, chunks and any text not encoded."""
+    cost_usd: float | None = None
+    """Estimated price in US dollars, for paid APIs (from a price table; see the backend)."""
+    revised_prompts: list[str] = Field(default_factory=list)
+    """The prompts as the service rewrote them (DALL-E 3 does), one per image."""
     deskgen_version: str
     created_at: datetime
 

@@ -144,6 +144,10 @@ def build_record(result: GenerationResult, index: int) -> dict[str, Any]:
         "prompt_report": (
             result.prompt_report.model_dump(mode="json") if result.prompt_report else None
         ),
+        "cost_usd": result.cost_usd,
+        "revised_prompt": (
+            result.revised_prompts[index] if index < len(result.revised_prompts) else None
+        ),
         "warnings": result.warnings,
         "created_at": result.created_at.isoformat(),
     }

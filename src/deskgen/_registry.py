@@ -22,7 +22,7 @@ __all__ = ["BackendInfo", "get_backend_class", "list_backends", "register_backen
 _REGISTRY: dict[str, type[Backend]] = {}
 _LOCK = threading.Lock()
 _builtins_loaded = False
-_BUILTIN_MODULES = ("deskgen.backends.sd", "deskgen.backends.sdxl")
+_BUILTIN_MODULES = ("deskgen.backends.openai", "deskgen.backends.sd", "deskgen.backends.sdxl")
 
 B = TypeVar("B", bound=type[Backend])
 

@@ -70,6 +70,10 @@ class BackendOutput:
     denoise_seconds: float
     decode_seconds: float
     warnings: list[str] = field(default_factory=list)
+    cost_usd: float | None = None
+    """Estimated price of the request, for paid APIs."""
+    revised_prompts: list[str] = field(default_factory=list)
+    """Prompts as a service rewrote them (DALL-E 3), one per image."""
 
 
 class Backend(abc.ABC):
@@ -107,6 +111,10 @@ class Backend(abc.ABC):
     def model_id(self) -> str:
         return self.options.model
 
+    def prompt_character_limit(self) -> int | None:
+        """A limit in characters on the prompt (hosted APIs), checked by the prompt builder."""
+        return None
+
     def prompt_encoders(self) -> list[tuple[TextEncoderSpec, Any]]:
         """The text encoders with the tokenizers that count for them (default: none)."""
         return []
@@ -123,6 +131,7 @@ class Backend(abc.ABC):
             default_negative_preset=self.default_negative_preset,
             trigger_words=request.trigger_words,
             remove_words=request.remove_words,
+            character_limit=self.prompt_character_limit(),
         )
 
     @abc.abstractmethod

@@ -1,0 +1,413 @@
+"""``openai``: DALL-E and GPT image models through the official ``openai`` client.
+
+Text to image with ``images.generate``; a makeover of the user's desk photo with ``images.edit``
+(GPT image models, and ``dall-e-2`` with a square PNG made for it). The client's own retries are
+the only retries (``max_retries``, ``Retry-After`` honoured); its exceptions are translated into
+deskgen's `ServiceError` tree at this boundary. The API key is a `SecretStr`: it never appears in
+repr, logs, errors or records. Needs the ``openai`` extra, not torch.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import Field, SecretStr, field_validator
+
+from .._exceptions import (
+    AuthenticationError,
+    ConfigError,
+    ContentPolicyError,
+    InvalidOutputError,
+    InvalidRequestError,
+    RateLimitedError,
+    ServiceError,
+    ServiceRequestError,
+    ServiceTimeoutError,
+)
+from .._registry import register_backend
+from ..prompts import LongPromptMode, character_limit
+from ._base import Backend, BackendOptions, BackendOutput, Job
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = ["IMAGE_PRICES_USD", "OpenAIBackend", "OpenAIOptions"]
+
+_SIZES: dict[str, tuple[str, ...]] = {
+    "dall-e-3": ("1024x1024", "1792x1024", "1024x1792"),
+    "dall-e-2": ("1024x1024", "512x512", "256x256"),
+    "gpt-image": ("1024x1024", "1536x1024", "1024x1536", "auto"),
+}
+_MAX_IMAGES = {"dall-e-3": 1, "dall-e-2": 10, "gpt-image": 10}
+_REFUSAL_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
+
+IMAGE_PRICES_USD: dict[str, float] = {
+    # "model|quality|size": US dollars per image (OpenAI's published image prices)
+    "dall-e-3|standard|1024x1024": 0.04,
+    "dall-e-3|standard|1792x1024": 0.08,
+    "dall-e-3|standard|1024x1792": 0.08,
+    "dall-e-3|hd|1024x1024": 0.08,
+    "dall-e-3|hd|1792x1024": 0.12,
+    "dall-e-3|hd|1024x1792": 0.12,
+    "dall-e-2|standard|1024x1024": 0.02,
+    "dall-e-2|standard|512x512": 0.018,
+    "dall-e-2|standard|256x256": 0.016,
+    "gpt-image-1|low|1024x1024": 0.011,
+    "gpt-image-1|low|1536x1024": 0.016,
+    "gpt-image-1|low|1024x1536": 0.016,
+    "gpt-image-1|medium|1024x1024": 0.042,
+    "gpt-image-1|medium|1536x1024": 0.063,
+    "gpt-image-1|medium|1024x1536": 0.063,
+    "gpt-image-1|high|1024x1024": 0.167,
+    "gpt-image-1|high|1536x1024": 0.25,
+    "gpt-image-1|high|1024x1536": 0.25,
+}
+"""Estimated price per image, keyed ``"model|quality|size"``; override or extend it with the
+``prices`` option. GPT image models are billed by tokens: these are OpenAI's per-image estimates."""
+
+
+def _family(model: str) -> str:
+    if model.startswith("gpt-image"):
+        return "gpt-image"
+    if model in ("dall-e-2", "dall-e-3"):
+        return model
+    return "gpt-image"  # newer image models follow the GPT image API shape
+
+
+class OpenAIOptions(BackendOptions):
+    """Options of the ``openai`` backend."""
+
+    api_key: SecretStr | None = None
+    """Defaults to ``OPENAI_API_KEY``. Held as a secret: never shown or saved."""
+    base_url: str | None = None
+    """An OpenAI-compatible server; defaults to ``OPENAI_BASE_URL`` or OpenAI's API."""
+    organization: str | None = None
+    timeout: float = Field(default=600.0, gt=0)
+    """Seconds per HTTP request (the client's default)."""
+    max_retries: int = Field(default=2, ge=0, le=10)
+    """The client's retries for 408/409/429/5xx and connection errors (with back-off)."""
+    quality: str | None = None
+    """``standard``/``hd`` (dall-e-3), ``low``/``medium``/``high``/``auto`` (GPT image)."""
+    style: Literal["vivid", "natural"] | None = None
+    """dall-e-3 only."""
+    background: Literal["transparent", "opaque", "auto"] | None = None
+    """GPT image models only."""
+    output_format: Literal["png", "jpeg", "webp"] | None = None
+    """GPT image models only."""
+    input_fidelity: Literal["high", "low"] | None = None
+    """GPT image edits: how closely to keep the photo's details (faces, objects, layout)."""
+    prices: dict[str, float] = Field(default_factory=dict)
+    """Overrides of `IMAGE_PRICES_USD` (``"model|quality|size"``: dollars per image)."""
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _secret(cls, value: Any) -> Any:
+        return SecretStr(value) if isinstance(value, str) else value
+
+
+def _retry_after(exc: Any) -> float | None:
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None) or {}
+    for name in ("retry-after-ms", "retry-after"):
+        value = headers.get(name)
+        if value:
+            try:
+                seconds = float(value)
+            except ValueError:
+                continue
+            return seconds / 1000 if name.endswith("ms") else seconds
+    return None
+
+
+def translate_openai_error(exc: Exception, *, retries: int) -> Exception:
+    """deskgen's exception for an ``openai`` client exception (the caller chains it)."""
+    import openai
+
+    status = getattr(exc, "status_code", None)
+    code = getattr(exc, "code", None)
+    detail = str(getattr(exc, "message", "") or exc)
+    tried = f" after {retries} retr{'y' if retries == 1 else 'ies'}" if retries else ""
+    if isinstance(exc, openai.APITimeoutError):
+        return ServiceTimeoutError(
+            f"The image service did not answer in time{tried}. Raise timeout=..., or try later."
+        )
+    if isinstance(exc, openai.APIConnectionError):
+        return ServiceTimeoutError(
+            f"Could not connect to the image service{tried} ({detail}). Check base_url and the "
+            "network."
+        )
+    if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
+        return AuthenticationError(
+            f"The image service refused the API key ({status}: {detail}). Check OPENAI_API_KEY "
+            "or api_key=..., and that the key's project may use this model.",
+            status=status,
+            code=code,
+        )
+    if isinstance(exc, openai.RateLimitError):
+        wait = _retry_after(exc)
+        hint = f" The service asks to wait {wait:g} s." if wait is not None else ""
+        return RateLimitedError(
+            f"Rate limited by the image service{tried} ({detail}).{hint} Slow down, or raise "
+            "max_retries.",
+            retry_after=wait,
+            code=code,
+        )
+    if isinstance(exc, openai.BadRequestError) and code in _REFUSAL_CODES:
+        return ContentPolicyError(
+            f"The image service's safety system refused the request ({code}): {detail}. "
+            "Rephrase the prompt or use another photo; retrying the same request won't help.",
+            status=status,
+            code=code,
+        )
+    if isinstance(exc, openai.APIStatusError) and status is not None and status < 500:
+        return ServiceRequestError(
+            f"The image service rejected the request ({status}{', ' + code if code else ''}): "
+            f"{detail}",
+            status=status,
+            code=code,
+        )
+    if isinstance(exc, openai.APIStatusError):
+        return ServiceError(
+            f"The image service failed ({status}){tried}: {detail}. Try again later.",
+            status=status,
+            code=code,
+        )
+    return ServiceError(f"The image service call failed: {type(exc).__name__}: {detail}")
+
+
+@register_backend("openai")
+class OpenAIBackend(Backend):
+    """DALL-E 2/3 and GPT image models (``gpt-image-1`` and later) on OpenAI's Images API."""
+
+    description: ClassVar[str] = "OpenAI Images API (DALL-E, GPT image): txt2img and photo edits"
+    extra: ClassVar[str] = "openai"
+    requirements: ClassVar[tuple[str, ...]] = ("openai",)
+    default_model: ClassVar[str | None] = "gpt-image-1"
+    options_class: ClassVar[type[BackendOptions]] = OpenAIOptions
+    default_long_prompt: ClassVar[LongPromptMode] = LongPromptMode.ERROR
+
+    def __init__(self, options: BackendOptions) -> None:
+        super().__init__(options)
+        assert isinstance(options, OpenAIOptions)
+        self.opts: OpenAIOptions = options
+        key = options.api_key.get_secret_value() if options.api_key else None
+        key = key or os.environ.get("OPENAI_API_KEY")
+        if not key:
+            raise ConfigError(
+                "No OpenAI API key: set OPENAI_API_KEY or pass api_key=... (for an "
+                "OpenAI-compatible server without keys, pass any placeholder)."
+            )
+        import openai
+
+        self._client: Any = openai.OpenAI(
+            api_key=key,
+            base_url=options.base_url,
+            organization=options.organization,
+            timeout=options.timeout,
+            max_retries=options.max_retries,
+        )
+        self._family = _family(options.model)
+        self._closed = threading.Event()
+
+    @property
+    def device(self) -> str:
+        return "api"
+
+    @property
+    def dtype(self) -> str:
+        return "n/a"
+
+    def prompt_character_limit(self) -> int | None:
+        return character_limit(self.opts.model)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _size(self, job: Job) -> str:
+        sizes = _SIZES[self._family]
+        req = job.request
+        if req.width is not None or req.height is not None:
+            size = f"{req.width}x{req.height}"
+            if size not in sizes:
+                raise InvalidRequestError(
+                    f"{self.opts.model} makes {', '.join(s for s in sizes if s != 'auto')} "
+                    f"images, not {size}: pass one of those as width/height, or neither."
+                )
+            return size
+        if job.photo is None:
+            return sizes[0]
+        aspect = job.photo.width / job.photo.height
+        fixed = [s for s in sizes if s != "auto"]
+        return min(fixed, key=lambda s: abs(int(s.split("x")[0]) / int(s.split("x")[1]) - aspect))
+
+    def _ignored(self, job: Job) -> list[str]:
+        req = job.request
+        given = req.model_fields_set
+        notes = [
+            f"{name}={getattr(req, name)!r} has no effect on {self.opts.model}."
+            for name in ("steps", "guidance_scale")
+            if name in given
+        ]
+        if "strength" in given and job.photo is not None:
+            notes.append(f"strength has no effect on {self.opts.model} edits.")
+        notes.append(
+            f"{self.opts.model} takes no seed: the seeds are recorded, but the images can't be "
+            "reproduced from them."
+        )
+        return notes
+
+    def _photo_file(self, photo: Image.Image, size: str) -> tuple[str, bytes, str]:
+        from .._images import prepare_image
+
+        if self._family == "dall-e-2":  # one square RGBA PNG under 4 MB
+            side = int(size.split("x")[0])
+            square = prepare_image(photo, (side, side)).convert("RGBA")
+            buf = io.BytesIO()
+            square.save(buf, format="PNG", optimize=True)
+            return ("desk.png", buf.getvalue(), "image/png")
+        buf = io.BytesIO()
+        photo.save(buf, format="PNG")  # a fresh image: no EXIF, GPS or other metadata
+        if buf.tell() > 40 * 2**20:
+            buf = io.BytesIO()
+            photo.save(buf, format="JPEG", quality=92)
+            return ("desk.jpg", buf.getvalue(), "image/jpeg")
+        return ("desk.png", buf.getvalue(), "image/png")
+
+    def _params(self, job: Job, size: str, n: int) -> dict[str, Any]:
+        plan = job.prompt
+        prompt = plan.prompt
+        if plan.negative_prompt:
+            prompt = f"{prompt}\n\nAvoid: {plan.negative_prompt}."
+        params: dict[str, Any] = {"model": self.opts.model, "prompt": prompt, "n": n}
+        if size != "auto" or self._family == "gpt-image":
+            params["size"] = size
+        if self.opts.quality:
+            params["quality"] = self.opts.quality
+        if self._family == "dall-e-3" and self.opts.style:
+            params["style"] = self.opts.style
+        if self._family == "gpt-image":
+            for name in ("background", "output_format"):
+                if getattr(self.opts, name):
+                    params[name] = getattr(self.opts, name)
+        else:
+            params["response_format"] = "b64_json"  # URLs expire after an hour
+        return params
+
+    def _decode(self, data: Any) -> tuple[Image.Image, str | None]:
+        from .._images import load_image
+
+        b64 = getattr(data, "b64_json", None)
+        url = getattr(data, "url", None)
+        if b64:
+            raw = base64.b64decode(b64)
+        elif url:
+            raw = self._download(url)
+        else:
+            raise InvalidOutputError(
+                "The image service answered without image data (no b64_json or url)."
+            )
+        try:
+            image, _ = load_image(raw)
+        except Exception as exc:
+            raise InvalidOutputError(f"The image service sent an unreadable image: {exc}") from exc
+        return image, getattr(data, "revised_prompt", None)
+
+    def _download(self, url: str) -> bytes:
+        """Fetch a URL answer at once: OpenAI's image URLs expire after an hour."""
+        import urllib.request
+
+        if not url.startswith(("https://", "http://")):
+            raise InvalidOutputError(f"The image service sent a URL deskgen won't fetch: {url!r}")
+        try:
+            with urllib.request.urlopen(url, timeout=self.opts.timeout) as response:  # noqa: S310
+                return bytes(response.read(100 * 2**20 + 1))
+        except Exception as exc:
+            raise ServiceError(f"Could not download the generated image: {exc}") from exc
+
+    def _price(self, size: str) -> float | None:
+        quality = self.opts.quality or ("standard" if self._family != "gpt-image" else "medium")
+        key = f"{self.opts.model}|{quality}|{size}"
+        prices = {**IMAGE_PRICES_USD, **self.opts.prices}
+        return prices.get(key)
+
+    def generate(self, job: Job) -> BackendOutput:
+        import openai
+
+        if self._closed.is_set():
+            from .._exceptions import GeneratorClosedError
+
+            raise GeneratorClosedError("This generator was closed; create a new DeskGenerator.")
+        req = job.request
+        mode: Literal["txt2img", "img2img"] = "img2img" if job.photo is not None else "txt2img"
+        if job.photo is not None and self._family == "dall-e-3":
+            raise InvalidRequestError(
+                "dall-e-3 cannot edit a photo. Use model='gpt-image-1' (or 'dall-e-2') for a "
+                "makeover of the photo, or leave out the image for text to image."
+            )
+        size = self._size(job)
+        per_call = _MAX_IMAGES[self._family]
+        warnings = self._ignored(job)
+        if req.num_images > per_call:
+            warnings.append(
+                f"{self.opts.model} makes {per_call} image(s) per request: "
+                f"{-(-req.num_images // per_call)} requests were made."
+            )
+        images: list[Image.Image] = []
+        revised: list[str] = []
+        start = time.perf_counter()
+        remaining = req.num_images
+        photo_file = self._photo_file(job.photo, size) if job.photo is not None else None
+        while remaining:
+            n = min(per_call, remaining)
+            params = self._params(job, size, n)
+            try:
+                if photo_file is not None:
+                    if self._family == "gpt-image" and self.opts.input_fidelity:
+                        params["input_fidelity"] = self.opts.input_fidelity
+                    params.pop("style", None)
+                    response = self._client.images.edit(image=photo_file, **params)
+                else:
+                    response = self._client.images.generate(**params)
+            except openai.OpenAIError as exc:
+                raise translate_openai_error(exc, retries=self.opts.max_retries) from exc
+            data = list(getattr(response, "data", None) or [])
+            if len(data) < n:
+                raise InvalidOutputError(
+                    f"The image service returned {len(data)} image(s) where {n} were asked for."
+                )
+            for item in data[:n]:
+                image, revised_prompt = self._decode(item)
+                images.append(image)
+                if revised_prompt:
+                    revised.append(revised_prompt)
+            remaining -= n
+            job.on_step(req.num_images - remaining, req.num_images)
+        elapsed = time.perf_counter() - start
+        price = self._price(size)
+        width, height = images[0].size
+        resolved = req.model_copy(update={"width": width, "height": height})
+        return BackendOutput(
+            images=images,
+            seeds=job.seeds,
+            request=resolved,
+            mode=mode,
+            width=width,
+            height=height,
+            denoising_steps=0,
+            scheduler=self.opts.model,
+            encode_seconds=0.0,
+            denoise_seconds=elapsed,
+            decode_seconds=0.0,
+            warnings=warnings,
+            cost_usd=price * req.num_images if price is not None else None,
+            revised_prompts=revised,
+        )
+
+    def close(self) -> None:
+        if not self._closed.is_set():
+            self._closed.set()
+            self._client.close()

@@ -1,0 +1,249 @@
+"""The ``openai`` backend against a real local HTTP server speaking the Images API shapes."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from deskgen import (
+    AuthenticationError,
+    ConfigError,
+    ContentPolicyError,
+    DeskGenerator,
+    InvalidOutputError,
+    InvalidRequestError,
+    PromptTooLongError,
+    RateLimitedError,
+    ServiceError,
+    ServiceRequestError,
+    ServiceTimeoutError,
+    list_backends,
+)
+
+from .openai_server import Answer, FakeOpenAI, png_b64
+
+pytest.importorskip("openai")
+
+SECRET = "sk-test-DO-NOT-PRINT-1234567890"
+
+
+@pytest.fixture
+def server() -> Iterator[FakeOpenAI]:
+    srv = FakeOpenAI()
+    yield srv
+    srv.close()
+
+
+def _gen(server: FakeOpenAI, model: str = "gpt-image-1", **options: Any) -> DeskGenerator:
+    options.setdefault("max_retries", 0)
+    return DeskGenerator("openai", model=model, api_key=SECRET, base_url=server.base_url, **options)
+
+
+def _phone_photo() -> bytes:
+    exif = Image.Exif()
+    exif[0x010F] = "PhoneMaker"
+    exif[0x8825] = {1: "N", 2: (37.0, 33.0, 59.0), 3: "E", 4: (126.0, 58.0, 41.0)}
+    buf = io.BytesIO()
+    Image.new("RGB", (400, 300), (120, 90, 60)).save(buf, format="JPEG", exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def test_registered_with_its_extra() -> None:
+    info = next(b for b in list_backends() if b.name == "openai")
+    assert info.extra == "openai" and info.installed
+    assert info.default_model == "gpt-image-1"
+
+
+class TestTextToImage:
+    def test_gpt_image(self, server: FakeOpenAI) -> None:
+        result = _gen(server).generate(prompt="a tidy desk", num_images=2, seed=1)
+        assert len(result.images) == 2
+        (req,) = server.received
+        assert req.path == "/v1/images/generations"
+        assert req.json is not None
+        assert req.json["model"] == "gpt-image-1"
+        assert req.json["n"] == 2 and req.json["size"] == "1024x1024"
+        assert "response_format" not in req.json  # GPT image models always answer base64
+        assert result.backend == "openai" and result.mode == "txt2img"
+        assert result.device == "api"
+        assert result.cost_usd == pytest.approx(2 * 0.042)
+        assert result.prompt_report is not None
+        assert result.prompt_report.character_limit == 32000
+        assert any("takes no seed" in w for w in result.warnings)
+
+    def test_dall_e_3(self, server: FakeOpenAI) -> None:
+        gen = _gen(server, model="dall-e-3", quality="hd", style="natural")
+        result = gen.generate(prompt="a tidy desk", width=1792, height=1024, num_images=2)
+        assert len(server.received) == 2  # dall-e-3 makes one image per request
+        body = server.received[0].json
+        assert body is not None
+        assert (body["n"], body["size"], body["quality"], body["style"]) == (
+            1,
+            "1792x1024",
+            "hd",
+            "natural",
+        )
+        assert body["response_format"] == "b64_json"  # URLs expire
+        assert result.revised_prompts == ["REVISED: a tidy desk"] * 2
+        assert result.cost_usd == pytest.approx(2 * 0.12)
+        assert any("2 requests" in w for w in result.warnings)
+
+    def test_sizes_are_checked(self, server: FakeOpenAI) -> None:
+        with pytest.raises(InvalidRequestError, match="1792x1024"):
+            _gen(server, model="dall-e-3").generate(prompt="a desk", width=1000, height=1000)
+        assert server.received == []
+
+    def test_negative_prompt_is_folded_into_the_prompt(self, server: FakeOpenAI) -> None:
+        _gen(server).generate(prompt="a desk", negative_prompt="preset:controlnet_short")
+        body = server.received[0].json
+        assert body is not None
+        assert body["prompt"] == "a desk\n\nAvoid: low quality, bad quality, sketches."
+
+    def test_character_limit(self, server: FakeOpenAI) -> None:
+        with pytest.raises(PromptTooLongError, match="characters"):
+            _gen(server, model="dall-e-3").generate(prompt="desk " * 1000)
+        assert server.received == []
+
+    def test_url_answers_are_downloaded_at_once(self, server: FakeOpenAI) -> None:
+        import base64
+
+        server.files["/files/img.png"] = base64.b64decode(png_b64((32, 32)))
+        url = server.base_url.replace("/v1", "") + "/files/img.png"
+        server.answers.append(Answer(body={"created": 1, "data": [{"url": url}]}))
+        result = _gen(server, model="dall-e-2").generate(prompt="a desk")
+        assert result.images[0].size == (32, 32)
+
+
+class TestEdits:
+    def test_gpt_image_edit_sends_a_clean_photo(self, server: FakeOpenAI) -> None:
+        gen = _gen(server, input_fidelity="high")
+        result = gen.generate(prompt="make it tidy", image=_phone_photo())
+        (req,) = server.received
+        assert req.path == "/v1/images/edits"
+        _, data = req.parts["image"]
+        sent = Image.open(io.BytesIO(data))
+        assert sent.format == "PNG" and sent.size == (400, 300)
+        assert "exif" not in sent.info and len(sent.getexif()) == 0
+        assert req.parts["input_fidelity"][1] == b"high"
+        assert req.parts["size"][1] == b"1536x1024"  # closest to the photo's 4:3
+        assert result.mode == "img2img"
+        assert result.input_image is not None
+
+    def test_dall_e_2_gets_a_square_png(self, server: FakeOpenAI) -> None:
+        _gen(server, model="dall-e-2").generate(prompt="tidy", image=_phone_photo())
+        _, data = server.received[0].parts["image"]
+        sent = Image.open(io.BytesIO(data))
+        assert sent.format == "PNG" and sent.mode == "RGBA"
+        assert sent.size == (1024, 1024) and len(data) < 4 * 2**20
+
+    def test_dall_e_3_cannot_edit(self, server: FakeOpenAI) -> None:
+        with pytest.raises(InvalidRequestError, match="gpt-image-1"):
+            _gen(server, model="dall-e-3").generate(prompt="tidy", image=_phone_photo())
+
+
+class TestErrors:
+    def test_429_with_retry_after_then_success(self, server: FakeOpenAI) -> None:
+        server.answers.append(
+            Answer(
+                429,
+                {"error": {"message": "slow down", "code": "rate_limit_exceeded"}},
+                headers={"retry-after-ms": "10"},
+            )
+        )
+        result = _gen(server, max_retries=2).generate(prompt="a desk")
+        assert len(server.received) == 2 and result.images
+
+    def test_still_rate_limited_after_the_retries(self, server: FakeOpenAI) -> None:
+        for _ in range(2):
+            server.answers.append(
+                Answer(429, {"error": {"message": "slow down"}}, headers={"retry-after": "0.01"})
+            )
+        with pytest.raises(RateLimitedError) as info:
+            _gen(server, max_retries=1).generate(prompt="a desk")
+        assert len(server.received) == 2
+        assert info.value.retry_after == pytest.approx(0.01)
+
+    def test_repeated_5xx(self, server: FakeOpenAI) -> None:
+        for _ in range(2):
+            server.answers.append(Answer(503, {"error": {"message": "overloaded"}}))
+        with pytest.raises(ServiceError, match="503") as info:
+            _gen(server, max_retries=1).generate(prompt="a desk")
+        assert len(server.received) == 2 and info.value.status == 503
+
+    def test_timeout(self, server: FakeOpenAI) -> None:
+        server.answers.append(Answer(delay=1.5))
+        with pytest.raises(ServiceTimeoutError, match="timeout"):
+            _gen(server, timeout=0.3).generate(prompt="a desk")
+
+    def test_401(self, server: FakeOpenAI) -> None:
+        server.answers.append(Answer(401, {"error": {"message": "Incorrect API key"}}))
+        with pytest.raises(AuthenticationError, match="OPENAI_API_KEY") as info:
+            _gen(server).generate(prompt="a desk")
+        assert SECRET not in str(info.value)
+
+    def test_content_policy_is_never_retried(self, server: FakeOpenAI) -> None:
+        server.answers.append(
+            Answer(400, {"error": {"message": "blocked", "code": "moderation_blocked"}})
+        )
+        with pytest.raises(ContentPolicyError, match="moderation_blocked"):
+            _gen(server, max_retries=2).generate(prompt="a desk")
+        assert len(server.received) == 1
+
+    def test_other_bad_requests(self, server: FakeOpenAI) -> None:
+        server.answers.append(Answer(400, {"error": {"message": "bad size", "code": "x"}}))
+        with pytest.raises(ServiceRequestError, match="bad size"):
+            _gen(server).generate(prompt="a desk")
+
+    @pytest.mark.parametrize(
+        "body", [{"created": 1, "data": []}, {"created": 1, "data": [{"revised_prompt": "x"}]}]
+    )
+    def test_malformed_200(self, server: FakeOpenAI, body: dict[str, Any]) -> None:
+        server.answers.append(Answer(body=body))
+        with pytest.raises(InvalidOutputError):
+            _gen(server).generate(prompt="a desk")
+
+
+class TestSecrets:
+    def test_the_key_is_never_shown(
+        self, server: FakeOpenAI, caplog: pytest.LogCaptureFixture, tmp_path: Path
+    ) -> None:
+        caplog.set_level(logging.DEBUG)
+        for name in ("openai", "httpx", "httpx2", "httpcore"):
+            logging.getLogger(name).setLevel(logging.DEBUG)
+        gen = _gen(server)
+        result = gen.generate(prompt="a desk")
+        server.answers.append(Answer(401, {"error": {"message": "no"}}))
+        with pytest.raises(AuthenticationError) as info:
+            gen.generate(prompt="a desk")
+        (path,) = result.save(tmp_path / "o.png")
+        seen = [
+            caplog.text,
+            repr(gen),
+            repr(gen.backend.options),
+            str(gen.backend.options),
+            str(info.value),
+            repr(info.value),
+            path.read_bytes().decode("latin-1"),
+        ]
+        assert "DEBUG" in caplog.text  # the client really logged
+        for text in seen:
+            assert SECRET not in text
+        assert server.received[0].headers["authorization"] == f"Bearer {SECRET}"
+
+    def test_missing_key(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+        with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
+            DeskGenerator("openai")
+
+    def test_key_from_the_environment(
+        self, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+        DeskGenerator("openai", base_url=server.base_url).generate(prompt="a desk")
+        assert server.received[0].headers["authorization"] == f"Bearer {SECRET}"
