@@ -35,6 +35,7 @@ from ._exceptions import (
     ServiceRequestError,
     ServiceTimeoutError,
     UnknownBackendError,
+    UnsupportedOperationError,
 )
 from ._generator import DeskGenerator, RequestFields
 from ._images import ImageInfo, load_image
@@ -48,6 +49,7 @@ from ._models import (
 from ._record import read_record
 from ._registry import BackendInfo, list_backends, register_backend
 from ._version import __version__
+from .prompts._description import DeskDescription
 from .prompts._report import LongPromptMode, PromptReport
 from .prompts._spec import DeskItem, DeskSpec
 
@@ -57,6 +59,7 @@ __all__ = [
     "BackendInfo",
     "ConfigError",
     "ContentPolicyError",
+    "DeskDescription",
     "DeskGenerator",
     "DeskItem",
     "DeskSpec",
@@ -87,6 +90,7 @@ __all__ = [
     "StepProgress",
     "Timings",
     "UnknownBackendError",
+    "UnsupportedOperationError",
     "__version__",
     "list_backends",
     "load_image",

@@ -3,7 +3,8 @@
 ```text
 DeskgenError                      base of everything deskgen raises on purpose
 ├── InvalidRequestError           a generation request that cannot run (ValueError)
-│   └── PromptTooLongError        over a text encoder's limit with long_prompt="error"
+│   ├── PromptTooLongError        over a text encoder's limit with long_prompt="error"
+│   └── UnsupportedOperationError the backend can't do that (e.g. describe a photo)
 ├── ConfigError                   bad DeskGenerator options: device, dtype, options (ValueError)
 ├── ImageInputError               a photo that cannot be used (ValueError)
 │   └── ImageTooLargeError        over Pillow's pixel (bomb) limit or 100 MiB, refused unread
@@ -54,6 +55,7 @@ __all__ = [
     "ServiceRequestError",
     "ServiceTimeoutError",
     "UnknownBackendError",
+    "UnsupportedOperationError",
 ]
 
 
@@ -81,6 +83,10 @@ class PromptTooLongError(InvalidRequestError):
             f"Over the limit: {overflow!r}. Shorten it, or use long_prompt='chunk' to encode "
             "all of it, or 'fit' to drop its last phrases."
         )
+
+
+class UnsupportedOperationError(InvalidRequestError):
+    """The chosen backend can't do what was asked (e.g. ``describe`` on a diffusion backend)."""
 
 
 class ConfigError(DeskgenError, ValueError):

@@ -38,6 +38,7 @@ from ._models import (
 from ._registry import get_backend_class
 from ._version import __version__
 from .backends._base import Job
+from .prompts._description import DESCRIBE_INSTRUCTION, DeskDescription
 from .prompts._report import LongPromptMode, PromptReport
 
 if TYPE_CHECKING:
@@ -212,6 +213,22 @@ class DeskGenerator:
         req = self._build_request(request, fields)
         with _backend_boundary(BackendError, f"The {self.backend_name!r} backend failed"):
             return backend.plan_prompt(req).report
+
+    def describe(self, image: ImageInput, *, instruction: str | None = None) -> DeskDescription:
+        """Describe a desk photo with the backend's vision model (the seed's "explain details").
+
+        The photo is read as for `generate` (safe, no metadata). ``description.to_spec()``
+        turns the answer into a makeover `DeskSpec` for any backend.
+
+        Raises:
+            UnsupportedOperationError: the backend has no vision model (sd, sdxl).
+            ImageInputError: the photo can't be read.
+            ServiceError: the service failed (subclasses say how).
+        """
+        backend = self._require_open()
+        photo, _ = load_image(image)
+        with _backend_boundary(BackendError, f"The {self.backend_name!r} backend failed"):
+            return backend.describe(photo, instruction=instruction or DESCRIBE_INSTRUCTION)
 
     @staticmethod
     def _check_photo(request: GenerationRequest, info: ImageInfo | None) -> list[str]:

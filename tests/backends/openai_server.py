@@ -81,13 +81,17 @@ class FakeOpenAI:
                         name = part.get_param("name", header="content-disposition")
                         parts[str(name)] = (part.get_filename(), part.get_payload(decode=True))
                 with server._lock:
-                    server.received.append(Received(self.path, dict(self.headers), body, parts))
+                    headers = {k.lower(): v for k, v in self.headers.items()}
+                    server.received.append(Received(self.path, headers, body, parts))
                     answer = server.answers.pop(0) if server.answers else Answer()
                 if answer.delay:
                     time.sleep(answer.delay)
-                payload = (
-                    answer.body if answer.body is not None else server.image_answer(body, parts)
-                )
+                if answer.body is not None:
+                    payload = answer.body
+                elif self.path.endswith("/chat/completions"):
+                    payload = server.chat_answer(server.description)
+                else:
+                    payload = server.image_answer(body, parts)
                 data = json.dumps(payload).encode()
                 self.send_response(answer.status)
                 self.send_header("Content-Type", "application/json")
@@ -100,6 +104,36 @@ class FakeOpenAI:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
+
+    description: dict[str, Any] = {  # noqa: RUF012
+        "summary": "A cluttered wooden desk with a monitor and a laptop by a window.",
+        "items": ["a monitor on a stand", "an open laptop", "a red mug", "tangled cables"],
+        "style": "plain home office",
+        "lighting": "daylight from a window on the left",
+        "clutter": "high",
+        "colours": ["warm wood", "off-white", "black"],
+        "room": "a small home office with a window",
+    }
+
+    @staticmethod
+    def chat_answer(content: Any) -> dict[str, Any]:
+        return {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": "gpt-4o",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {
+                        "role": "assistant",
+                        "content": json.dumps(content) if content is not None else None,
+                        "refusal": None,
+                    },
+                }
+            ],
+        }
 
     @property
     def base_url(self) -> str:

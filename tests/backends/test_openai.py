@@ -147,6 +147,52 @@ class TestEdits:
             _gen(server, model="dall-e-3").generate(prompt="tidy", image=_phone_photo())
 
 
+class TestDescribe:
+    def test_structured_description_and_makeover_spec(self, server: FakeOpenAI) -> None:
+        from deskgen import DeskDescription
+
+        gen = _gen(server, describe_model="gpt-4o-mini")
+        description = gen.describe(_phone_photo())
+        assert isinstance(description, DeskDescription)
+        assert description.clutter == "high"
+        (req,) = server.received
+        assert req.path == "/v1/chat/completions"
+        assert req.json is not None
+        assert req.json["model"] == "gpt-4o-mini"
+        schema = req.json["response_format"]["json_schema"]
+        assert schema["strict"] is True and schema["name"] == "DeskDescription"
+        content = req.json["messages"][1]["content"]
+        assert content[0]["text"].startswith("explain details")
+        url = content[1]["image_url"]["url"]
+        assert url.startswith("data:image/jpeg;base64,")
+        import base64
+
+        sent = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+        assert len(sent.getexif()) == 0  # no EXIF/GPS leaves the machine
+        spec = description.to_spec(style="japandi")
+        assert "tangled cables" in spec.avoid and spec.style == "japandi"
+        rendered = spec.render(backend="sdxl")
+        assert rendered.prompt.startswith("a realistic photo of a tidy, improved desk setup")
+
+    def test_refusal(self, server: FakeOpenAI) -> None:
+        answer = FakeOpenAI.chat_answer(None)
+        answer["choices"][0]["message"]["refusal"] = "I can't help with that."
+        server.answers.append(Answer(body=answer))
+        with pytest.raises(ContentPolicyError, match="refused"):
+            _gen(server).describe(_phone_photo())
+
+    def test_answer_that_breaks_the_schema(self, server: FakeOpenAI) -> None:
+        server.answers.append(Answer(body=FakeOpenAI.chat_answer({"summary": "x"})))
+        with pytest.raises(InvalidOutputError, match="DeskDescription"):
+            _gen(server).describe(_phone_photo())
+
+    def test_diffusion_backends_say_they_cannot(self, generators: dict[str, Any]) -> None:
+        from deskgen import UnsupportedOperationError
+
+        with pytest.raises(UnsupportedOperationError, match="openai"):
+            generators["sdxl"].describe(_phone_photo())
+
+
 class TestErrors:
     def test_429_with_retry_after_then_success(self, server: FakeOpenAI) -> None:
         server.answers.append(

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from .._exceptions import UnsupportedOperationError
+from ..prompts._description import DeskDescription
 from ..prompts._plan import PromptPlan, plan_prompt
 from ..prompts._report import LongPromptMode, TextEncoderSpec
 
@@ -132,6 +134,13 @@ class Backend(abc.ABC):
             trigger_words=request.trigger_words,
             remove_words=request.remove_words,
             character_limit=self.prompt_character_limit(),
+        )
+
+    def describe(self, photo: Image.Image, *, instruction: str) -> DeskDescription:
+        """Describe a (normalised) desk photo. Backends without a vision model can't."""
+        raise UnsupportedOperationError(
+            f"The {self.name!r} backend can't describe photos: use one that can, e.g. "
+            "DeskGenerator('openai').describe(photo), and pass its description's prompt here."
         )
 
     @abc.abstractmethod

@@ -36,6 +36,8 @@ from ._base import Backend, BackendOptions, BackendOutput, Job
 if TYPE_CHECKING:
     from PIL import Image
 
+    from ..prompts import DeskDescription
+
 __all__ = ["IMAGE_PRICES_USD", "OpenAIBackend", "OpenAIOptions"]
 
 _SIZES: dict[str, tuple[str, ...]] = {
@@ -101,6 +103,8 @@ class OpenAIOptions(BackendOptions):
     """GPT image models only."""
     input_fidelity: Literal["high", "low"] | None = None
     """GPT image edits: how closely to keep the photo's details (faces, objects, layout)."""
+    describe_model: str = "gpt-4o"
+    """The vision chat model `describe` asks (structured outputs)."""
     prices: dict[str, float] = Field(default_factory=dict)
     """Overrides of `IMAGE_PRICES_USD` (``"model|quality|size"``: dollars per image)."""
 
@@ -132,6 +136,12 @@ def translate_openai_error(exc: Exception, *, retries: int) -> Exception:
     code = getattr(exc, "code", None)
     detail = str(getattr(exc, "message", "") or exc)
     tried = f" after {retries} retr{'y' if retries == 1 else 'ies'}" if retries else ""
+    if isinstance(exc, openai.ContentFilterFinishReasonError):
+        return ContentPolicyError(
+            "The service's content filter stopped the answer. Use another photo or instruction."
+        )
+    if isinstance(exc, openai.LengthFinishReasonError):
+        return ServiceError("The service's answer was cut off before it was complete.")
     if isinstance(exc, openai.APITimeoutError):
         return ServiceTimeoutError(
             f"The image service did not answer in time{tried}. Raise timeout=..., or try later."
@@ -406,6 +416,54 @@ class OpenAIBackend(Backend):
             cost_usd=price * req.num_images if price is not None else None,
             revised_prompts=revised,
         )
+
+    def describe(self, photo: Image.Image, *, instruction: str) -> DeskDescription:
+        """Ask the vision chat model to "explain details" of the photo, as a `DeskDescription`
+        (structured outputs: the answer is validated against the model's JSON schema)."""
+        import openai
+
+        from ..prompts import DeskDescription
+
+        image = photo.copy()
+        image.thumbnail((2048, 2048))  # the vision models' own limit; no metadata is sent
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", quality=90)
+        data_url = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+        messages: list[dict[str, Any]] = [
+            {
+                "role": "system",
+                "content": "You describe photos of desks for a desk makeover service. Be "
+                "concrete and factual, and answer in English.",
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": instruction},
+                    {"type": "image_url", "image_url": {"url": data_url}},
+                ],
+            },
+        ]
+        try:
+            completion = self._client.chat.completions.parse(
+                model=self.opts.describe_model,
+                messages=messages,
+                response_format=DeskDescription,
+            )
+        except openai.OpenAIError as exc:
+            raise translate_openai_error(exc, retries=self.opts.max_retries) from exc
+        except ValueError as exc:  # an answer that does not match the schema
+            raise InvalidOutputError(
+                f"The service's description did not match DeskDescription: {exc}"
+            ) from exc
+        message = completion.choices[0].message
+        if getattr(message, "refusal", None):
+            raise ContentPolicyError(
+                f"The service refused to describe the photo: {message.refusal}"
+            )
+        parsed = getattr(message, "parsed", None)
+        if not isinstance(parsed, DeskDescription):
+            raise InvalidOutputError("The service answered without a description.")
+        return parsed
 
     def close(self) -> None:
         if not self._closed.is_set():

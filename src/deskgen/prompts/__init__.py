@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ._chunks import CHUNK_TOKENS, PromptChunk, split_on_break
+from ._description import DESCRIBE_INSTRUCTION, DeskDescription
 from ._fit import FitResult, fit_phrases
 from ._limits import CHARACTER_LIMITS, character_limit, sequence_length_for
 from ._plan import PromptPlan, plan_prompt
@@ -30,6 +31,8 @@ from ._triggers import apply_trigger_words
 __all__ = [
     "CHARACTER_LIMITS",
     "CHUNK_TOKENS",
+    "DESCRIBE_INSTRUCTION",
+    "DeskDescription",
     "DeskItem",
     "DeskSpec",
     "EncoderFamily",

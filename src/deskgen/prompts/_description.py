@@ -1,0 +1,51 @@
+"""`DeskDescription`: what a vision model saw on the desk photo, and the makeover spec from it."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._spec import DeskSpec
+
+__all__ = ["DESCRIBE_INSTRUCTION", "DeskDescription"]
+
+DESCRIBE_INSTRUCTION = (
+    "explain details of this desk photo: the items on and around the desk, the style, the "
+    "lighting, how cluttered it is, the main colours and the room around it."
+)
+"""The seed team's "explain details" request, made specific enough for a structured answer."""
+
+
+class DeskDescription(BaseModel):
+    """A structured description of a desk photo (from ``gen.describe(photo)``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    summary: str
+    """One or two sentences about the whole scene."""
+    items: list[str] = Field(default_factory=list)
+    """What is on and around the desk, e.g. "a 27-inch monitor on a stand"."""
+    style: str
+    """The current style, e.g. "plain office furniture"."""
+    lighting: str
+    clutter: Literal["none", "low", "medium", "high"]
+    colours: list[str] = Field(default_factory=list)
+    room: str
+    """The surroundings to keep, e.g. "a bright open-plan office with windows"."""
+
+    def to_spec(self, **overrides: Any) -> DeskSpec:
+        """A makeover `DeskSpec` that keeps the room and the main items and clears the clutter.
+
+        ``overrides`` set any `DeskSpec` field (e.g. ``style="japandi"``, ``add=[...]``).
+        """
+        avoid = ["clutter", "tangled cables"] if self.clutter in ("medium", "high") else []
+        fields: dict[str, Any] = {
+            "subject": f"a realistic photo of a tidy, improved desk setup in {self.room}",
+            "keep": self.items[:4],
+            "lighting": self.lighting,
+            "palette": self.colours[:3],
+            "avoid": avoid,
+        }
+        fields.update(overrides)
+        return DeskSpec.model_validate(fields)
