@@ -25,8 +25,8 @@ from deskgen import (
     ServiceTimeoutError,
     list_backends,
 )
-
-from .openai_server import Answer, FakeOpenAI, png_b64
+from deskgen.testing import FakeAnswer as Answer
+from deskgen.testing import FakeOpenAIServer as FakeOpenAI
 
 pytest.importorskip("openai")
 
@@ -111,9 +111,9 @@ class TestTextToImage:
         assert server.received == []
 
     def test_url_answers_are_downloaded_at_once(self, server: FakeOpenAI) -> None:
-        import base64
-
-        server.files["/files/img.png"] = base64.b64decode(png_b64((32, 32)))
+        buf = io.BytesIO()
+        Image.new("RGB", (32, 32)).save(buf, format="PNG")
+        server.files["/files/img.png"] = buf.getvalue()
         url = server.base_url.replace("/v1", "") + "/files/img.png"
         server.answers.append(Answer(body={"created": 1, "data": [{"url": url}]}))
         result = _gen(server, model="dall-e-2").generate(prompt="a desk")
