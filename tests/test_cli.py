@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -299,3 +300,56 @@ def test_generate_prints_the_prompt_report(
     assert "prompt mode fit (sd)" in out
     assert "words removed: ['3D 0ff1c3']" in out
     assert "trigger words added: ['desk topview']" in out
+
+
+class TestOpenAIFromTheCLI:
+    @pytest.fixture
+    def server(self, monkeypatch: pytest.MonkeyPatch) -> Any:
+        from deskgen.testing import FakeOpenAIServer
+
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-cli")
+        with FakeOpenAIServer() as server:
+            yield server
+
+    def test_generate_with_options(
+        self, server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        out = tmp_path / "o.png"
+        code = main(
+            [
+                "generate",
+                "a tidy desk",
+                "--backend",
+                "openai",
+                "--model",
+                "dall-e-3",
+                "--option",
+                f"base_url={server.base_url}",
+                "--option",
+                "quality=hd",
+                "--option",
+                "max_retries=0",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        assert code == 0, capsys.readouterr().err
+        assert server.received[0].json["quality"] == "hd"
+        assert out.is_file()
+
+    def test_describe(self, server: Any, capsys: pytest.CaptureFixture[str]) -> None:
+        from deskgen.demo import sample_desk_photo
+
+        photo = str(sample_desk_photo())
+        args = ["describe", photo, "--option", f"base_url={server.base_url}"]
+        assert main(args) == 0
+        out = capsys.readouterr().out
+        assert "clutter: high" in out
+        assert "makeover prompt for sdxl: a realistic photo of a tidy" in out
+        assert main([*args, "--json"]) == 0
+        assert '"clutter": "high"' in capsys.readouterr().out
+
+    def test_bad_option(self, capsys: pytest.CaptureFixture[str]) -> None:
+        assert main(["describe", "x.jpg", "--option", "novalue"]) == 1
+        assert "KEY=VALUE" in capsys.readouterr().err

@@ -67,3 +67,21 @@ def test_prompts_example(tmp_path: Path) -> None:
     assert "text_encoder: 128/77 tokens, 2 chunks" in proc.stdout
     assert "trigger words added: ['desk topview']" in proc.stdout
     assert "lossless: True" in proc.stdout
+
+
+@pytest.mark.slow
+def test_openai_example_runs_offline(tmp_path: Path) -> None:
+    env = {k: v for k, v in _env(tmp_path).items() if k != "OPENAI_API_KEY"}
+    out = tmp_path / "openai.png"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "openai_makeover.py"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "local stand-in server" in proc.stdout
+    assert "clutter: high" in proc.stdout
+    assert "estimated cost $0.063" in proc.stdout
+    assert out.is_file()

@@ -1,4 +1,4 @@
-"""The ``deskgen`` command line: generate, demo, prompt, backends, record.
+"""The ``deskgen`` command line: generate, demo, prompt, describe, backends, record.
 
 Run ``deskgen --help`` or ``deskgen COMMAND --help``. Exit codes: 0 success, 1 a deskgen error
 (its message says how to fix it), 2 bad command-line usage, 130 interrupted.
@@ -50,6 +50,13 @@ def _add_model_options(parser: argparse.ArgumentParser, *, backend: str | None) 
     group.add_argument("--cache-dir", help="Hugging Face cache folder to load from")
     group.add_argument(
         "--local-files-only", action="store_true", help="never contact the Hugging Face Hub"
+    )
+    group.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a backend option, e.g. quality=hd for openai (repeatable)",
     )
     group.add_argument(
         "--allow-pickle",
@@ -169,6 +176,22 @@ def _parser() -> argparse.ArgumentParser:
     _add_prompt_options(prompt_group)
     prompt.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    describe = sub.add_parser(
+        "describe",
+        help="describe a desk photo with a vision model and print a makeover prompt",
+        description=(
+            "Ask the backend's vision model to explain the details of a desk photo (the seed's "
+            "describe-then-generate flow), then render a makeover prompt from the description "
+            "for --for-backend."
+        ),
+    )
+    describe.add_argument("image", help="the desk photo")
+    _add_model_options(describe, backend="openai")
+    describe.add_argument(
+        "--for-backend", default="sdxl", help="render the makeover prompt for this backend"
+    )
+    describe.add_argument("--json", action="store_true", help="print the description as JSON")
+
     backends = sub.add_parser("backends", help="list backends and whether they are installed")
     backends.add_argument("--json", action="store_true", help="print JSON")
 
@@ -193,6 +216,20 @@ def _quiet_libraries() -> None:
 
         diffusers_logging.set_verbosity_error()
         diffusers_logging.disable_progress_bar()
+
+
+def _parse_options(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; values that read as JSON (numbers, true/false) become those."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option {item!r}: write KEY=VALUE, e.g. --option quality=hd")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
 
 
 def _check_output(path: Path) -> None:
@@ -221,6 +258,7 @@ def _run_generation(
     for flag in ("allow_pickle", "local_files_only"):
         if getattr(args, flag):
             options[flag] = True
+    options.update(_parse_options(args.option))
     fields: dict[str, Any] = {
         "prompt": prompt,
         "image": args.image,
@@ -313,6 +351,28 @@ def _preset_names() -> list[str]:
     return list(list_negative_presets())
 
 
+def _cmd_describe(args: argparse.Namespace) -> int:
+    from ._generator import DeskGenerator
+
+    options = _parse_options(args.option)
+    with DeskGenerator(
+        args.backend, model=args.model, device=args.device, dtype=args.dtype, **options
+    ) as gen:
+        description = gen.describe(args.image)
+    if args.json:
+        print(description.model_dump_json(indent=2))
+        return 0
+    print(description.summary)
+    for name in ("style", "lighting", "clutter", "room"):
+        print(f"{name}: {getattr(description, name)}")
+    print(f"items: {', '.join(description.items)}")
+    print(f"colours: {', '.join(description.colours)}")
+    rendered = description.to_spec().render(backend=args.for_backend)
+    print(f"\nmakeover prompt for {args.for_backend}: {rendered.prompt}")
+    print(f"negative prompt: {rendered.negative_prompt}")
+    return 0
+
+
 def _cmd_prompt(args: argparse.Namespace) -> int:
     from .prompts import check_prompt
 
@@ -365,7 +425,9 @@ def _cmd_record(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``deskgen`` command; returns the exit code."""
     args = _parser().parse_args(argv)
-    if args.command in ("generate", "demo", "prompt") and not getattr(args, "verbose", False):
+    if args.command in ("generate", "demo", "prompt", "describe") and not getattr(
+        args, "verbose", False
+    ):
         _quiet_libraries()
     try:
         if args.command == "generate":
@@ -376,6 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_backends(args)
         if args.command == "prompt":
             return _cmd_prompt(args)
+        if args.command == "describe":
+            return _cmd_describe(args)
         return _cmd_record(args)
     except DeskgenError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -367,6 +367,8 @@ class FakeOpenAIServer:
     description: dict[str, Any] = {  # noqa: RUF012
         "summary": "A cluttered wooden desk with a monitor and a laptop by a window.",
         "items": ["a monitor on a stand", "an open laptop", "a red mug", "tangled cables"],
+        "keep": ["monitor on a stand", "laptop", "wooden desk"],
+        "remove": ["tangled cables", "loose papers"],
         "style": "plain home office",
         "lighting": "daylight from a window on the left",
         "clutter": "high",

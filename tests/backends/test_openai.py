@@ -170,7 +170,9 @@ class TestDescribe:
         sent = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
         assert len(sent.getexif()) == 0  # no EXIF/GPS leaves the machine
         spec = description.to_spec(style="japandi")
-        assert "tangled cables" in spec.avoid and spec.style == "japandi"
+        assert spec.avoid == ["tangled cables", "loose papers", "clutter"]
+        assert spec.keep == ["monitor on a stand", "laptop", "wooden desk"]
+        assert spec.style == "japandi"
         rendered = spec.render(backend="sdxl")
         assert rendered.prompt.startswith("a realistic photo of a tidy, improved desk setup")
 

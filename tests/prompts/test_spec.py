@@ -67,3 +67,26 @@ def test_validation() -> None:
     with pytest.raises(ValidationError):
         DeskItem(what="", priority="high")
     assert DeskItem(what="lamp", priority="must").priority is Priority.MUST
+
+
+def test_a_description_becomes_a_makeover_spec() -> None:
+    from deskgen import DeskDescription
+
+    description = DeskDescription(
+        summary="A messy desk.",
+        items=["a monitor", "papers"],
+        keep=["the monitor", "an oak desk"],
+        remove=["papers"],
+        style="office",
+        lighting="dim lamp light",
+        clutter="medium",
+        colours=["grey", "oak", "white", "red"],
+        room="a small bedroom",
+    )
+    spec = description.to_spec(mood="calm")
+    assert spec.keep == ["monitor", "oak desk"]
+    assert spec.avoid == ["papers", "clutter"]
+    assert spec.palette == ["grey", "oak", "white"]
+    assert spec.mood == "calm" and spec.subject.endswith("in a small bedroom")
+    tidy = description.model_copy(update={"clutter": "low", "remove": []}).to_spec()
+    assert tidy.avoid == []

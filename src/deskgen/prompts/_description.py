@@ -11,10 +11,16 @@ from ._spec import DeskSpec
 __all__ = ["DESCRIBE_INSTRUCTION", "DeskDescription"]
 
 DESCRIBE_INSTRUCTION = (
-    "explain details of this desk photo: the items on and around the desk, the style, the "
-    "lighting, how cluttered it is, the main colours and the room around it."
+    "explain details of this desk photo: the items on and around the desk, which main "
+    "furniture and devices a makeover should keep, which clutter it should clear, the style, "
+    "the lighting, how cluttered it is, the main colours and the room around it."
 )
 """The seed team's "explain details" request, made specific enough for a structured answer."""
+
+
+def _bare(item: str) -> str:
+    words = item.strip().split(" ", 1)
+    return words[1] if len(words) == 2 and words[0].lower() in ("a", "an", "the") else item
 
 
 class DeskDescription(BaseModel):
@@ -25,7 +31,11 @@ class DeskDescription(BaseModel):
     summary: str
     """One or two sentences about the whole scene."""
     items: list[str] = Field(default_factory=list)
-    """What is on and around the desk, e.g. "a 27-inch monitor on a stand"."""
+    """Everything on and around the desk, e.g. "27-inch monitor on a stand"."""
+    keep: list[str] = Field(default_factory=list)
+    """The main furniture and devices worth keeping in a makeover (no articles: "monitor")."""
+    remove: list[str] = Field(default_factory=list)
+    """Clutter a makeover should clear, e.g. "tangled cables", "loose papers"."""
     style: str
     """The current style, e.g. "plain office furniture"."""
     lighting: str
@@ -39,10 +49,12 @@ class DeskDescription(BaseModel):
 
         ``overrides`` set any `DeskSpec` field (e.g. ``style="japandi"``, ``add=[...]``).
         """
-        avoid = ["clutter", "tangled cables"] if self.clutter in ("medium", "high") else []
+        avoid = [*self.remove]
+        if self.clutter in ("medium", "high") and "clutter" not in avoid:
+            avoid.append("clutter")
         fields: dict[str, Any] = {
             "subject": f"a realistic photo of a tidy, improved desk setup in {self.room}",
-            "keep": self.items[:4],
+            "keep": [_bare(k) for k in self.keep[:4]],
             "lighting": self.lighting,
             "palette": self.colours[:3],
             "avoid": avoid,
