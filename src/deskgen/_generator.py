@@ -56,6 +56,7 @@ class RequestFields(TypedDict, total=False):
     trigger_words: list[str]
     remove_words: list[str]
     image: ImageInput | None
+    mask: ImageInput | None
     image_sha256: str | None
     strength: float
     steps: int
@@ -284,6 +285,11 @@ class DeskGenerator:
         started = time.perf_counter()
         photo, info = load_image(req.image) if req.image is not None else (None, None)
         warnings = self._check_photo(req, info)
+        mask = None
+        if req.mask is not None:
+            if photo is None:
+                raise InvalidRequestError("A mask needs a photo to edit: pass image=... too.")
+            mask = load_image(req.mask)[0].convert("L")
         seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
         if seed + req.num_images - 1 > MAX_SEED:
             raise InvalidRequestError(
@@ -319,7 +325,7 @@ class DeskGenerator:
             req = req.model_copy(update={"image_sha256": info.sha256})
         with _backend_boundary(BackendError, f"The {self.backend_name!r} backend failed"):
             plan = backend.plan_prompt(req)
-        job = Job(request=req, photo=photo, seeds=seeds, prompt=plan, on_step=step_hook)
+        job = Job(request=req, photo=photo, mask=mask, seeds=seeds, prompt=plan, on_step=step_hook)
         try:
             with (
                 _backend_boundary(BackendError, f"The {self.backend_name!r} backend failed"),

@@ -60,6 +60,9 @@ class GenerationRequest(BaseModel):
     """The user's desk photo (path, bytes, binary file or PIL image): img2img when given.
 
     Never serialised: records keep a digest of it (`GenerationResult.input_image`)."""
+    mask: SkipValidation[ImageInput | None] = Field(default=None, exclude=True, repr=False)
+    """Where to change the photo (edit backends: ``openai``): white marks the area to change,
+    black the area to keep; resized to the photo. Never serialised."""
     image_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     """Digest of the photo this request was made from (`ImageInfo.sha256`), set in results and
     records. When set, `generate` refuses to run without a photo (so a replayed makeover can't

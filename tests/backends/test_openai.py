@@ -142,6 +142,36 @@ class TestEdits:
         assert sent.format == "PNG" and sent.mode == "RGBA"
         assert sent.size == (1024, 1024) and len(data) < 4 * 2**20
 
+    def test_mask_white_means_change(self, server: FakeOpenAI) -> None:
+        mask = Image.new("L", (400, 300), 0)
+        mask.paste(255, (0, 0, 200, 300))  # change the left half
+        _gen(server).generate(prompt="tidy the left side", image=_phone_photo(), mask=mask)
+        _, data = server.received[0].parts["mask"]
+        sent = Image.open(io.BytesIO(data))
+        assert sent.format == "PNG" and sent.mode == "RGBA" and sent.size == (400, 300)
+        alpha = sent.getchannel("A")
+        assert alpha.getpixel((50, 150)) == 0  # transparent: edit here
+        assert alpha.getpixel((350, 150)) == 255  # opaque: keep
+
+    def test_mask_needs_a_photo(self, server: FakeOpenAI) -> None:
+        with pytest.raises(InvalidRequestError, match="needs a photo"):
+            _gen(server).generate(prompt="x", mask=Image.new("L", (8, 8)))
+
+    def test_local_backends_refuse_masks(self, generators: dict[str, Any]) -> None:
+        from deskgen import UnsupportedOperationError
+
+        with pytest.raises(UnsupportedOperationError, match="masks"):
+            generators["sd"].generate(
+                prompt="x", image=_phone_photo(), mask=Image.new("L", (8, 8)), steps=2
+            )
+
+    def test_size_option(self, server: FakeOpenAI) -> None:
+        _gen(server, size="auto").generate(prompt="a desk")
+        assert server.received[0].json is not None
+        assert server.received[0].json["size"] == "auto"
+        with pytest.raises(ConfigError, match="size='512x512'"):
+            _gen(server, model="dall-e-3", size="512x512").generate(prompt="a desk")
+
     def test_dall_e_3_cannot_edit(self, server: FakeOpenAI) -> None:
         with pytest.raises(InvalidRequestError, match="gpt-image-1"):
             _gen(server, model="dall-e-3").generate(prompt="tidy", image=_phone_photo())

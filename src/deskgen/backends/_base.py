@@ -47,6 +47,9 @@ class Job:
     """Validated; ``seed`` is set. ``image`` is the caller's raw input: use `photo`."""
     photo: Image.Image | None
     """The normalised RGB photo (no metadata), not yet resized; ``None`` for txt2img."""
+    mask: Image.Image | None
+    """The edit mask as a grey-scale image (white: change, black: keep), or ``None``. Backends
+    that can't use one must refuse it (`UnsupportedOperationError`)."""
     seeds: list[int]
     prompt: PromptPlan
     """What to encode: the prompt builder's plan for this backend (trigger words applied,

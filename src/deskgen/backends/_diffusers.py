@@ -42,6 +42,7 @@ from .._exceptions import (
     ModelLoadError,
     ModelMismatchError,
     ModelNotFoundError,
+    UnsupportedOperationError,
 )
 from .._images import fit_size, prepare_image
 from ..prompts import PromptPlan, TextEncoderSpec
@@ -445,6 +446,11 @@ class DiffusersBackend(Backend):
         from diffusers.image_processor import VaeImageProcessor
 
         self._check_open()
+        if job.mask is not None:
+            raise UnsupportedOperationError(
+                f"The {self.name!r} backend does not take masks yet (no inpainting pipeline): "
+                "leave out mask=..., or use the 'openai' backend for masked edits."
+            )
         request = job.request
         photo = job.photo
         mode: Mode = "img2img" if photo is not None else "txt2img"

@@ -93,6 +93,9 @@ class OpenAIOptions(BackendOptions):
     """Seconds per HTTP request (the client's default)."""
     max_retries: int = Field(default=2, ge=0, le=10)
     """The client's retries for 408/409/429/5xx and connection errors (with back-off)."""
+    size: str | None = None
+    """The size to ask for when the request gives no width/height, e.g. ``"auto"`` (GPT image
+    models) or ``"1792x1024"``; by default the allowed size closest to the photo's aspect."""
     quality: str | None = None
     """``standard``/``hd`` (dall-e-3), ``low``/``medium``/``high``/``auto`` (GPT image)."""
     style: Literal["vivid", "natural"] | None = None
@@ -248,6 +251,12 @@ class OpenAIBackend(Backend):
                     f"images, not {size}: pass one of those as width/height, or neither."
                 )
             return size
+        if self.opts.size is not None:
+            if self.opts.size not in sizes:
+                raise ConfigError(
+                    f"size={self.opts.size!r}: {self.opts.model} takes {', '.join(sizes)}."
+                )
+            return self.opts.size
         if job.photo is None:
             return sizes[0]
         aspect = job.photo.width / job.photo.height
@@ -286,6 +295,26 @@ class OpenAIBackend(Backend):
             photo.save(buf, format="JPEG", quality=92)
             return ("desk.jpg", buf.getvalue(), "image/jpeg")
         return ("desk.png", buf.getvalue(), "image/png")
+
+    def _mask_file(
+        self, mask: Image.Image, photo: Image.Image, size: str
+    ) -> tuple[str, bytes, str]:
+        """OpenAI's mask: a PNG the size of the image sent, transparent where to edit."""
+        from PIL import Image as PILImage
+
+        from .._images import prepare_image
+
+        if self._family == "dall-e-2":
+            side = int(size.split("x")[0])
+            target = (side, side)
+        else:
+            target = photo.size
+        grey = prepare_image(mask.convert("RGB"), target).convert("L")
+        rgba = PILImage.new("RGBA", target, (0, 0, 0, 255))
+        rgba.putalpha(grey.point(lambda v: 255 - v))  # white (change) -> transparent
+        buf = io.BytesIO()
+        rgba.save(buf, format="PNG")
+        return ("mask.png", buf.getvalue(), "image/png")
 
     def _params(self, job: Job, size: str, n: int) -> dict[str, Any]:
         plan = job.prompt
@@ -371,6 +400,10 @@ class OpenAIBackend(Backend):
         start = time.perf_counter()
         remaining = req.num_images
         photo_file = self._photo_file(job.photo, size) if job.photo is not None else None
+        mask_file = None
+        if job.mask is not None:
+            assert job.photo is not None
+            mask_file = self._mask_file(job.mask, job.photo, size)
         while remaining:
             n = min(per_call, remaining)
             params = self._params(job, size, n)
@@ -379,6 +412,8 @@ class OpenAIBackend(Backend):
                     if self._family == "gpt-image" and self.opts.input_fidelity:
                         params["input_fidelity"] = self.opts.input_fidelity
                     params.pop("style", None)
+                    if mask_file is not None:
+                        params["mask"] = mask_file
                     response = self._client.images.edit(image=photo_file, **params)
                 else:
                     response = self._client.images.generate(**params)
