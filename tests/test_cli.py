@@ -337,6 +337,7 @@ class TestOpenAIFromTheCLI:
         assert code == 0, capsys.readouterr().err
         assert server.received[0].json["quality"] == "hd"
         assert out.is_file()
+        assert "steps" not in capsys.readouterr().out  # no defaults sent as if asked for
 
     def test_describe(self, server: Any, capsys: pytest.CaptureFixture[str]) -> None:
         from deskgen.demo import sample_desk_photo
@@ -353,3 +354,19 @@ class TestOpenAIFromTheCLI:
     def test_bad_option(self, capsys: pytest.CaptureFixture[str]) -> None:
         assert main(["describe", "x.jpg", "--option", "novalue"]) == 1
         assert "KEY=VALUE" in capsys.readouterr().err
+        assert main(["describe", "x.jpg", "--option", "model=dall-e-3"]) == 1
+        assert "use --model" in capsys.readouterr().err
+
+    def test_options_are_typed_by_the_backend(self, server: Any) -> None:
+        from deskgen.demo import sample_desk_photo
+
+        args = ["--option", "api_key=123", "--option", f"base_url={server.base_url}"]
+        assert main(["describe", str(sample_desk_photo()), *args, "--json"]) == 0
+        assert server.received[0].headers["authorization"] == "Bearer 123"
+
+    def test_describe_on_a_backend_that_cannot(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        code = main(["describe", "x.jpg", "--backend", "sdxl", "--model", str(tmp_path / "no")])
+        assert code == 1
+        assert "can't describe" in capsys.readouterr().err  # refused before loading

@@ -57,6 +57,7 @@ class RequestFields(TypedDict, total=False):
     remove_words: list[str]
     image: ImageInput | None
     mask: ImageInput | None
+    mask_sha256: str | None
     image_sha256: str | None
     strength: float
     steps: int
@@ -289,7 +290,17 @@ class DeskGenerator:
         if req.mask is not None:
             if photo is None:
                 raise InvalidRequestError("A mask needs a photo to edit: pass image=... too.")
-            mask = load_image(req.mask)[0].convert("L")
+            mask_image, mask_info = load_image(req.mask)
+            mask = mask_image.convert("L")
+            if req.mask_sha256 not in (None, mask_info.sha256):
+                warnings.append("The mask differs from the one this request was recorded with.")
+            req = req.model_copy(update={"mask_sha256": mask_info.sha256})
+        elif req.mask_sha256 is not None:
+            raise InvalidRequestError(
+                "This request was made with an edit mask (mask_sha256 "
+                f"{req.mask_sha256[:12]}...) but no mask was given: pass the same mask with "
+                "mask=..., or set mask_sha256=None to edit the whole photo."
+            )
         seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
         if seed + req.num_images - 1 > MAX_SEED:
             raise InvalidRequestError(

@@ -63,6 +63,9 @@ class GenerationRequest(BaseModel):
     mask: SkipValidation[ImageInput | None] = Field(default=None, exclude=True, repr=False)
     """Where to change the photo (edit backends: ``openai``): white marks the area to change,
     black the area to keep; resized to the photo. Never serialised."""
+    mask_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """Digest of the mask a request was made with; like `image_sha256`, replays refuse to run
+    without it."""
     image_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     """Digest of the photo this request was made from (`ImageInfo.sha256`), set in results and
     records. When set, `generate` refuses to run without a photo (so a replayed makeover can't

@@ -144,7 +144,7 @@ def build_record(result: GenerationResult, index: int) -> dict[str, Any]:
         "prompt_report": (
             result.prompt_report.model_dump(mode="json") if result.prompt_report else None
         ),
-        "cost_usd": result.cost_usd,
+        "request_cost_usd": result.cost_usd,
         "revised_prompt": (
             result.revised_prompts[index] if index < len(result.revised_prompts) else None
         ),

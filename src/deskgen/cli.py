@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._exceptions import ConfigError, DeskgenError
+from ._exceptions import ConfigError, DeskgenError, MissingDependencyError
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -65,9 +65,7 @@ def _add_model_options(parser: argparse.ArgumentParser, *, backend: str | None) 
     )
 
 
-def _add_request_options(
-    parser: argparse.ArgumentParser, *, steps: int | None, steps_help: str
-) -> None:
+def _add_request_options(parser: argparse.ArgumentParser, *, steps_help: str) -> None:
     group = parser.add_argument_group("request")
     group.add_argument("--image", help="the desk photo (img2img); omit for txt2img")
     group.add_argument(
@@ -76,14 +74,14 @@ def _add_request_options(
     )
     _add_prompt_options(group)
     group.add_argument(
-        "--strength", type=float, default=0.6, help="img2img: how far to move from the photo"
+        "--strength", type=float, help="img2img: how far to move from the photo (default: 0.6)"
     )
-    group.add_argument("--steps", type=int, default=steps, help=f"denoising steps ({steps_help})")
+    group.add_argument("--steps", type=int, help=f"denoising steps ({steps_help})")
     group.add_argument(
         "--guidance-scale", type=float, help="classifier-free guidance (default: the backend's)"
     )
     group.add_argument("--seed", type=int, help="seed of the first image (default: random)")
-    group.add_argument("--num-images", type=int, default=1, help="images to generate")
+    group.add_argument("--num-images", type=int, help="images to generate (default: 1)")
     group.add_argument("--width", type=int, help="output width (default: native or photo aspect)")
     group.add_argument("--height", type=int, help="output height")
 
@@ -138,7 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("prompt", help="what the improved desk should look like")
     _add_model_options(gen, backend="sdxl")
-    _add_request_options(gen, steps=30, steps_help="default: 30")
+    _add_request_options(gen, steps_help="default: 30")
     _add_output_options(gen, out="makeover.png")
 
     demo = sub.add_parser(
@@ -153,9 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--prompt", help="override the demo prompt")
     _add_model_options(demo, backend="sdxl")
-    _add_request_options(
-        demo, steps=None, steps_help="default: 20 on the tiny model, 30 with --model"
-    )
+    _add_request_options(demo, steps_help="default: 20 on the tiny model, 30 with --model")
     _add_output_options(demo, out="deskgen-demo.png")
 
     prompt = sub.add_parser(
@@ -219,16 +215,16 @@ def _quiet_libraries() -> None:
 
 
 def _parse_options(items: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs; values that read as JSON (numbers, true/false) become those."""
+    """``KEY=VALUE`` pairs, values as text: the backend's typed options convert them."""
     options: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise ConfigError(f"--option {item!r}: write KEY=VALUE, e.g. --option quality=hd")
-        try:
-            options[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.strip()] = value
+        if key in ("model", "device", "dtype"):
+            raise ConfigError(f"--option {key}=...: use --{key} instead.")
+        options[key] = value
     return options
 
 
@@ -334,8 +330,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         model = str(tiny_model(args.backend))
         if args.steps is None:
             args.steps = 20
-    elif args.steps is None:
-        args.steps = 30
     if args.image is None:
         args.image = str(sample_desk_photo())
     if args.negative_prompt is None:
@@ -353,7 +347,15 @@ def _preset_names() -> list[str]:
 
 def _cmd_describe(args: argparse.Namespace) -> int:
     from ._generator import DeskGenerator
+    from ._registry import get_backend_class
+    from .backends import Backend
 
+    if get_backend_class(args.backend).describe is Backend.describe:  # before loading weights
+        from ._exceptions import UnsupportedOperationError
+
+        raise UnsupportedOperationError(
+            f"The {args.backend!r} backend can't describe photos: use --backend openai."
+        )
     options = _parse_options(args.option)
     with DeskGenerator(
         args.backend, model=args.model, device=args.device, dtype=args.dtype, **options
@@ -367,7 +369,11 @@ def _cmd_describe(args: argparse.Namespace) -> int:
         print(f"{name}: {getattr(description, name)}")
     print(f"items: {', '.join(description.items)}")
     print(f"colours: {', '.join(description.colours)}")
-    rendered = description.to_spec().render(backend=args.for_backend)
+    try:
+        rendered = description.to_spec().render(backend=args.for_backend)
+    except MissingDependencyError:  # counting CLIP tokens needs the local extra
+        print(f"(rendering for {args.for_backend} needs deskgen[local]; rendered for openai)")
+        rendered = description.to_spec().render(backend="openai")
     print(f"\nmakeover prompt for {args.for_backend}: {rendered.prompt}")
     print(f"negative prompt: {rendered.negative_prompt}")
     return 0

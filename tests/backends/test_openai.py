@@ -105,6 +105,13 @@ class TestTextToImage:
         assert body is not None
         assert body["prompt"] == "a desk\n\nAvoid: low quality, bad quality, sketches."
 
+    def test_the_folded_negative_counts_toward_the_limit(self, server: FakeOpenAI) -> None:
+        with pytest.raises(PromptTooLongError, match="prompt with its negative prompt"):
+            _gen(server, model="dall-e-2").generate(
+                prompt="d" * 990, negative_prompt="clutter, people"
+            )
+        assert server.received == []
+
     def test_character_limit(self, server: FakeOpenAI) -> None:
         with pytest.raises(PromptTooLongError, match="characters"):
             _gen(server, model="dall-e-3").generate(prompt="desk " * 1000)
@@ -170,7 +177,15 @@ class TestEdits:
         assert server.received[0].json is not None
         assert server.received[0].json["size"] == "auto"
         with pytest.raises(ConfigError, match="size='512x512'"):
-            _gen(server, model="dall-e-3", size="512x512").generate(prompt="a desk")
+            _gen(server, model="dall-e-3", size="512x512")  # refused before any request
+
+    def test_a_replayed_masked_edit_needs_its_mask(self, server: FakeOpenAI) -> None:
+        mask = Image.new("L", (400, 300), 255)
+        first = _gen(server).generate(prompt="tidy", image=_phone_photo(), mask=mask)
+        assert first.request.mask_sha256 is not None
+        replay = first.request.model_copy(update={"mask": None})
+        with pytest.raises(InvalidRequestError, match="pass the same mask"):
+            _gen(server).generate(replay)
 
     def test_dall_e_3_cannot_edit(self, server: FakeOpenAI) -> None:
         with pytest.raises(InvalidRequestError, match="gpt-image-1"):
@@ -246,6 +261,16 @@ class TestErrors:
             _gen(server, max_retries=1).generate(prompt="a desk")
         assert len(server.received) == 2
         assert info.value.retry_after == pytest.approx(0.01)
+
+    def test_retry_after_as_an_http_date(self, server: FakeOpenAI) -> None:
+        from email.utils import formatdate
+
+        server.answers.append(
+            Answer(429, {"error": {"message": "slow"}}, headers={"retry-after": formatdate()})
+        )
+        with pytest.raises(RateLimitedError) as info:
+            _gen(server).generate(prompt="a desk")
+        assert info.value.retry_after is not None and info.value.retry_after <= 1
 
     def test_repeated_5xx(self, server: FakeOpenAI) -> None:
         for _ in range(2):

@@ -10,6 +10,7 @@ repr, logs, errors or records. Needs the ``openai`` extra, not torch.
 from __future__ import annotations
 
 import base64
+import email.utils
 import io
 import os
 import threading
@@ -24,18 +25,20 @@ from .._exceptions import (
     ContentPolicyError,
     InvalidOutputError,
     InvalidRequestError,
+    PromptTooLongError,
     RateLimitedError,
     ServiceError,
     ServiceRequestError,
     ServiceTimeoutError,
 )
 from .._registry import register_backend
-from ..prompts import LongPromptMode, character_limit
+from ..prompts import LongPromptMode, PromptPlan, character_limit
 from ._base import Backend, BackendOptions, BackendOutput, Job
 
 if TYPE_CHECKING:
     from PIL import Image
 
+    from .._models import GenerationRequest
     from ..prompts import DeskDescription
 
 __all__ = ["IMAGE_PRICES_USD", "OpenAIBackend", "OpenAIOptions"]
@@ -117,6 +120,11 @@ class OpenAIOptions(BackendOptions):
         return SecretStr(value) if isinstance(value, str) else value
 
 
+def _with_negative(prompt: str, negative: str | None) -> str:
+    """The Images API has no negative prompt: it is asked for in words."""
+    return f"{prompt}\n\nAvoid: {negative}." if negative else prompt
+
+
 def _retry_after(exc: Any) -> float | None:
     response = getattr(exc, "response", None)
     headers = getattr(response, "headers", None) or {}
@@ -126,7 +134,11 @@ def _retry_after(exc: Any) -> float | None:
             try:
                 seconds = float(value)
             except ValueError:
-                continue
+                try:  # an HTTP date
+                    when = email.utils.parsedate_to_datetime(value)
+                except (TypeError, ValueError):
+                    continue
+                return max(0.0, when.timestamp() - time.time())
             return seconds / 1000 if name.endswith("ms") else seconds
     return None
 
@@ -225,6 +237,10 @@ class OpenAIBackend(Backend):
             max_retries=options.max_retries,
         )
         self._family = _family(options.model)
+        if options.size is not None and options.size not in _SIZES[self._family]:
+            raise ConfigError(
+                f"size={options.size!r}: {options.model} takes {', '.join(_SIZES[self._family])}."
+            )
         self._closed = threading.Event()
 
     @property
@@ -237,6 +253,20 @@ class OpenAIBackend(Backend):
 
     def prompt_character_limit(self) -> int | None:
         return character_limit(self.opts.model)
+
+    def plan_prompt(self, request: GenerationRequest) -> PromptPlan:
+        plan = super().plan_prompt(request)
+        limit = self.prompt_character_limit()
+        sent = _with_negative(plan.prompt, plan.negative_prompt)
+        if limit is not None and len(sent) > limit:
+            raise PromptTooLongError(
+                role="prompt with its negative prompt",
+                encoder="characters",
+                tokens=len(sent),
+                limit=limit,
+                overflow=sent[limit:],
+            )
+        return plan
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -252,10 +282,6 @@ class OpenAIBackend(Backend):
                 )
             return size
         if self.opts.size is not None:
-            if self.opts.size not in sizes:
-                raise ConfigError(
-                    f"size={self.opts.size!r}: {self.opts.model} takes {', '.join(sizes)}."
-                )
             return self.opts.size
         if job.photo is None:
             return sizes[0]
@@ -318,9 +344,7 @@ class OpenAIBackend(Backend):
 
     def _params(self, job: Job, size: str, n: int) -> dict[str, Any]:
         plan = job.prompt
-        prompt = plan.prompt
-        if plan.negative_prompt:
-            prompt = f"{prompt}\n\nAvoid: {plan.negative_prompt}."
+        prompt = _with_negative(plan.prompt, plan.negative_prompt)
         params: dict[str, Any] = {"model": self.opts.model, "prompt": prompt, "n": n}
         if size != "auto" or self._family == "gpt-image":
             params["size"] = size
