@@ -313,6 +313,11 @@ class OpenAIBackend(Backend):
             square = prepare_image(photo, (side, side)).convert("RGBA")
             buf = io.BytesIO()
             square.save(buf, format="PNG", optimize=True)
+            if buf.tell() >= 4 * 2**20:
+                raise InvalidRequestError(
+                    f"dall-e-2 takes a PNG under 4 MB; this photo makes {buf.tell()} bytes at "
+                    f"{size}. Use size='512x512' (option), or a GPT image model."
+                )
             return ("desk.png", buf.getvalue(), "image/png")
         buf = io.BytesIO()
         photo.save(buf, format="PNG")  # a fresh image: no EXIF, GPS or other metadata
