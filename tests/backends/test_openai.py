@@ -106,11 +106,20 @@ class TestTextToImage:
         assert body["prompt"] == "a desk\n\nAvoid: low quality, bad quality, sketches."
 
     def test_the_folded_negative_counts_toward_the_limit(self, server: FakeOpenAI) -> None:
-        with pytest.raises(PromptTooLongError, match="prompt with its negative prompt"):
+        with pytest.raises(PromptTooLongError, match="1015 characters") as info:
             _gen(server, model="dall-e-2").generate(
                 prompt="d" * 990, negative_prompt="clutter, people"
             )
+        assert info.value.overflow == "d" * 15  # the part of the prompt that does not fit
         assert server.received == []
+        fitted = _gen(server, model="dall-e-2").generate(
+            prompt="a tidy desk, " + "d" * 970, negative_prompt="clutter, people", long_prompt="fit"
+        )
+        report = fitted.prompt_report
+        assert report is not None and report.characters is not None
+        assert report.characters <= 1000  # what was sent, the "Avoid: ..." sentence included
+        body = server.received[0].json
+        assert body is not None and len(body["prompt"]) == report.characters
 
     def test_character_limit(self, server: FakeOpenAI) -> None:
         with pytest.raises(PromptTooLongError, match="characters"):

@@ -120,6 +120,11 @@ class Backend(abc.ABC):
         """A limit in characters on the prompt (hosted APIs), checked by the prompt builder."""
         return None
 
+    def prompt_character_counter(self, request: GenerationRequest) -> Callable[[str], int]:
+        """How the characters of a prompt are counted against `prompt_character_limit`: by
+        default its length; a backend that adds text to the prompt counts that too."""
+        return len
+
     def prompt_encoders(self) -> list[tuple[TextEncoderSpec, Any]]:
         """The text encoders with the tokenizers that count for them (default: none)."""
         return []
@@ -137,6 +142,7 @@ class Backend(abc.ABC):
             trigger_words=request.trigger_words,
             remove_words=request.remove_words,
             character_limit=self.prompt_character_limit(),
+            count_characters=self.prompt_character_counter(request),
         )
 
     def describe(self, photo: Image.Image, *, instruction: str) -> DeskDescription:

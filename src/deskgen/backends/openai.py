@@ -15,6 +15,7 @@ import io
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr, field_validator
@@ -25,14 +26,13 @@ from .._exceptions import (
     ContentPolicyError,
     InvalidOutputError,
     InvalidRequestError,
-    PromptTooLongError,
     RateLimitedError,
     ServiceError,
     ServiceRequestError,
     ServiceTimeoutError,
 )
 from .._registry import register_backend
-from ..prompts import LongPromptMode, PromptPlan, character_limit
+from ..prompts import LongPromptMode, character_limit, resolve_negative_prompt
 from ._base import Backend, BackendOptions, BackendOutput, Job
 
 if TYPE_CHECKING:
@@ -254,19 +254,12 @@ class OpenAIBackend(Backend):
     def prompt_character_limit(self) -> int | None:
         return character_limit(self.opts.model)
 
-    def plan_prompt(self, request: GenerationRequest) -> PromptPlan:
-        plan = super().plan_prompt(request)
-        limit = self.prompt_character_limit()
-        sent = _with_negative(plan.prompt, plan.negative_prompt)
-        if limit is not None and len(sent) > limit:
-            raise PromptTooLongError(
-                role="prompt with its negative prompt",
-                encoder="characters",
-                tokens=len(sent),
-                limit=limit,
-                overflow=sent[limit:],
-            )
-        return plan
+    def prompt_character_counter(self, request: GenerationRequest) -> Callable[[str], int]:
+        # the negative prompt is sent inside the prompt ("Avoid: ..."), so it counts too
+        negative, _ = resolve_negative_prompt(
+            request.negative_prompt, backend_default=self.default_negative_preset
+        )
+        return lambda prompt: len(_with_negative(prompt, negative))
 
     # -- requests ----------------------------------------------------------------------------
 

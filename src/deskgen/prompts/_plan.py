@@ -172,12 +172,13 @@ def plan_prompt(
             fitted = fit_phrases(final, count=count_characters, budget=character_limit)
             final, dropped_phrases = fitted.text, dropped_phrases + fitted.dropped
         if count_characters(final) > character_limit:  # error mode, or no phrase split helps
+            extra = count_characters(final) - len(final)  # text the backend adds (a suffix)
             raise PromptTooLongError(
                 role="prompt",
                 encoder="characters",
                 tokens=count_characters(final),
                 limit=character_limit,
-                overflow=final[character_limit:],
+                overflow=final[max(character_limit - extra, 0) :],
             )
     for role, processed in (("prompt", pos), ("negative prompt", neg)):
         if processed is None:
