@@ -39,9 +39,7 @@ def main() -> None:
 
     with (
         openai_endpoint() as endpoint,
-        DeskGenerator(
-            "openai", model="gpt-image-1", quality="medium", input_fidelity="high", **endpoint
-        ) as gen,
+        DeskGenerator("openai", model="gpt-image-2.5-flare", quality="medium", **endpoint) as gen,
     ):
         # 1. The seed's "explain details", as a typed description.
         description = gen.describe(args.photo)
@@ -54,7 +52,10 @@ def main() -> None:
         # 3. The makeover: an edit of the photo (sent without its metadata).
         result = gen.generate(rendered.request(image=args.photo))
         paths = result.save(args.out)
-        print(f"{result.mode} {result.width}x{result.height}, estimated cost ${result.cost_usd}")
+        cost = (
+            f"${result.cost_usd:.3f}" if result.cost_usd is not None else "not in the price table"
+        )
+        print(f"{result.mode} {result.width}x{result.height}, estimated cost: {cost}")
         for warning in result.warnings:
             print(f"warning: {warning}")
         print(f"wrote {', '.join(map(str, paths))}")

@@ -57,7 +57,7 @@ def _phone_photo() -> bytes:
 def test_registered_with_its_extra() -> None:
     info = next(b for b in list_backends() if b.name == "openai")
     assert info.extra == "openai" and info.installed
-    assert info.default_model == "gpt-image-1"
+    assert info.default_model == "gpt-image-2.5-flare"  # gpt-image-1 was shut down
 
 
 class TestTextToImage:
@@ -134,6 +134,72 @@ class TestTextToImage:
         server.answers.append(Answer(body={"created": 1, "data": [{"url": url}]}))
         result = _gen(server, model="dall-e-2").generate(prompt="a desk")
         assert result.images[0].size == (32, 32)
+
+
+class TestModelRules:
+    def test_retired_models_warn(self, server: FakeOpenAI) -> None:
+        result = _gen(server, model="dall-e-3").generate(prompt="a desk")
+        assert any("retired on 2026-05-12" in w for w in result.warnings)
+
+    def test_flexible_sizes_on_current_models(self, server: FakeOpenAI) -> None:
+        gen = _gen(server, model="gpt-image-2.5-flare")
+        gen.generate(prompt="a desk", width=1536, height=864)
+        assert server.received[-1].json is not None
+        assert server.received[-1].json["size"] == "1536x864"
+        gen.generate(prompt="tidy", image=_phone_photo())  # a 4:3 photo
+        w, h = map(int, server.received[-1].parts["size"][1].decode().split("x"))
+        assert w % 16 == 0 and h % 16 == 0 and abs(w / h - 4 / 3) < 0.03
+        for width, height in ((1000, 1000), (4000, 1000), (3856, 2160)):
+            with pytest.raises(InvalidRequestError, match="16-pixel grid"):
+                gen.generate(prompt="a desk", width=width, height=height)
+        with pytest.raises(InvalidRequestError, match="1536x1024"):
+            _gen(server, model="gpt-image-1").generate(prompt="x", width=1536, height=864)
+
+    @pytest.mark.parametrize(
+        ("model", "options", "message"),
+        [
+            ("gpt-image-2.5-flare", {"quality": "hd"}, "quality='hd'"),
+            ("dall-e-3", {"quality": "high"}, "quality='high'"),
+            ("gpt-image-1", {"background": "transparent", "output_format": "jpeg"}, "png"),
+            ("gpt-image-2.5-flare", {"input_fidelity": "high"}, "no input_fidelity"),
+            ("gpt-image-1-mini", {"input_fidelity": "high"}, "only input_fidelity='low'"),
+            ("gpt-image-2", {"size": "1000x1000"}, "16-pixel grid"),
+        ],
+    )
+    def test_options_the_api_would_reject(
+        self, server: FakeOpenAI, model: str, options: dict[str, Any], message: str
+    ) -> None:
+        with pytest.raises(ConfigError, match=message):
+            _gen(server, model=model, **options)
+        assert server.received == []
+
+    def test_max_quality_on_2_5(self, server: FakeOpenAI) -> None:
+        _gen(server, model="gpt-image-2.5-sunburst", quality="max").generate(prompt="a desk")
+        assert server.received[0].json is not None
+        assert server.received[0].json["quality"] == "max"
+
+
+class TestLifecycle:
+    def test_close_lets_running_requests_finish(self, server: FakeOpenAI) -> None:
+        from deskgen import GeneratorClosedError
+
+        gen = _gen(server, model="dall-e-3")
+        result = gen.generate(prompt="a desk", num_images=3, on_step=lambda p: gen.close())
+        assert len(result.images) == 3 and len(server.received) == 3
+        with pytest.raises(GeneratorClosedError):
+            gen.generate(prompt="a desk")
+
+    def test_cancel_stops_before_the_next_paid_request(self, server: FakeOpenAI) -> None:
+        import threading
+
+        from deskgen import GenerationCancelledError
+
+        stop = threading.Event()
+        with pytest.raises(GenerationCancelledError, match="Cancelled"):
+            _gen(server, model="dall-e-3").generate(
+                prompt="a desk", num_images=3, on_step=lambda p: stop.set(), cancel=stop
+            )
+        assert len(server.received) == 1
 
 
 class TestEdits:
@@ -289,6 +355,16 @@ class TestErrors:
             _gen(server).generate(prompt="a desk")
         assert info.value.retry_after is not None and info.value.retry_after <= 1
 
+    def test_retry_count_is_the_clients_own(self, server: FakeOpenAI) -> None:
+        server.answers.append(
+            Answer(429, {"error": {"message": "slow"}}, headers={"retry-after": "300"})
+        )
+        with pytest.raises(RateLimitedError) as info:
+            _gen(server, max_retries=2).generate(prompt="a desk")
+        assert len(server.received) == 1  # the client won't wait 300 s
+        assert "after 2 retries" not in str(info.value)
+        assert info.value.retry_after == 300
+
     def test_repeated_5xx(self, server: FakeOpenAI) -> None:
         for _ in range(2):
             server.answers.append(Answer(503, {"error": {"message": "overloaded"}}))
@@ -355,6 +431,13 @@ class TestSecrets:
         for text in seen:
             assert SECRET not in text
         assert server.received[0].headers["authorization"] == f"Bearer {SECRET}"
+
+    def test_the_key_stays_out_of_tracebacks(self) -> None:
+        import traceback
+
+        with pytest.raises(ConfigError) as info:
+            DeskGenerator("openai", api_key="x", openai_api_key=SECRET)
+        assert SECRET not in "".join(traceback.format_exception(info.value))
 
     def test_missing_key(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv("OPENAI_API_KEY", raising=False)

@@ -31,7 +31,7 @@ __all__ = ["Backend", "BackendOptions", "BackendOutput", "Job"]
 class BackendOptions(BaseModel):
     """Options every backend accepts; backends subclass it to add their own."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     model: str
     """Hub id or local folder."""
@@ -57,6 +57,9 @@ class Job:
     ``prompt.negative_prompt``, not the request's raw texts."""
     on_step: Callable[[int, int], None]
     """Call after each denoising step with (steps done, total steps); it raises to cancel."""
+    check_cancel: Callable[[], None] = lambda: None
+    """Raises `GenerationCancelledError` when the request was cancelled: call it before work
+    that can't be undone (e.g. a paid API request)."""
 
 
 @dataclass

@@ -10,9 +10,11 @@ repr, logs, errors or records. Needs the ``openai`` extra, not torch.
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
 import io
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +44,16 @@ if TYPE_CHECKING:
     from ..prompts import DeskDescription
 
 __all__ = ["IMAGE_PRICES_USD", "OpenAIBackend", "OpenAIOptions"]
+
+_RETIRED = {
+    "gpt-image-1": "shut down on 2026-10-23",
+    "dall-e-2": "retired on 2026-05-12",
+    "dall-e-3": "retired on 2026-05-12",
+}
+"""Models OpenAI no longer serves (openai-python's model list); OpenAI-compatible servers may."""
+
+_FLEXIBLE_SIZES = re.compile(r"^gpt-image-2(\.5-(sunburst|flare))?(-\d{4}-\d{2}-\d{2})?$")
+"""GPT image models that take any WxH on a 16-pixel grid, aspect 1:3 to 3:1, up to 3840x2160."""
 
 _SIZES: dict[str, tuple[str, ...]] = {
     "dall-e-3": ("1024x1024", "1792x1024", "1024x1792"),
@@ -109,7 +121,7 @@ class OpenAIOptions(BackendOptions):
     """GPT image models only."""
     input_fidelity: Literal["high", "low"] | None = None
     """GPT image edits: how closely to keep the photo's details (faces, objects, layout)."""
-    describe_model: str = "gpt-4o"
+    describe_model: str = "gpt-5.4-mini"
     """The vision chat model `describe` asks (structured outputs)."""
     prices: dict[str, float] = Field(default_factory=dict)
     """Overrides of `IMAGE_PRICES_USD` (``"model|quality|size"``: dollars per image)."""
@@ -118,6 +130,22 @@ class OpenAIOptions(BackendOptions):
     @classmethod
     def _secret(cls, value: Any) -> Any:
         return SecretStr(value) if isinstance(value, str) else value
+
+
+def _parse_size(size: str) -> tuple[int, int] | None:
+    """``WxH`` as the flexible GPT image models take it, or None when it breaks their rules."""
+    match = re.fullmatch(r"(\d+)x(\d+)", size)
+    if not match:
+        return None
+    w, h = int(match.group(1)), int(match.group(2))
+    ok = (
+        w % 16 == 0
+        and h % 16 == 0
+        and 1 / 3 <= w / h <= 3
+        and max(w, h) <= 3840
+        and w * h <= 3840 * 2160
+    )
+    return (w, h) if ok else None
 
 
 def _with_negative(prompt: str, negative: str | None) -> str:
@@ -150,6 +178,10 @@ def translate_openai_error(exc: Exception, *, retries: int) -> Exception:
     status = getattr(exc, "status_code", None)
     code = getattr(exc, "code", None)
     detail = str(getattr(exc, "message", "") or exc)
+    request = getattr(getattr(exc, "response", None), "request", None)
+    if request is not None:  # the client's own count (it skips retries the server forbids)
+        with contextlib.suppress(TypeError, ValueError):
+            retries = int(request.headers.get("x-stainless-retry-count", retries))
     tried = f" after {retries} retr{'y' if retries == 1 else 'ies'}" if retries else ""
     if isinstance(exc, openai.ContentFilterFinishReasonError):
         return ContentPolicyError(
@@ -212,7 +244,7 @@ class OpenAIBackend(Backend):
     description: ClassVar[str] = "OpenAI Images API (DALL-E, GPT image): txt2img and photo edits"
     extra: ClassVar[str] = "openai"
     requirements: ClassVar[tuple[str, ...]] = ("openai",)
-    default_model: ClassVar[str | None] = "gpt-image-1"
+    default_model: ClassVar[str | None] = "gpt-image-2.5-flare"
     options_class: ClassVar[type[BackendOptions]] = OpenAIOptions
     default_long_prompt: ClassVar[LongPromptMode] = LongPromptMode.ERROR
 
@@ -233,15 +265,48 @@ class OpenAIBackend(Backend):
             api_key=key,
             base_url=options.base_url,
             organization=options.organization,
-            timeout=options.timeout,
+            timeout=openai.Timeout(options.timeout, connect=min(5.0, options.timeout)),
             max_retries=options.max_retries,
         )
         self._family = _family(options.model)
-        if options.size is not None and options.size not in _SIZES[self._family]:
+        self._flexible = bool(_FLEXIBLE_SIZES.match(options.model))
+        if options.size is not None and not (
+            options.size in _SIZES[self._family]
+            or (self._flexible and _parse_size(options.size) is not None)
+        ):
             raise ConfigError(
-                f"size={options.size!r}: {options.model} takes {', '.join(_SIZES[self._family])}."
+                f"size={options.size!r}: {options.model} takes {', '.join(_SIZES[self._family])}"
+                + (
+                    " or any WxH on a 16-pixel grid (1:3 to 3:1, up to 3840x2160)."
+                    if self._flexible
+                    else "."
+                )
             )
+        self._check_options()
         self._closed = threading.Event()
+        self._in_flight = 0
+        self._flight_lock = threading.Lock()
+
+    def _check_options(self) -> None:
+        """Refuse option combinations the API would reject, before any (paid) call."""
+        o = self.opts
+        qualities = {
+            "dall-e-3": ("standard", "hd"),
+            "dall-e-2": ("standard",),
+            "gpt-image": ("low", "medium", "high", "auto")
+            + (("xhigh", "max") if o.model.startswith("gpt-image-2.5") else ()),
+        }[self._family]
+        if o.quality is not None and o.quality not in qualities:
+            raise ConfigError(f"quality={o.quality!r}: {o.model} takes {', '.join(qualities)}.")
+        if o.background == "transparent" and o.output_format == "jpeg":
+            raise ConfigError("A transparent background needs output_format 'png' or 'webp'.")
+        if o.input_fidelity is not None:
+            if self._flexible or self._family != "gpt-image":
+                raise ConfigError(
+                    f"{o.model} takes no input_fidelity (gpt-image-1.5 and gpt-image-1-mini do)."
+                )
+            if o.model.startswith("gpt-image-1-mini") and o.input_fidelity != "low":
+                raise ConfigError("gpt-image-1-mini takes only input_fidelity='low'.")
 
     @property
     def device(self) -> str:
@@ -268,17 +333,25 @@ class OpenAIBackend(Backend):
         req = job.request
         if req.width is not None or req.height is not None:
             size = f"{req.width}x{req.height}"
-            if size not in sizes:
-                raise InvalidRequestError(
-                    f"{self.opts.model} makes {', '.join(s for s in sizes if s != 'auto')} "
-                    f"images, not {size}: pass one of those as width/height, or neither."
-                )
-            return size
+            if size in sizes or (self._flexible and _parse_size(size) is not None):
+                return size
+            grid = " or any WxH on a 16-pixel grid, 1:3 to 3:1, up to 3840x2160"
+            raise InvalidRequestError(
+                f"{self.opts.model} makes {', '.join(s for s in sizes if s != 'auto')}"
+                f"{grid if self._flexible else ''} images, not {size}: pass one of those as "
+                "width/height, or neither."
+            )
         if self.opts.size is not None:
             return self.opts.size
         if job.photo is None:
             return sizes[0]
         aspect = job.photo.width / job.photo.height
+        if self._flexible:  # the photo's own aspect at about a megapixel
+            from .._images import fit_size
+
+            aspect = min(max(aspect, 1 / 3), 3.0)
+            w, h = fit_size(aspect, native=(1024, 1024), multiple=16)
+            return f"{w}x{h}"
         fixed = [s for s in sizes if s != "auto"]
         return min(fixed, key=lambda s: abs(int(s.split("x")[0]) / int(s.split("x")[1]) - aspect))
 
@@ -296,6 +369,11 @@ class OpenAIBackend(Backend):
             f"{self.opts.model} takes no seed: the seeds are recorded, but the images can't be "
             "reproduced from them."
         )
+        if self.opts.model in _RETIRED:
+            notes.append(
+                f"OpenAI lists {self.opts.model} as {_RETIRED[self.opts.model]}; use "
+                f"{self.default_model} (fine on OpenAI-compatible servers that still serve it)."
+            )
         return notes
 
     def _photo_file(self, photo: Image.Image, size: str) -> tuple[str, bytes, str]:
@@ -309,6 +387,8 @@ class OpenAIBackend(Backend):
             # so always under dall-e-2's 4 MB (a test checks the worst case)
             square.save(buf, format="PNG", optimize=True)
             return ("desk.png", buf.getvalue(), "image/png")
+        photo = photo.copy()
+        photo.thumbnail((2048, 2048))  # the models work below this; smaller uploads and retries
         buf = io.BytesIO()
         photo.save(buf, format="PNG")  # a fresh image: no EXIF, GPS or other metadata
         if buf.tell() > 40 * 2**20:
@@ -329,12 +409,16 @@ class OpenAIBackend(Backend):
             side = int(size.split("x")[0])
             target = (side, side)
         else:
-            target = photo.size
+            sent = photo.copy()
+            sent.thumbnail((2048, 2048))  # the size `_photo_file` sends
+            target = sent.size
         grey = prepare_image(mask.convert("RGB"), target).convert("L")
         rgba = PILImage.new("RGBA", target, (0, 0, 0, 255))
-        rgba.putalpha(grey.point(lambda v: 255 - v))  # white (change) -> transparent
+        rgba.putalpha(grey.point(lambda v: 0 if v >= 128 else 255))  # white: change -> clear
         buf = io.BytesIO()
-        rgba.save(buf, format="PNG")
+        rgba.save(buf, format="PNG", optimize=True)
+        if buf.tell() >= 4 * 2**20:  # two-level alpha on one colour: not reachable in practice
+            raise InvalidRequestError("The mask PNG is over OpenAI's 4 MB limit.")
         return ("mask.png", buf.getvalue(), "image/png")
 
     def _params(self, job: Job, size: str, n: int) -> dict[str, Any]:
@@ -393,12 +477,15 @@ class OpenAIBackend(Backend):
         return prices.get(key)
 
     def generate(self, job: Job) -> BackendOutput:
+        self._enter()
+        try:
+            return self._generate(job)
+        finally:
+            self._leave()
+
+    def _generate(self, job: Job) -> BackendOutput:
         import openai
 
-        if self._closed.is_set():
-            from .._exceptions import GeneratorClosedError
-
-            raise GeneratorClosedError("This generator was closed; create a new DeskGenerator.")
         req = job.request
         mode: Literal["txt2img", "img2img"] = "img2img" if job.photo is not None else "txt2img"
         if job.photo is not None and self._family == "dall-e-3":
@@ -424,6 +511,7 @@ class OpenAIBackend(Backend):
             assert job.photo is not None
             mask_file = self._mask_file(job.mask, job.photo, size)
         while remaining:
+            job.check_cancel()  # before each (paid) request, never after one
             n = min(per_call, remaining)
             params = self._params(job, size, n)
             try:
@@ -449,7 +537,8 @@ class OpenAIBackend(Backend):
                 if revised_prompt:
                     revised.append(revised_prompt)
             remaining -= n
-            job.on_step(req.num_images - remaining, req.num_images)
+            if remaining:
+                job.on_step(req.num_images - remaining, req.num_images)
         elapsed = time.perf_counter() - start
         price = self._price(size)
         width, height = images[0].size
@@ -474,6 +563,13 @@ class OpenAIBackend(Backend):
     def describe(self, photo: Image.Image, *, instruction: str) -> DeskDescription:
         """Ask the vision chat model to "explain details" of the photo, as a `DeskDescription`
         (structured outputs: the answer is validated against the model's JSON schema)."""
+        self._enter()
+        try:
+            return self._describe(photo, instruction=instruction)
+        finally:
+            self._leave()
+
+    def _describe(self, photo: Image.Image, *, instruction: str) -> DeskDescription:
         import openai
 
         from ..prompts import DeskDescription
@@ -519,7 +615,27 @@ class OpenAIBackend(Backend):
             raise InvalidOutputError("The service answered without a description.")
         return parsed
 
+    def _enter(self) -> None:
+        with self._flight_lock:
+            if self._closed.is_set():
+                from .._exceptions import GeneratorClosedError
+
+                raise GeneratorClosedError("This generator was closed; create a new DeskGenerator.")
+            self._in_flight += 1
+
+    def _leave(self) -> None:
+        with self._flight_lock:
+            self._in_flight -= 1
+            last = self._in_flight == 0 and self._closed.is_set()
+        if last:
+            self._client.close()
+
     def close(self) -> None:
-        if not self._closed.is_set():
+        """Stop taking requests; the HTTP client closes when running ones have finished."""
+        with self._flight_lock:
+            if self._closed.is_set():
+                return
             self._closed.set()
+            idle = self._in_flight == 0
+        if idle:
             self._client.close()
