@@ -336,7 +336,24 @@ class DeskGenerator:
             req = req.model_copy(update={"image_sha256": info.sha256})
         with _backend_boundary(BackendError, f"The {self.backend_name!r} backend failed"):
             plan = backend.plan_prompt(req)
-        job = Job(request=req, photo=photo, mask=mask, seeds=seeds, prompt=plan, on_step=step_hook)
+
+        def check_cancel() -> None:
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelledError(
+                    "Cancelled before the next request; no image was returned.",
+                    step=0,
+                    total_steps=req.num_images,
+                )
+
+        job = Job(
+            request=req,
+            photo=photo,
+            mask=mask,
+            seeds=seeds,
+            prompt=plan,
+            on_step=step_hook,
+            check_cancel=check_cancel,
+        )
         try:
             with (
                 _backend_boundary(BackendError, f"The {self.backend_name!r} backend failed"),

@@ -56,7 +56,7 @@ def _add_model_options(parser: argparse.ArgumentParser, *, backend: str | None) 
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a backend option, e.g. quality=hd for openai (repeatable)",
+        help="a backend option, e.g. quality=high for openai (repeatable)",
     )
     group.add_argument(
         "--allow-pickle",
@@ -221,7 +221,7 @@ def _parse_options(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"--option {item!r}: write KEY=VALUE, e.g. --option quality=hd")
+            raise ConfigError(f"--option {item!r}: write KEY=VALUE, e.g. --option quality=high")
         if key in ("model", "device", "dtype"):
             raise ConfigError(f"--option {key}=...: use --{key} instead.")
         options[key] = value

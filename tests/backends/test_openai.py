@@ -180,6 +180,18 @@ class TestModelRules:
 
 
 class TestLifecycle:
+    def test_cancel_set_during_a_request_stops_the_next_one(self, server: FakeOpenAI) -> None:
+        import threading
+
+        from deskgen import GenerationCancelledError
+
+        stop = threading.Event()
+        server.answers.append(Answer(delay=0.3))  # the first request is slow
+        threading.Timer(0.1, stop.set).start()  # cancelled while it runs
+        with pytest.raises(GenerationCancelledError, match="Cancelled after 1 of 2"):
+            _gen(server, model="dall-e-3").generate(prompt="a desk", num_images=2, cancel=stop)
+        assert len(server.received) == 1
+
     def test_close_lets_running_requests_finish(self, server: FakeOpenAI) -> None:
         from deskgen import GeneratorClosedError
 
@@ -271,7 +283,7 @@ class TestEdits:
         assert len(data) < 4 * 2**20
 
     def test_dall_e_3_cannot_edit(self, server: FakeOpenAI) -> None:
-        with pytest.raises(InvalidRequestError, match="gpt-image-1"):
+        with pytest.raises(InvalidRequestError, match=r"gpt-image-2\.5-flare"):
             _gen(server, model="dall-e-3").generate(prompt="tidy", image=_phone_photo())
 
 

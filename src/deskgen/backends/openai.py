@@ -105,14 +105,15 @@ class OpenAIOptions(BackendOptions):
     """An OpenAI-compatible server; defaults to ``OPENAI_BASE_URL`` or OpenAI's API."""
     organization: str | None = None
     timeout: float = Field(default=600.0, gt=0)
-    """Seconds per HTTP request (the client's default)."""
+    """Seconds per HTTP request (the client's default); connecting gets at most 5 s."""
     max_retries: int = Field(default=2, ge=0, le=10)
     """The client's retries for 408/409/429/5xx and connection errors (with back-off)."""
     size: str | None = None
     """The size to ask for when the request gives no width/height, e.g. ``"auto"`` (GPT image
     models) or ``"1792x1024"``; by default the allowed size closest to the photo's aspect."""
     quality: str | None = None
-    """``standard``/``hd`` (dall-e-3), ``low``/``medium``/``high``/``auto`` (GPT image)."""
+    """``standard``/``hd`` (dall-e-3), ``low``/``medium``/``high``/``auto`` (GPT image), plus
+    ``xhigh``/``max`` on ``gpt-image-2.5-*``; checked when the generator is created."""
     style: Literal["vivid", "natural"] | None = None
     """dall-e-3 only."""
     background: Literal["transparent", "opaque", "auto"] | None = None
@@ -490,7 +491,8 @@ class OpenAIBackend(Backend):
         mode: Literal["txt2img", "img2img"] = "img2img" if job.photo is not None else "txt2img"
         if job.photo is not None and self._family == "dall-e-3":
             raise InvalidRequestError(
-                "dall-e-3 cannot edit a photo. Use model='gpt-image-1' (or 'dall-e-2') for a "
+                f"dall-e-3 cannot edit a photo. Use model='{self.default_model}' (or another GPT "
+                "image model) for a "
                 "makeover of the photo, or leave out the image for text to image."
             )
         size = self._size(job)
