@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ._tokenizers import TOKENIZER_LOCK
+from ._tokenizers import token_count
 
 __all__ = ["CHARACTER_LIMITS", "character_limit", "sequence_length_for"]
 
@@ -36,9 +36,5 @@ def sequence_length_for(
     stock) and at most ``model_max``; ``longest`` is that token count, so ``longest > length``
     means the encoder's own limit cuts the text.
     """
-    longest = 0
-    with TOKENIZER_LOCK:
-        for text in texts:
-            ids = tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"]
-            longest = max(longest, len(ids))
+    longest = max((token_count(tokenizer, text) for text in texts), default=0)
     return min(max(longest, minimum), model_max), longest

@@ -17,7 +17,7 @@ from ._fit import fit_phrases
 from ._language import non_latin_scripts
 from ._presets import resolve_negative_prompt
 from ._report import EncoderReport, LongPromptMode, PromptReport, TextEncoderSpec
-from ._tokenizers import TOKENIZER_LOCK, EncoderFamily, special_token_count, tokenize
+from ._tokenizers import EncoderFamily, special_token_count, token_count, tokenize
 from ._triggers import apply_trigger_words
 
 __all__ = ["EncoderText", "PromptPlan", "plan_prompt"]
@@ -53,11 +53,6 @@ class _Processed:
     dropped_phrases: list[str]
 
 
-def _count(tokenizer: Any, text: str) -> int:
-    with TOKENIZER_LOCK:
-        return len(tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"])
-
-
 def _process(
     text: str,
     role: str,
@@ -67,7 +62,7 @@ def _process(
     if mode is not LongPromptMode.CHUNK and len(split_on_break(text)) > 1:
         # BREAK is a chunk-mode keyword; elsewhere it would be encoded as the word "break"
         text = ", ".join(p.strip(" ,") for _, p in split_on_break(text) if p.strip(" ,"))
-    counts = [_count(tok, text) for _, tok in encoders]
+    counts = [token_count(tok, text) for _, tok in encoders]
     dropped_phrases: list[str] = []
     if mode is LongPromptMode.ERROR:
         for (spec, tok), tokens in zip(encoders, counts, strict=True):
@@ -83,9 +78,9 @@ def _process(
                 )
     if mode is LongPromptMode.FIT and encoders:
         spec0, tok0 = min(encoders, key=lambda e: e[0].max_tokens)
-        fitted = fit_phrases(text, count=lambda t: _count(tok0, t), budget=spec0.max_tokens)
+        fitted = fit_phrases(text, count=lambda t: token_count(tok0, t), budget=spec0.max_tokens)
         text, dropped_phrases = fitted.text, fitted.dropped
-        counts = [_count(tok, text) for _, tok in encoders]
+        counts = [token_count(tok, text) for _, tok in encoders]
     reports: list[EncoderReport] = []
     chunks: list[EncoderText] = []
     for (spec, tok), tokens in zip(encoders, counts, strict=True):

@@ -123,7 +123,7 @@ class DeskSpec(BaseModel):
         """
         from .._registry import get_backend_class
         from ._presets import resolve_negative_prompt
-        from ._tokenizers import TOKENIZER_LOCK, EncoderFamily, packaged_clip_tokenizer
+        from ._tokenizers import EncoderFamily, packaged_clip_tokenizer, token_count
 
         cls = get_backend_class(backend, check_installed=False)
         clip = [s for s in cls.text_encoders if s.family is EncoderFamily.CLIP]
@@ -134,8 +134,7 @@ class DeskSpec(BaseModel):
             budget = max_tokens if max_tokens is not None else min(s.max_tokens for s in clip)
 
             def count(text: str) -> int:
-                with TOKENIZER_LOCK:
-                    return len(tokenizer(text, verbose=False)["input_ids"])
+                return token_count(tokenizer, text)
 
         prompt, dropped = _select(self.phrases(), count, budget)
         negative_phrases = [(a, Priority.HIGH) for a in self.avoid]

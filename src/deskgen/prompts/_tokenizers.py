@@ -135,10 +135,15 @@ def tokenize(tokenizer: Any, text: str, *, offset: int = 0) -> list[Token]:
     ]
 
 
+def token_count(tokenizer: Any, text: str, *, special: bool = True) -> int:
+    """Tokens ``tokenizer`` makes of ``text`` (uncut, no over-length warning), under the lock."""
+    with TOKENIZER_LOCK:
+        return len(tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"])
+
+
 def special_token_count(tokenizer: Any) -> int:
     """How many special tokens the tokenizer adds to a text (CLIP: BOS + EOS = 2)."""
-    with TOKENIZER_LOCK:
-        return len(tokenizer("", add_special_tokens=True)["input_ids"])
+    return token_count(tokenizer, "")
 
 
 def count_tokens(
@@ -155,6 +160,4 @@ def count_tokens(
             encoder's limit counts them: the seed's long prompt is 128 with them, 126 without.
     """
     tokenizer, _ = resolve_tokenizer(encoder)
-    with TOKENIZER_LOCK:
-        ids = tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"]
-    return len(ids)
+    return token_count(tokenizer, text, special=special)
