@@ -149,6 +149,13 @@ def _parse_size(size: str) -> tuple[int, int] | None:
     return (w, h) if ok else None
 
 
+def _downscaled(photo: Image.Image, longest: int = 2048) -> Image.Image:
+    """A copy at most ``longest`` pixels on its longer side (the photo itself is kept)."""
+    copy = photo.copy()
+    copy.thumbnail((longest, longest))
+    return copy
+
+
 def _with_negative(prompt: str, negative: str | None) -> str:
     """The Images API has no negative prompt: it is asked for in words."""
     return f"{prompt}\n\nAvoid: {negative}." if negative else prompt
@@ -388,8 +395,6 @@ class OpenAIBackend(Backend):
             # so always under dall-e-2's 4 MB (a test checks the worst case)
             square.save(buf, format="PNG", optimize=True)
             return ("desk.png", buf.getvalue(), "image/png")
-        photo = photo.copy()
-        photo.thumbnail((2048, 2048))  # the models work below this; smaller uploads and retries
         buf = io.BytesIO()
         photo.save(buf, format="PNG")  # a fresh image: no EXIF, GPS or other metadata
         if buf.tell() > 40 * 2**20:
@@ -410,9 +415,7 @@ class OpenAIBackend(Backend):
             side = int(size.split("x")[0])
             target = (side, side)
         else:
-            sent = photo.copy()
-            sent.thumbnail((2048, 2048))  # the size `_photo_file` sends
-            target = sent.size
+            target = photo.size  # the photo as `_photo_file` sends it
         grey = prepare_image(mask.convert("RGB"), target).convert("L")
         rgba = PILImage.new("RGBA", target, (0, 0, 0, 255))
         rgba.putalpha(grey.point(lambda v: 0 if v >= 128 else 255))  # white: change -> clear
@@ -507,11 +510,13 @@ class OpenAIBackend(Backend):
         revised: list[str] = []
         start = time.perf_counter()
         remaining = req.num_images
-        photo_file = self._photo_file(job.photo, size) if job.photo is not None else None
+        # the models work below 2048 px: smaller uploads, and smaller retries
+        photo = _downscaled(job.photo) if job.photo is not None else None
+        photo_file = self._photo_file(photo, size) if photo is not None else None
         mask_file = None
         if job.mask is not None:
-            assert job.photo is not None
-            mask_file = self._mask_file(job.mask, job.photo, size)
+            assert photo is not None
+            mask_file = self._mask_file(job.mask, photo, size)
         while remaining:
             job.check_cancel()  # before each (paid) request, never after one
             n = min(per_call, remaining)
@@ -576,8 +581,7 @@ class OpenAIBackend(Backend):
 
         from ..prompts import DeskDescription
 
-        image = photo.copy()
-        image.thumbnail((2048, 2048))  # the vision models' own limit; no metadata is sent
+        image = _downscaled(photo)  # the vision models' own limit; no metadata is sent
         buf = io.BytesIO()
         image.save(buf, format="JPEG", quality=90)
         data_url = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
