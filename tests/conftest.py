@@ -37,6 +37,20 @@ def tiny_paths(tiny_sdxl_path: Path, tiny_sd_path: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def tiny_control_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny ControlNets (two that fit the tiny SDXL, one for SD 1.x) and a tiny depth model."""
+    from deskgen.testing import make_tiny_controlnet, make_tiny_depth_model
+
+    root = tmp_path_factory.mktemp("control-models")
+    return {
+        "canny": make_tiny_controlnet(root / "controlnet-a", seed=1),
+        "depth": make_tiny_controlnet(root / "controlnet-b", seed=2),
+        "sd": make_tiny_controlnet(root / "controlnet-sd", base="sd"),
+        "depth_model": make_tiny_depth_model(root / "depth"),
+    }
+
+
+@pytest.fixture(scope="session")
 def generators(tiny_paths: dict[str, Path]) -> Iterator[dict[str, object]]:
     """One shared DeskGenerator per tiny backend, on the CPU (as a service would share it)."""
     from deskgen import DeskGenerator

@@ -370,3 +370,63 @@ class TestOpenAIFromTheCLI:
         code = main(["describe", "x.jpg", "--backend", "sdxl", "--model", str(tmp_path / "no")])
         assert code == 1
         assert "can't describe" in capsys.readouterr().err  # refused before loading
+
+
+def test_controlnet_from_the_cli_saves_the_control_images(
+    tiny_sdxl_path: Path,
+    tiny_control_paths: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from .conftest import draw_desk
+
+    photo = tmp_path / "desk.png"
+    draw_desk((96, 72)).save(photo)
+    depth = tmp_path / "depth.png"
+    draw_desk((96, 72)).convert("L").save(depth)
+    out = tmp_path / "cn.png"
+    nets = f"{tiny_control_paths['canny']},{tiny_control_paths['depth']}"
+    code = main(
+        [
+            "generate",
+            "a tidy desk",
+            "--backend",
+            "sdxl-controlnet",
+            "--model",
+            str(tiny_sdxl_path),
+            "--device",
+            "cpu",
+            "--option",
+            f"controlnet={nets}",
+            "--option",
+            "control=canny,depth",
+            "--option",
+            f"depth_model={tiny_control_paths['depth_model']}",
+            "--image",
+            str(photo),
+            "--control-image",
+            "auto",
+            "--control-image",
+            str(depth),
+            "--control-scale",
+            "0.4",
+            "--steps",
+            "3",
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--save-controls",
+        ]
+    )
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "ControlNet 1:" in captured.out and "Weight: 0.4" in captured.out
+    assert "control " in captured.out  # the control phase in the timings line
+    for name in ("cn-control-0-canny.png", "cn-control-1-depth.png"):
+        assert (tmp_path / name).is_file(), captured.err
+        assert f"wrote {tmp_path / name}" in captured.err
+    request = read_record(out)
+    assert request.control_scale == [0.4, 0.4]
+    assert request.control_image_sha256 is not None and request.control_image_sha256[0] is None

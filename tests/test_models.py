@@ -10,7 +10,8 @@ from deskgen import GenerationRequest
 def test_defaults() -> None:
     req = GenerationRequest(prompt="a desk")
     assert req.steps == 30
-    assert req.strength == 0.6
+    assert req.strength is None  # the backend's default, resolved in the result
+    assert req.control_image is None and req.control_scale is None
     assert req.num_images == 1
     assert req.seed is None and req.width is None and req.guidance_scale is None
     assert req.mode == "txt2img"
@@ -49,3 +50,25 @@ def test_invalid_requests(fields: dict[str, object]) -> None:
 def test_round_trip_through_json() -> None:
     req = GenerationRequest(prompt="a desk", seed=3, steps=12, width=512, height=384)
     assert GenerationRequest.model_validate_json(req.model_dump_json()) == req
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"control_scale": 2.5},
+        {"control_scale": [0.5, -0.1]},
+        {"control_scale": []},
+        {"control_image_sha256": ["abc"]},
+    ],
+)
+def test_control_fields_are_checked(fields: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        GenerationRequest(prompt="a desk", **fields)  # type: ignore[arg-type]
+
+
+def test_control_image_is_never_serialised() -> None:
+    req = GenerationRequest(
+        prompt="a desk", control_image=[Image.new("RGB", (8, 8)), None], control_scale=[0.5, 1.0]
+    )
+    assert "control_image" not in req.model_dump()
+    assert req.model_dump()["control_scale"] == [0.5, 1.0]

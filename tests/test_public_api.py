@@ -12,6 +12,7 @@ EXPECTED = {
     "BackendInfo",
     "ConfigError",
     "ContentPolicyError",
+    "Control",
     "DeskDescription",
     "DeskGenerator",
     "DeskItem",
@@ -69,7 +70,7 @@ def test_public_names_come_from_private_modules() -> None:
 def test_import_is_light() -> None:
     code = (
         "import sys, deskgen; deskgen.list_backends(); "
-        "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'openai', 'numpy') "
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'openai', 'numpy', 'cv2') "
         "if m in sys.modules]; print(','.join(heavy))"
     )
     out = subprocess.run(

@@ -12,6 +12,7 @@ Importing deskgen is light: torch, diffusers and transformers are imported only 
 that needs them is created.
 """
 
+from ._controls import Control
 from ._exceptions import (
     AuthenticationError,
     BackendError,
@@ -59,6 +60,7 @@ __all__ = [
     "BackendInfo",
     "ConfigError",
     "ContentPolicyError",
+    "Control",
     "DeskDescription",
     "DeskGenerator",
     "DeskItem",

@@ -23,6 +23,7 @@ from ._exceptions import (
     GeneratorClosedError,
     InvalidRequestError,
     ModelLoadError,
+    UnsupportedOperationError,
 )
 from ._images import ImageInfo, ImageInput, load_image
 from ._models import (
@@ -42,6 +43,8 @@ from .prompts._description import DESCRIBE_INSTRUCTION, DeskDescription
 from .prompts._report import LongPromptMode, PromptReport
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from .backends._base import Backend
 
 __all__ = ["DeskGenerator", "RequestFields"]
@@ -59,7 +62,10 @@ class RequestFields(TypedDict, total=False):
     mask: ImageInput | None
     mask_sha256: str | None
     image_sha256: str | None
-    strength: float
+    control_image: ImageInput | list[ImageInput | None] | None
+    control_image_sha256: list[str | None] | None
+    control_scale: float | list[float] | None
+    strength: float | None
     steps: int
     guidance_scale: float | None
     seed: int | None
@@ -251,6 +257,50 @@ class DeskGenerator:
             ]
         return []
 
+    def _load_control_images(
+        self, backend: Backend, req: GenerationRequest, warnings: list[str]
+    ) -> tuple[GenerationRequest, list[Image.Image | None] | None]:
+        """Read the request's control images (safely, as photos) and record their digests."""
+        given = req.control_image
+        expected = req.control_image_sha256
+        if not backend.takes_control_images:
+            if given is not None or req.control_scale is not None or expected is not None:
+                raise UnsupportedOperationError(
+                    f"The {self.backend_name!r} backend takes no control images or control "
+                    "scales: leave out control_image/control_scale, or use "
+                    "DeskGenerator('sdxl-controlnet', ...) to keep the photo's structure."
+                )
+            return req, None
+        if given is None:
+            if expected is not None and any(d is not None for d in expected):
+                raise InvalidRequestError(
+                    "This request was made with control images (control_image_sha256) but "
+                    "none was given: pass the same images with control_image=..., or set "
+                    "control_image_sha256=None to compute the controls from the photo."
+                )
+            return req, None
+        items = given if isinstance(given, list) else [given]
+        if not items or all(item is None for item in items):
+            raise InvalidRequestError(
+                "control_image is an empty list (or only None): give an image per control, "
+                "or leave it out to compute the controls from the photo."
+            )
+        images: list[Image.Image | None] = []
+        digests: list[str | None] = []
+        for item in items:
+            if item is None:
+                images.append(None)
+                digests.append(None)
+                continue
+            image, info = load_image(item)
+            images.append(image)
+            digests.append(info.sha256)
+        if expected is not None and expected != digests:
+            warnings.append(
+                "The control images differ from the ones this request was recorded with."
+            )
+        return req.model_copy(update={"control_image_sha256": digests}), images
+
     def generate(
         self,
         request: GenerationRequest | None = None,
@@ -301,6 +351,7 @@ class DeskGenerator:
                 f"{req.mask_sha256[:12]}...) but no mask was given: pass the same mask with "
                 "mask=..., or set mask_sha256=None to edit the whole photo."
             )
+        req, control_images = self._load_control_images(backend, req, warnings)
         seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
         if seed + req.num_images - 1 > MAX_SEED:
             raise InvalidRequestError(
@@ -352,6 +403,7 @@ class DeskGenerator:
             seeds=seeds,
             prompt=plan,
             on_step=step_hook,
+            control_images=control_images,
             check_cancel=check_cancel,
         )
         try:
@@ -380,6 +432,7 @@ class DeskGenerator:
             dtype=self._dtype,
             timings=Timings(
                 load=self.load_seconds,
+                control=output.control_seconds,
                 encode=output.encode_seconds,
                 denoise=output.denoise_seconds,
                 decode=output.decode_seconds,
@@ -391,6 +444,8 @@ class DeskGenerator:
             prompt_report=plan.report,
             cost_usd=output.cost_usd,
             revised_prompts=output.revised_prompts,
+            controls=output.controls,
+            control_images=output.control_images,
             deskgen_version=__version__,
             created_at=datetime.now(timezone.utc),
         )

@@ -6,6 +6,7 @@ import base64
 import html
 import io
 import os
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -13,6 +14,7 @@ from typing import Any, Literal, Protocol
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, SkipValidation, field_validator
 
+from ._controls import Control
 from ._images import ImageInfo, ImageInput
 from .prompts._report import LongPromptMode, PromptReport
 
@@ -30,6 +32,7 @@ __all__ = [
 Mode = Literal["txt2img", "img2img"]
 
 MAX_SEED = 2**64 - 1
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class GenerationRequest(BaseModel):
@@ -70,9 +73,22 @@ class GenerationRequest(BaseModel):
     """Digest of the photo this request was made from (`ImageInfo.sha256`), set in results and
     records. When set, `generate` refuses to run without a photo (so a replayed makeover can't
     silently turn into txt2img) and warns when the photo differs."""
-    strength: float = Field(default=0.6, gt=0.0, le=1.0)
+    control_image: SkipValidation[ImageInput | list[ImageInput | None] | None] = Field(
+        default=None, exclude=True, repr=False
+    )
+    """``sdxl-controlnet`` only: control images to use as they are instead of computing them
+    from the photo: one image, or one per control (``None`` entries are computed). Resized to
+    the output size. Never serialised."""
+    control_image_sha256: list[str | None] | None = None
+    """Digests of the given control images (``None`` where computed); replays refuse to run
+    without them."""
+    control_scale: float | list[float] | None = None
+    """``sdxl-controlnet`` only: conditioning scale of every control, or one per control;
+    ``None`` is each `Control`'s own ``scale``."""
+    strength: float | None = Field(default=None, gt=0.0, le=1.0)
     """img2img only: how far to move from the photo (1.0 ignores it). Runs
-    ``int(steps * strength)`` denoising steps."""
+    ``int(steps * strength)`` denoising steps. ``None`` is the backend's default (0.6 for
+    sd/sdxl, 0.8 for sdxl-controlnet, whose ControlNet holds the structure)."""
     steps: int = Field(default=30, ge=1, le=1000)
     guidance_scale: float | None = Field(default=None, ge=0.0, le=100.0)
     """Classifier-free guidance; ``None`` is the backend's default (sdxl 5.0, sd 7.5)."""
@@ -82,6 +98,25 @@ class GenerationRequest(BaseModel):
     width: int | None = Field(default=None, ge=8, le=8192)
     """Output width; ``None`` is the model's native size, or the photo's aspect at that size."""
     height: int | None = Field(default=None, ge=8, le=8192)
+
+    @field_validator("control_image_sha256")
+    @classmethod
+    def _digests(cls, value: list[str | None] | None) -> list[str | None] | None:
+        for digest in value or []:
+            if digest is not None and not _SHA256.fullmatch(digest):
+                raise ValueError(f"{digest!r} is not a SHA-256 hex digest")
+        return value
+
+    @field_validator("control_scale")
+    @classmethod
+    def _scales(cls, value: float | list[float] | None) -> float | list[float] | None:
+        scales = value if isinstance(value, list) else [] if value is None else [value]
+        if isinstance(value, list) and not value:
+            raise ValueError("give at least one scale, or None for the controls' own")
+        for scale in scales:
+            if not 0.0 <= scale <= 2.0:
+                raise ValueError(f"control scale {scale} is outside 0..2")
+        return value
 
     @field_validator("prompt")
     @classmethod
@@ -122,6 +157,8 @@ class Timings(BaseModel):
     """Seconds spent in each phase. ``load`` is the generator's one-off weight loading."""
 
     load: float
+    control: float = 0.0
+    """Computing control images from the photo: edges, depth (ControlNet backends)."""
     encode: float
     """Text encoding (prompt and negative prompt)."""
     denoise: float
@@ -175,6 +212,13 @@ class GenerationResult(BaseModel):
     """Estimated price in US dollars, for paid APIs (from a price table; see the backend)."""
     revised_prompts: list[str] = Field(default_factory=list)
     """The prompts as the service rewrote them (DALL-E 3 does), one per image."""
+    controls: list[Control] = Field(default_factory=list)
+    """``sdxl-controlnet``: each control as used (ControlNet, scale, steps range)."""
+    control_images: list[SkipValidation[Image.Image]] = Field(
+        default_factory=list, exclude=True, repr=False
+    )
+    """``sdxl-controlnet``: the control image each ControlNet saw, at the output size, in the
+    order of `controls` (edges, depth maps): look at them when a makeover goes wrong."""
     deskgen_version: str
     created_at: datetime
 

@@ -144,6 +144,11 @@ def build_record(result: GenerationResult, index: int) -> dict[str, Any]:
         "prompt_report": (
             result.prompt_report.model_dump(mode="json") if result.prompt_report else None
         ),
+        "controls": [
+            control.model_dump(mode="json")
+            | {"controlnet": public_model_name(control.controlnet_id)}
+            for control in result.controls
+        ],
         "request_cost_usd": result.cost_usd,
         "revised_prompt": (
             result.revised_prompts[index] if index < len(result.revised_prompts) else None
@@ -171,8 +176,18 @@ def a1111_parameters(result: GenerationResult, index: int) -> str:
         ("Size", f"{result.width}x{result.height}"),
         ("Model", public_model_name(result.model)),
     ]
-    if result.mode == "img2img":
+    if result.mode == "img2img" and req.strength is not None:
         fields.append(("Denoising strength", f"{req.strength:g}"))
+    for i, control in enumerate(result.controls):
+        # A1111's ControlNet extension writes one "ControlNet i" field per unit
+        fields.append(
+            (
+                f"ControlNet {i}",
+                f"Module: {control.kind}, Model: {public_model_name(control.controlnet_id)}, "
+                f"Weight: {control.scale:g}, Guidance Start: {control.start:g}, "
+                f"Guidance End: {control.end:g}",
+            )
+        )
     fields.append(("Version", f"deskgen {result.deskgen_version}"))
     lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in fields))
     return "\n".join(lines)

@@ -22,7 +22,12 @@ __all__ = ["BackendInfo", "get_backend_class", "list_backends", "register_backen
 _REGISTRY: dict[str, type[Backend]] = {}
 _LOCK = threading.Lock()
 _builtins_loaded = False
-_BUILTIN_MODULES = ("deskgen.backends.openai", "deskgen.backends.sd", "deskgen.backends.sdxl")
+_BUILTIN_MODULES = (
+    "deskgen.backends.openai",
+    "deskgen.backends.sd",
+    "deskgen.backends.sdxl",
+    "deskgen.backends.sdxl_controlnet",
+)
 
 B = TypeVar("B", bound=type[Backend])
 

@@ -74,7 +74,9 @@ def _add_request_options(parser: argparse.ArgumentParser, *, steps_help: str) ->
     )
     _add_prompt_options(group)
     group.add_argument(
-        "--strength", type=float, help="img2img: how far to move from the photo (default: 0.6)"
+        "--strength",
+        type=float,
+        help="img2img: how far to move from the photo (default: the backend's, 0.6 for sdxl)",
     )
     group.add_argument("--steps", type=int, help=f"denoising steps ({steps_help})")
     group.add_argument(
@@ -84,6 +86,22 @@ def _add_request_options(parser: argparse.ArgumentParser, *, steps_help: str) ->
     group.add_argument("--num-images", type=int, help="images to generate (default: 1)")
     group.add_argument("--width", type=int, help="output width (default: native or photo aspect)")
     group.add_argument("--height", type=int, help="output height")
+    group.add_argument(
+        "--control-image",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="sdxl-controlnet: a ready control image, one per control in order; 'auto' computes "
+        "that one from the photo (repeatable)",
+    )
+    group.add_argument(
+        "--control-scale",
+        type=float,
+        action="append",
+        default=[],
+        metavar="SCALE",
+        help="sdxl-controlnet: conditioning scale, once for all controls or once per control",
+    )
 
 
 def _add_prompt_options(group: argparse._ArgumentGroup) -> None:
@@ -114,6 +132,11 @@ def _add_output_options(parser: argparse.ArgumentParser, *, out: str) -> None:
     group.add_argument("--out", default=out, help=f"PNG to write (default: {out})")
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
     group.add_argument("--json", action="store_true", help="print the record as JSON")
+    group.add_argument(
+        "--save-controls",
+        action="store_true",
+        help="also write the control images used, beside the output (STEM-control-I-KIND.png)",
+    )
     group.add_argument(
         "--verbose",
         action="store_true",
@@ -270,6 +293,11 @@ def _run_generation(
         "trigger_words": args.trigger_word,
         "remove_words": args.remove_word,
     }
+    if args.control_image:
+        fields["control_image"] = [None if c == "auto" else c for c in args.control_image]
+    if args.control_scale:
+        scales = args.control_scale
+        fields["control_scale"] = scales[0] if len(scales) == 1 else scales
     fields = {k: v for k, v in fields.items() if v is not None}
     print(f"Loading {args.backend} ({model or 'default model'})...", file=sys.stderr)
     with DeskGenerator(
@@ -287,6 +315,8 @@ def _run_generation(
         finally:
             bar.close()
     paths = result.save(args.out)
+    if args.save_controls:
+        paths += _save_controls(result, png_path(Path(args.out)))
     if args.json or show_record:
         if show_record:
             _print_summary(result)
@@ -301,12 +331,30 @@ def _run_generation(
     return 0
 
 
+def _save_controls(result: GenerationResult, out: Path) -> list[Path]:
+    """Write each control image beside ``out`` (atomically, no record: they are inputs)."""
+    import functools
+
+    from PIL import Image
+
+    from ._record import atomic_write
+
+    paths = []
+    for i, (control, image) in enumerate(zip(result.controls, result.control_images, strict=True)):
+        path = out.with_name(f"{out.stem}-control-{i}-{control.kind}.png")
+        atomic_write(path, functools.partial(Image.Image.save, image, format="PNG"))
+        paths.append(path)
+    return paths
+
+
 def _print_summary(result: GenerationResult) -> None:
     t = result.timings
+    phases = [("load", t.load), ("control", t.control), ("encode", t.encode)]
+    phases += [("denoise", t.denoise), ("decode", t.decode)]
+    shown = ", ".join(f"{name} {secs:.2f} s" for name, secs in phases if name != "control" or secs)
     print(
         f"\n{result.backend} {result.mode} {result.width}x{result.height} on "
-        f"{result.device}/{result.dtype}: {t.total:.2f} s (load {t.load:.2f} s, encode "
-        f"{t.encode:.2f} s, denoise {t.denoise:.2f} s, decode {t.decode:.2f} s), peak "
+        f"{result.device}/{result.dtype}: {t.total:.2f} s ({shown}), peak "
         f"memory {result.peak_memory.gib:.2f} GiB ({result.peak_memory.kind})"
     )
     if result.prompt_report is not None:

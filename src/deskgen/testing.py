@@ -39,6 +39,8 @@ __all__ = [
     "FakeRequest",
     "TinyKind",
     "clip_tokenizer_dir",
+    "make_tiny_controlnet",
+    "make_tiny_depth_model",
     "make_tiny_pipeline",
     "make_tiny_tokenizer",
 ]
@@ -171,6 +173,105 @@ def _tiny_sd(sample_size: int) -> dict[str, Any]:
         "feature_extractor": None,
         "image_encoder": None,
     }
+
+
+def make_tiny_controlnet(
+    path: str | os.PathLike[str],
+    *,
+    base: TinyKind = "sdxl",
+    seed: int = 0,
+    sample_size: int = 32,
+    overwrite: bool = False,
+) -> Path:
+    """Write a tiny random-weight ``ControlNetModel`` that fits the tiny ``base`` pipeline.
+
+    Made with ``ControlNetModel.from_unet`` like real ControlNets, then its zero convolutions
+    (the output projections, zero at the start of real training) get random weights, so the
+    control image really changes the output. ``base="sd"`` makes one for the tiny SD pipeline,
+    which does *not* fit SDXL (for mismatch tests).
+    """
+    _require_local()
+    import torch
+    from diffusers import ControlNetModel
+
+    target = Path(path)
+    spec = {"kind": f"controlnet-{base}", "seed": seed, "sample_size": sample_size, "version": 1}
+    marker = target / _MARKER
+    if not overwrite and marker.is_file() and json.loads(marker.read_text()) == spec:
+        return target
+    if base not in ("sdxl", "sd"):
+        raise ValueError(f"Unknown tiny ControlNet base {base!r}: use 'sdxl' or 'sd'.")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = (_tiny_sdxl if base == "sdxl" else _tiny_sd)(sample_size)["unet"]
+        # the tiny VAE halves the size: one stride-2 step in the conditioning embedding
+        net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+        zero_convs = [*net.controlnet_down_blocks, net.controlnet_mid_block]
+        zero_convs.append(net.controlnet_cond_embedding.conv_out)
+        with torch.no_grad():
+            for conv in zero_convs:
+                conv.weight.normal_(0.0, 1.0)
+                conv.bias.normal_(0.0, 0.1)
+    net.save_pretrained(target, safe_serialization=True)
+    marker.write_text(json.dumps(spec))
+    return target
+
+
+def make_tiny_depth_model(
+    path: str | os.PathLike[str], *, seed: int = 0, overwrite: bool = False
+) -> Path:
+    """Write a tiny random-weight Depth Anything model (the architecture of deskgen's default
+    depth model) with its image processor, in the ``save_pretrained`` layout. Its maps vary
+    with the photo (weights drawn wide enough that the ReLU head is not all zero)."""
+    _require_local()
+    import torch
+    from transformers import (
+        DepthAnythingConfig,
+        DepthAnythingForDepthEstimation,
+        Dinov2Config,
+        DPTImageProcessorPil,
+    )
+
+    target = Path(path)
+    spec = {"kind": "depth", "seed": seed, "version": 1}
+    marker = target / _MARKER
+    if not overwrite and marker.is_file() and json.loads(marker.read_text()) == spec:
+        return target
+    backbone = Dinov2Config(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=56,
+        patch_size=14,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+        reshape_hidden_states=False,
+        initializer_range=0.2,
+    )
+    config = DepthAnythingConfig(
+        backbone_config=backbone,
+        reassemble_hidden_size=32,
+        neck_hidden_sizes=[8, 16, 16, 32],
+        fusion_hidden_size=16,
+        head_hidden_size=8,
+        patch_size=14,
+        initializer_range=0.2,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = DepthAnythingForDepthEstimation(config)
+    processor = DPTImageProcessorPil(
+        size={"height": 56, "width": 56},
+        keep_aspect_ratio=True,
+        ensure_multiple_of=14,
+        resample=3,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    )
+    model.save_pretrained(target)
+    processor.save_pretrained(target)
+    marker.write_text(json.dumps(spec))
+    return target
 
 
 def make_tiny_pipeline(

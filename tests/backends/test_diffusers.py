@@ -126,6 +126,14 @@ class TestSeeds:
             # batched and single forward passes may differ by float rounding only
             assert np.abs(_pixels(alone.images[0]) - _pixels(batch.images[i])).max() <= 1
 
+    def test_default_strength_is_resolved(
+        self, gen: DeskGenerator, desk_photo: Image.Image
+    ) -> None:
+        edit = gen.generate(prompt="a desk", image=desk_photo, seed=1, steps=5)
+        assert edit.request.strength == 0.6
+        assert edit.denoising_steps in (3, 4)  # int(5 * 0.6); PNDM repeats one timestep
+        assert gen.generate(prompt="a desk", seed=1, steps=2).request.strength is None
+
     def test_img2img_batch_replays_alone(self, gen: DeskGenerator, desk_photo: Image.Image) -> None:
         batch = gen.generate(prompt="a desk", image=desk_photo, seed=5, steps=5, num_images=2)
         alone = gen.generate(prompt="a desk", image=desk_photo, seed=6, steps=5)

@@ -1,8 +1,8 @@
 """Backends: the `Backend` interface and the built-in implementations.
 
-The built-ins (``sdxl``, ``sd``) register themselves when their modules are imported, which the
-registry does on its first lookup; none of them imports torch or diffusers before a backend is
-created.
+The built-ins (``sdxl``, ``sd``, ``sdxl-controlnet``, ``openai``) register themselves when their
+modules are imported, which the registry does on its first lookup; none of them imports torch or
+diffusers before a backend is created.
 """
 
 from __future__ import annotations

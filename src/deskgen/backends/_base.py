@@ -23,6 +23,7 @@ from ..prompts._report import LongPromptMode, TextEncoderSpec
 if TYPE_CHECKING:
     from PIL import Image
 
+    from .._controls import Control
     from .._models import GenerationRequest, Mode
 
 __all__ = ["Backend", "BackendOptions", "BackendOutput", "Job"]
@@ -57,6 +58,9 @@ class Job:
     ``prompt.negative_prompt``, not the request's raw texts."""
     on_step: Callable[[int, int], None]
     """Call after each denoising step with (steps done, total steps); it raises to cancel."""
+    control_images: list[Image.Image | None] | None = None
+    """The request's own control images (normalised RGB, one per control, ``None`` where the
+    backend computes it), or ``None``. Only backends with ``takes_control_images`` get them."""
     check_cancel: Callable[[], None] = lambda: None
     """Raises `GenerationCancelledError` when the request was cancelled: call it before work
     that can't be undone (e.g. a paid API request)."""
@@ -78,10 +82,16 @@ class BackendOutput:
     denoise_seconds: float
     decode_seconds: float
     warnings: list[str] = field(default_factory=list)
+    control_seconds: float = 0.0
+    """Computing control images from the photo (ControlNet backends)."""
     cost_usd: float | None = None
     """Estimated price of the request, for paid APIs."""
     revised_prompts: list[str] = field(default_factory=list)
     """Prompts as a service rewrote them (DALL-E 3), one per image."""
+    controls: list[Control] = field(default_factory=list)
+    """The controls as used (ControlNet backends)."""
+    control_images: list[Image.Image] = field(default_factory=list)
+    """The control image of each control, as the ControlNets saw it."""
 
 
 class Backend(abc.ABC):
@@ -101,6 +111,9 @@ class Backend(abc.ABC):
     default_long_prompt: ClassVar[LongPromptMode] = LongPromptMode.CHUNK
     default_negative_preset: ClassVar[str | None] = None
     """What ``negative_prompt="preset:default"`` means on this backend."""
+    takes_control_images: ClassVar[bool] = False
+    """Whether requests may carry ``control_image``/``control_scale`` (ControlNet backends);
+    the facade refuses them for the others."""
 
     def __init__(self, options: BackendOptions) -> None:
         self.options = options

@@ -29,6 +29,8 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -51,9 +53,10 @@ from ._base import Backend, BackendOptions, BackendOutput, Job
 if TYPE_CHECKING:
     from PIL import Image
 
+    from .._controls import Control
     from .._models import GenerationRequest, Mode
 
-__all__ = ["DiffusersBackend", "DiffusersOptions", "denoising_steps"]
+__all__ = ["DiffusersBackend", "DiffusersOptions", "ImageInputs", "denoising_steps"]
 
 MAX_ASPECT = 4.0
 """Photos more elongated than 4:1 are centre-cropped to 4:1 before sizing."""
@@ -83,6 +86,19 @@ class DiffusersOptions(BackendOptions):
     allow_pickle: bool = False
     """Also accept pickle weights (``.bin``/``.ckpt``) when no safetensors exist. Pickle files
     can run code when loaded: only for checkpoints you trust."""
+
+
+@dataclass
+class ImageInputs:
+    """What `DiffusersBackend._image_inputs` adds to a pipeline call, and reports back."""
+
+    call: dict[str, Any]
+    """Keyword arguments for the pipeline's ``__call__``."""
+    request_update: dict[str, Any] = field(default_factory=dict)
+    """Resolved request fields (e.g. the control scales used)."""
+    warnings: list[str] = field(default_factory=list)
+    controls: list[Control] = field(default_factory=list)
+    control_images: list[Image.Image] = field(default_factory=list)
 
 
 def denoising_steps(steps: int, strength: float | None) -> int:
@@ -123,6 +139,8 @@ class DiffusersBackend(Backend):
     family: ClassVar[str]
     """Human name of the model family, for messages."""
     default_guidance: ClassVar[float]
+    default_strength: ClassVar[float] = 0.6
+    """img2img strength when the request leaves it ``None``."""
 
     def __init__(self, options: BackendOptions) -> None:
         super().__init__(options)
@@ -258,7 +276,8 @@ class DiffusersBackend(Backend):
         extra: dict[str, Any] = {}
         if self.opts.vae is not None:
             extra["vae"] = self._load_vae(self.opts.vae)
-        try:
+        extra.update(self._extra_components(source))
+        with self._translating_load_errors(model, local=local):
             pipe = cls.from_pretrained(
                 source,
                 **extra,
@@ -269,6 +288,26 @@ class DiffusersBackend(Backend):
                 cache_dir=self.opts.cache_dir,
                 local_files_only=self.opts.local_files_only,
             )
+        try:
+            pipe.to(self._device)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"Could not move {model!r} to {self._device} ({type(exc).__name__}: {exc}). "
+                "Free memory on the device, or use dtype='float16'/'bfloat16' to halve it."
+            ) from exc
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def _extra_components(self, source: str) -> dict[str, Any]:
+        """Components to load the pipeline with besides the model's own (e.g. ControlNets);
+        ``source`` is the model's hub id or expanded folder."""
+        return {}
+
+    @contextlib.contextmanager
+    def _translating_load_errors(self, model: str, *, local: bool) -> Iterator[None]:
+        """Turn what ``from_pretrained`` raises into deskgen's loading errors."""
+        try:
+            yield
         except DeskgenError:
             raise
         except (OSError, ValueError) as exc:
@@ -292,15 +331,6 @@ class DiffusersBackend(Backend):
                 f"Could not load {model!r} ({type(exc).__name__}: {exc}). If the files are "
                 "incomplete, delete them and download again."
             ) from exc
-        try:
-            pipe.to(self._device)
-        except Exception as exc:
-            raise ModelLoadError(
-                f"Could not move {model!r} to {self._device} ({type(exc).__name__}: {exc}). "
-                "Free memory on the device, or use dtype='float16'/'bfloat16' to halve it."
-            ) from exc
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
 
     def _load_vae(self, name: str) -> Any:
         from diffusers import AutoencoderKL
@@ -453,24 +483,29 @@ class DiffusersBackend(Backend):
             )
         request = job.request
         photo = job.photo
-        mode: Mode = "img2img" if photo is not None else "txt2img"
-        strength = request.strength if photo is not None else None
-        steps_run = denoising_steps(request.steps, strength)
+        strength = request.strength if request.strength is not None else self.default_strength
+        mode = self._mode(job, strength)
+        steps_run = denoising_steps(request.steps, strength if mode == "img2img" else None)
         if steps_run < 1:
             minimum = math.ceil(1000 / request.steps) / 1000  # rounded up: int(steps*s) >= 1
             raise InvalidRequestError(
-                f"strength={request.strength} with steps={request.steps} runs "
-                f"int({request.steps} * {request.strength}) = 0 denoising steps, so the photo "
+                f"strength={strength} with steps={request.steps} runs "
+                f"int({request.steps} * {strength}) = 0 denoising steps, so the photo "
                 f"would come back unchanged. Use strength >= {minimum:.3f} or more steps."
             )
-        width, height, warnings = self._plan_size(request, photo)
+        width, height, warnings = self._plan_size(request, self._size_reference(job))
         guidance = (
             request.guidance_scale if request.guidance_scale is not None else self.default_guidance
         )
         resolved = request.model_copy(
-            update={"width": width, "height": height, "guidance_scale": guidance}
+            update={
+                "width": width,
+                "height": height,
+                "guidance_scale": guidance,
+                "strength": strength if photo is not None else request.strength,
+            }
         )
-        template = self._img2img if photo is not None else self._txt2img
+        template = self._img2img if mode == "img2img" else self._txt2img
         if template is None:  # closed while this request was starting
             self._check_open()
         pipe = self._view(template)
@@ -493,15 +528,15 @@ class DiffusersBackend(Backend):
             "output_type": "np",
             "callback_on_step_end": on_step_end,
         }
-        if photo is not None:
-            call["image"] = prepare_image(photo, (width, height))
-            call["strength"] = request.strength
-        else:
-            call["width"] = width
-            call["height"] = height
         lock = self._call_lock if self._call_lock is not None else contextlib.nullcontext()
         start = time.perf_counter()
         try:
+            inputs = self._image_inputs(
+                job, mode=mode, width=width, height=height, strength=strength
+            )
+            call.update(inputs.call)
+            resolved = resolved.model_copy(update=inputs.request_update)
+            conditioned = time.perf_counter()
             with self._encode_lock, torch.no_grad():
                 call.update(self.encode_prompt(pipe, job.prompt, do_cfg=do_cfg))
             encoded = marks["last_step"] = time.perf_counter()
@@ -560,11 +595,32 @@ class DiffusersBackend(Backend):
             height=height,
             denoising_steps=int(getattr(pipe, "num_timesteps", steps_run)),
             scheduler=scheduler_name,
-            encode_seconds=encoded - start,
+            control_seconds=conditioned - start,
+            encode_seconds=encoded - conditioned,
             denoise_seconds=marks["last_step"] - encoded,
             decode_seconds=finished - marks["last_step"],
-            warnings=warnings,
+            warnings=warnings + inputs.warnings,
+            controls=inputs.controls,
+            control_images=inputs.control_images,
         )
+
+    def _mode(self, job: Job, strength: float) -> Mode:
+        """txt2img without a photo, img2img with one."""
+        return "img2img" if job.photo is not None else "txt2img"
+
+    def _size_reference(self, job: Job) -> Image.Image | None:
+        """The image whose aspect ratio the output takes when no size is given."""
+        return job.photo
+
+    def _image_inputs(
+        self, job: Job, *, mode: Mode, width: int, height: int, strength: float
+    ) -> ImageInputs:
+        """The pipeline's image arguments for ``mode`` (init image, size, controls)."""
+        if mode == "img2img":
+            assert job.photo is not None
+            image = prepare_image(job.photo, (width, height))
+            return ImageInputs(call={"image": image, "strength": strength})
+        return ImageInputs(call={"width": width, "height": height})
 
     def close(self) -> None:
         if self._closed:
