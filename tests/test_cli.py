@@ -222,6 +222,18 @@ def test_demo_on_the_sd_backend(
     assert (tmp_path / "cache" / "tiny-sd-demo" / "model_index.json").is_file()
 
 
+def test_demo_on_the_controlnet_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DESKGEN_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "cn-demo.png"
+    argv = ["demo", "--backend", "sdxl-controlnet", "--device", "cpu", "--steps", "3"]
+    code = main([*argv, "--out", str(out), "--save-controls"])
+    assert code == 0, capsys.readouterr().err
+    assert "sdxl-controlnet img2img" in capsys.readouterr().out
+    assert (tmp_path / "cn-demo-control-1-depth.png").is_file()
+
+
 def test_demo_of_a_backend_without_a_tiny_model(capsys: pytest.CaptureFixture[str]) -> None:
     from . import fakes  # noqa: F401  (registers "fake")
 

@@ -85,3 +85,21 @@ def test_openai_example_runs_offline(tmp_path: Path) -> None:
     assert "clutter: high" in proc.stdout
     assert "img2img" in proc.stdout and "estimated cost:" in proc.stdout
     assert out.is_file()
+
+
+@pytest.mark.slow
+def test_controlnet_example(tmp_path: Path) -> None:
+    out = tmp_path / "cn.png"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "controlnet_makeover.py"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "edit: img2img, 9 steps" in proc.stdout  # int(12 * 0.8)
+    assert "fresh: txt2img, 12 steps" in proc.stdout
+    assert "('depth', 0.4, 0.8)" in proc.stdout
+    for name in ("cn-edit.png", "cn-fresh.png", "cn-control-canny.png", "cn-control-depth.png"):
+        assert (tmp_path / name).is_file()

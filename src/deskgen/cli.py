@@ -365,17 +365,28 @@ def _print_summary(result: GenerationResult) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._registry import get_backend_class
-    from .demo import DEMO_NEGATIVE_PROMPT, DEMO_PROMPT, sample_desk_photo, tiny_model
+    from .demo import (
+        DEMO_NEGATIVE_PROMPT,
+        DEMO_PROMPT,
+        sample_desk_photo,
+        tiny_controlnet_options,
+        tiny_model,
+    )
 
     model = args.model
     if model is None:
         get_backend_class(args.backend)  # unknown names fail as such
-        if args.backend not in ("sdxl", "sd"):
+        if args.backend not in ("sdxl", "sd", "sdxl-controlnet"):
             raise ConfigError(
-                f"The offline demo has tiny models for 'sdxl' and 'sd' only; pass --model to run "
-                f"the {args.backend!r} backend."
+                "The offline demo has tiny models for 'sdxl', 'sd' and 'sdxl-controlnet' only; "
+                f"pass --model to run the {args.backend!r} backend."
             )
-        model = str(tiny_model(args.backend))
+        if args.backend == "sdxl-controlnet":
+            model = str(tiny_model("sdxl"))
+            tiny = [f"{key}={value}" for key, value in tiny_controlnet_options().items()]
+            args.option = tiny + args.option  # the user's --option entries win
+        else:
+            model = str(tiny_model(args.backend))
         if args.steps is None:
             args.steps = 20
     if args.image is None:

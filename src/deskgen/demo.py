@@ -14,6 +14,7 @@ __all__ = [
     "LONG_DESCRIPTION",
     "cache_dir",
     "sample_desk_photo",
+    "tiny_controlnet_options",
     "tiny_model",
 ]
 
@@ -62,3 +63,19 @@ def tiny_model(kind: TinyKind = "sdxl") -> Path:
     return make_tiny_pipeline(
         kind, cache_dir() / f"tiny-{kind}-demo", seed=0, sample_size=TINY_DEMO_SAMPLE_SIZE
     )
+
+
+def tiny_controlnet_options() -> dict[str, str]:
+    """``sdxl-controlnet`` options for the demo's tiny SDXL: tiny canny and depth ControlNets
+    and a tiny depth model, built into the cache on first use."""
+    from .testing import make_tiny_controlnet, make_tiny_depth_model
+
+    folder = cache_dir()
+    size = TINY_DEMO_SAMPLE_SIZE
+    canny = make_tiny_controlnet(folder / "tiny-controlnet-canny-demo", seed=1, sample_size=size)
+    depth = make_tiny_controlnet(folder / "tiny-controlnet-depth-demo", seed=2, sample_size=size)
+    return {
+        "controlnet": f"{canny},{depth}",
+        "control": "canny,depth",
+        "depth_model": str(make_tiny_depth_model(folder / "tiny-depth-demo")),
+    }
