@@ -70,7 +70,7 @@ def main() -> None:
     }
     step_ms: dict[str, list[float]] = {name: [] for name in cases}
     control_ms: dict[str, list[float]] = {name: [] for name in cases}
-    for name, (gen, extra) in cases.items():  # warm-up
+    for gen, extra in cases.values():  # warm-up
         gen.generate(**common, **extra)  # type: ignore[arg-type]
     for _ in range(args.repeats):
         for name, (gen, extra) in cases.items():  # interleaved: drift hits every case alike
