@@ -60,3 +60,37 @@ def test_real_clip_vocabulary_ships_with_its_license() -> None:
     assert "MIT License" in (folder / "LICENSE").read_text()
     tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
     assert tok("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+
+
+def test_tiny_controlnet_layout_and_live_zero_convs(tiny_control_paths: dict[str, Path]) -> None:
+    from diffusers import ControlNetModel
+
+    from deskgen.testing import make_tiny_controlnet
+
+    folder = tiny_control_paths["canny"]
+    assert (folder / "config.json").is_file()
+    assert (folder / "diffusion_pytorch_model.safetensors").is_file()
+    net = ControlNetModel.from_pretrained(folder, use_safetensors=True)
+    # zero at the start of real training; random here, so the control reaches the UNet
+    assert all(block.weight.abs().sum() > 0 for block in net.controlnet_down_blocks)
+    assert net.controlnet_mid_block.weight.abs().sum() > 0
+    before = _digest(folder)
+    assert make_tiny_controlnet(folder, seed=1) == folder and _digest(folder) == before  # reused
+    with pytest.raises(ValueError, match="base"):
+        make_tiny_controlnet(folder.parent / "x", base="sd3")  # type: ignore[arg-type]
+
+
+def test_tiny_depth_model_loads_through_the_auto_classes(
+    tiny_control_paths: dict[str, Path],
+) -> None:
+    import torch
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+    folder = tiny_control_paths["depth_model"]
+    model = AutoModelForDepthEstimation.from_pretrained(folder, use_safetensors=True)
+    processor = AutoImageProcessor.from_pretrained(folder, backend="pil")
+    assert type(model).__name__ == "DepthAnythingForDepthEstimation"
+    with torch.no_grad():
+        depth = model(**processor(images=Image.new("RGB", (40, 30), "grey"), return_tensors="pt"))
+    assert depth.predicted_depth.ndim == 3
