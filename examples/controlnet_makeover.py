@@ -10,6 +10,7 @@ With real weights on a GPU (downloads ~10 GB the first time):
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ def main() -> None:
     else:
         tiny = tiny_controlnet_options()
         model, steps = str(tiny_model("sdxl")), 12
-        options = {"controlnet": tiny["controlnet"].split(","), "depth_model": tiny["depth_model"]}
+        options = {"controlnet": json.loads(tiny["controlnet"]), "depth_model": tiny["depth_model"]}
     control: Any = [
         Control(kind="canny", scale=0.5, low_threshold=100, high_threshold=200),
         Control(kind="depth", scale=0.3, end=0.8),  # free for the last fifth: crisper details

@@ -232,6 +232,9 @@ def test_demo_on_the_controlnet_backend(
     assert code == 0, capsys.readouterr().err
     assert "sdxl-controlnet img2img" in capsys.readouterr().out
     assert (tmp_path / "cn-demo-control-1-depth.png").is_file()
+    code = main([*argv, "--out", str(out), "--option", "control=canny", "--save-controls"])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "cn-demo-control-0-canny.png").is_file()
 
 
 def test_demo_of_a_backend_without_a_tiny_model(capsys: pytest.CaptureFixture[str]) -> None:

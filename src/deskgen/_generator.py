@@ -74,10 +74,10 @@ class RequestFields(TypedDict, total=False):
     height: int | None
 
 
-def _format_validation_error(exc: ValidationError) -> str:
+def _format_validation_error(exc: ValidationError, *, whole: str = "request") -> str:
     parts = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "request"
+        where = ".".join(str(p) for p in err["loc"]) or whole
         parts.append(f"{where}: {err['msg']}")
     return "; ".join(parts)
 
@@ -140,7 +140,8 @@ class DeskGenerator:
         except ValidationError as exc:
             accepted = ", ".join(sorted(cls.options_class.model_fields))
             raise ConfigError(
-                f"Invalid options for the {backend!r} backend: {_format_validation_error(exc)}. "
+                f"Invalid options for the {backend!r} backend: "
+                f"{_format_validation_error(exc, whole='options')}. "
                 f"Accepted options: {accepted}."
             ) from exc
         started = time.perf_counter()
@@ -292,7 +293,7 @@ class DeskGenerator:
                 images.append(None)
                 digests.append(None)
                 continue
-            image, info = load_image(item)
+            image, info = load_image(item, background=(0, 0, 0))  # transparent: no signal
             images.append(image)
             digests.append(info.sha256)
         if expected is not None and expected != digests:

@@ -151,7 +151,7 @@ def _max_value(image: Image.Image) -> float:
     return float(high) if isinstance(high, (int, float)) else float(max(high))
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def _to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     mode = image.mode
     if mode in _SIXTEEN_BIT_MODES or mode == "I":
         wide = image.convert("I") if mode != "I" else image
@@ -165,13 +165,18 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
+        under = Image.new("RGBA", rgba.size, (*background, 255))
+        image = Image.alpha_composite(under, rgba)
     return image.convert("RGB")
 
 
-def load_image(data: ImageInput) -> tuple[Image.Image, ImageInfo]:
+def load_image(
+    data: ImageInput, *, background: tuple[int, int, int] = (255, 255, 255)
+) -> tuple[Image.Image, ImageInfo]:
     """Read a photo into a clean 8-bit RGB image and describe it for the record.
+
+    Transparent pixels are composited over ``background`` (white, as a photo viewer shows
+    them; control images use black, the background of edge and depth maps).
 
     Raises:
         ImageInputError: unreadable data, a format outside `ALLOWED_FORMATS`, a wrong type.
@@ -185,7 +190,7 @@ def load_image(data: ImageInput) -> tuple[Image.Image, ImageInfo]:
             image.seek(0)
         image.load()
         image = ImageOps.exif_transpose(image)
-        image = _to_rgb(_to_srgb(image))
+        image = _to_rgb(_to_srgb(image), background)
     except ImageInputError:
         raise
     except Exception as exc:  # crafted or damaged files: TypeError, struct.error, ...

@@ -383,8 +383,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             )
         if args.backend == "sdxl-controlnet":
             model = str(tiny_model("sdxl"))
-            tiny = [f"{key}={value}" for key, value in tiny_controlnet_options().items()]
-            args.option = tiny + args.option  # the user's --option entries win
+            given = _parse_options(args.option)
+            kinds = str(given.get("control", "canny,depth"))
+            if kinds.lstrip().startswith(("[", "{")):
+                raise ConfigError(
+                    "The offline demo takes control kinds only (--option control=canny,depth); "
+                    "pass --model for Control settings in JSON."
+                )
+            tiny = tiny_controlnet_options(kinds)
+            # the tiny models for the user's kinds; the user's own --option entries win
+            args.option = [f"{k}={v}" for k, v in tiny.items() if k not in given] + args.option
         else:
             model = str(tiny_model(args.backend))
         if args.steps is None:

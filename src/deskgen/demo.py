@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from importlib import resources
 from pathlib import Path
@@ -65,17 +66,22 @@ def tiny_model(kind: TinyKind = "sdxl") -> Path:
     )
 
 
-def tiny_controlnet_options() -> dict[str, str]:
-    """``sdxl-controlnet`` options for the demo's tiny SDXL: tiny canny and depth ControlNets
-    and a tiny depth model, built into the cache on first use."""
+def tiny_controlnet_options(control: str | list[str] = "canny,depth") -> dict[str, str]:
+    """``sdxl-controlnet`` options (as text, for the CLI's ``--option``) for the demo's tiny
+    SDXL: a tiny ControlNet per control kind in ``control`` (``"canny,depth"``, or a list of
+    kinds) and a tiny depth model, built into the cache on first use."""
     from .testing import make_tiny_controlnet, make_tiny_depth_model
 
+    kinds = control if isinstance(control, list) else [k.strip() for k in control.split(",")]
     folder = cache_dir()
     size = TINY_DEMO_SAMPLE_SIZE
-    canny = make_tiny_controlnet(folder / "tiny-controlnet-canny-demo", seed=1, sample_size=size)
-    depth = make_tiny_controlnet(folder / "tiny-controlnet-depth-demo", seed=2, sample_size=size)
+    nets = [
+        str(make_tiny_controlnet(folder / f"tiny-controlnet-{i}-demo", seed=i, sample_size=size))
+        for i in (1, 2)
+    ]
     return {
-        "controlnet": f"{canny},{depth}",
-        "control": "canny,depth",
+        # JSON, so that folder names with commas survive
+        "controlnet": json.dumps([nets[1] if kind == "depth" else nets[0] for kind in kinds]),
+        "control": json.dumps(kinds),
         "depth_model": str(make_tiny_depth_model(folder / "tiny-depth-demo")),
     }

@@ -380,7 +380,8 @@ class TestBadInputs:
             ({"controlnet": ["a", "b"], "control": "canny"}, "2 ControlNet"),
             ({"control": []}, "empty"),
             ({"control": "image"}, "needs controlnet"),
-            ({"control": "edges"}, "control"),
+            ({"control": "[{broken"}, "not valid JSON"),
+            ({"control": "edges"}, "Input should be 'canny', 'depth' or 'image'"),
             ({"control": {"kind": "canny", "start": 0.9, "end": 0.2}}, "below end"),
             ({"control": {"kind": "depth", "low_threshold": 5}}, "canny controls only"),
             (
@@ -428,3 +429,203 @@ class TestBadInputs:
 
         with pytest.raises(ModelLoadError, match="broken"):
             DeskGenerator(BACKEND, model=str(tiny_sdxl_path), controlnet=str(broken), device="cpu")
+
+
+class TestReviewFindings:
+    """Cases found in review: each failed before its fix."""
+
+    def test_image_kind_with_controlnet_given_apart(
+        self, tiny_sdxl_path: Path, tiny_control_paths: dict[str, Path]
+    ) -> None:
+        net = str(tiny_control_paths["canny"])
+        with DeskGenerator(
+            BACKEND, model=str(tiny_sdxl_path), controlnet=net, control="image", device="cpu"
+        ) as gen:
+            photo = draw_desk((96, 72))
+            result = gen.generate(prompt="a desk", image=photo, seed=1, steps=2)
+            # no preprocessing: the photo itself, at the output size
+            expected = prepare_image(_clean(photo), (64, 48))
+            assert np.array_equal(np.asarray(result.control_images[0]), np.asarray(expected))
+        from deskgen.backends.sdxl_controlnet import ControlNetOptions
+
+        opts = ControlNetOptions(model="m", controlnet="a,b", control="canny,image")
+        assert [c.kind for c in opts.resolved_controls()] == ["canny", "image"]
+
+    def test_json_controls_from_the_command_line(self) -> None:
+        from deskgen.backends.sdxl_controlnet import ControlNetOptions
+
+        opts = ControlNetOptions(
+            model="m",
+            controlnet='["a,1", "b"]',  # a folder name with a comma survives in JSON
+            control='[{"kind": "canny", "low_threshold": 150, "high_threshold": 300}, "depth"]',
+        )
+        canny, depth = opts.resolved_controls()
+        assert (canny.controlnet, canny.low_threshold, depth.controlnet) == ("a,1", 150, "b")
+
+    def test_same_controlnet_twice_loads_once(
+        self, tiny_sdxl_path: Path, tiny_control_paths: dict[str, Path]
+    ) -> None:
+        net = str(tiny_control_paths["canny"])
+        strict = Control(kind="canny", low_threshold=300, high_threshold=600)
+        with DeskGenerator(
+            BACKEND,
+            model=str(tiny_sdxl_path),
+            controlnet=[net, net],
+            control=["canny", strict],
+            device="cpu",
+        ) as gen:
+            nets = gen.backend.pipeline.controlnet.nets  # type: ignore[attr-defined]
+            assert nets[0] is nets[1]
+            result = gen.generate(prompt="a desk", image=draw_desk(), seed=1, steps=2)
+            first, second = (np.asarray(image) for image in result.control_images)
+            assert first.sum() > second.sum()  # higher thresholds, fewer edges
+
+    def test_variant_falls_back_to_plain_controlnet_weights(
+        self, tiny_sdxl_path: Path, tiny_control_paths: dict[str, Path], tmp_path: Path
+    ) -> None:
+        from diffusers import StableDiffusionXLPipeline
+
+        base = tmp_path / "fp16-base"
+        StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_path).save_pretrained(
+            base, variant="fp16"
+        )
+        assert list(base.rglob("*.fp16.safetensors"))
+        with DeskGenerator(
+            BACKEND,
+            model=str(base),
+            variant="fp16",
+            controlnet=str(tiny_control_paths["canny"]),  # has no fp16 files
+            device="cpu",
+        ) as gen:
+            assert gen.generate(prompt="a desk", image=draw_desk(), seed=1, steps=2).images
+
+    def test_metric_depth_models_are_refused(
+        self, tiny_sdxl_path: Path, tiny_control_paths: dict[str, Path], tmp_path: Path
+    ) -> None:
+        metric = tmp_path / "metric-depth"
+        shutil.copytree(tiny_control_paths["depth_model"], metric)
+        config = json.loads((metric / "config.json").read_text())
+        config["depth_estimation_type"] = "metric"
+        (metric / "config.json").write_text(json.dumps(config))
+        with pytest.raises(ModelMismatchError, match="metric depth"):
+            DeskGenerator(
+                BACKEND,
+                model=str(tiny_sdxl_path),
+                controlnet=str(tiny_control_paths["depth"]),
+                control="depth",
+                depth_model=str(metric),
+                device="cpu",
+            )
+
+    def test_pickle_only_depth_model_names_allow_pickle(
+        self, tiny_sdxl_path: Path, tiny_control_paths: dict[str, Path], tmp_path: Path
+    ) -> None:
+        from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+        source = tiny_control_paths["depth_model"]
+        pickled = tmp_path / "pickled-depth"
+        model = AutoModelForDepthEstimation.from_pretrained(source)
+        model.save_pretrained(pickled)
+        (pickled / "model.safetensors").unlink()  # transformers 5 writes safetensors only
+        torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+        AutoImageProcessor.from_pretrained(source, backend="pil").save_pretrained(pickled)
+        assert not list(pickled.glob("*.safetensors"))
+        from deskgen import ModelLoadError
+
+        with pytest.raises(ModelLoadError, match="allow_pickle=True"):
+            DeskGenerator(
+                BACKEND,
+                model=str(tiny_sdxl_path),
+                controlnet=str(tiny_control_paths["depth"]),
+                control="depth",
+                depth_model=str(pickled),
+                device="cpu",
+            )
+
+    def test_missing_controlnet_folder_is_not_found(self, tiny_sdxl_path: Path) -> None:
+        with pytest.raises(ModelNotFoundError, match="No ControlNet folder"):
+            DeskGenerator(
+                BACKEND, model=str(tiny_sdxl_path), controlnet="./no/such/net", device="cpu"
+            )
+
+    def test_control_image_sets_the_size_with_one_warning(self, canny_gen: DeskGenerator) -> None:
+        edges = Image.new("RGB", (128, 64), "black")
+        result = canny_gen.generate(
+            prompt="a desk", control_image=edges, width=64, height=64, seed=1, steps=2
+        )
+        [warning] = result.warnings
+        assert warning.startswith("The control image (128x64) was centre-cropped")
+
+    def test_unused_photo_is_reported(self, canny_gen: DeskGenerator) -> None:
+        edges = Image.new("RGB", (96, 72), "black")
+        result = canny_gen.generate(
+            prompt="a desk", image=draw_desk(), control_image=edges, strength=1.0, steps=2
+        )
+        assert any("photo was not used" in w for w in result.warnings)
+
+    def test_transparent_control_image_has_a_black_background(
+        self, canny_gen: DeskGenerator
+    ) -> None:
+        drawing = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+        drawing.paste((255, 255, 255, 255), (0, 30, 64, 34))
+        result = canny_gen.generate(prompt="a desk", control_image=drawing, seed=1, steps=2)
+        pixels = np.asarray(result.control_images[0])
+        assert pixels[0, 0].tolist() == [0, 0, 0] and pixels[32, 10].tolist() == [255, 255, 255]
+
+    def test_no_photo_batch_parity(
+        self, canny_gen: DeskGenerator, tiny_sdxl_path: Path, tiny_control_paths: dict[str, Path]
+    ) -> None:
+        edges = Image.fromarray(
+            np.repeat(_reference_canny(draw_desk((64, 64)), (64, 64), 100, 200)[:, :, None], 3, 2)
+        )
+        result = canny_gen.generate(
+            prompt="a tidy desk", control_image=edges, seed=7, steps=3, num_images=2
+        )
+        pipe = _hand_written(tiny_sdxl_path, [tiny_control_paths["canny"]], img2img=False)
+        ref = pipe(
+            "a tidy desk",
+            image=edges,
+            width=64,
+            height=64,
+            num_inference_steps=3,
+            guidance_scale=5.0,
+            controlnet_conditioning_scale=0.5,
+            num_images_per_prompt=2,
+            generator=[torch.Generator().manual_seed(s) for s in (7, 8)],
+        ).images
+        for mine, theirs in zip(result.images, ref, strict=True):
+            assert np.array_equal(_pixels(mine), _pixels(theirs))
+
+    @pytest.mark.slow
+    def test_threads_in_half_precision_with_two_controls(
+        self, tiny_sdxl_path: Path, tiny_control_paths: dict[str, Path]
+    ) -> None:
+        # bfloat16 takes the call lock (diffusers flips the shared VAE's dtype) and shares the
+        # depth model between threads
+        with DeskGenerator(
+            BACKEND,
+            model=str(tiny_sdxl_path),
+            controlnet=[str(tiny_control_paths["canny"]), str(tiny_control_paths["depth"])],
+            control=["canny", "depth"],
+            depth_model=str(tiny_control_paths["depth_model"]),
+            device="cpu",
+            dtype="bfloat16",
+        ) as gen:
+            photos = [draw_desk((96, 72)), draw_desk((72, 96))]
+            jobs = [
+                {
+                    "prompt": "a desk",
+                    "image": photos[i % 2],
+                    "seed": i,
+                    "steps": 3,
+                    "strength": 1.0 if i % 2 else 0.7,
+                }
+                for i in range(4)
+            ]
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                together = list(pool.map(lambda job: gen.generate(**job), jobs))
+            for job, result in zip(jobs, together, strict=True):
+                alone = gen.generate(**job)
+                assert np.array_equal(_pixels(alone.image), _pixels(result.image))
+                for a, b in zip(alone.control_images, result.control_images, strict=True):
+                    assert np.array_equal(np.asarray(a), np.asarray(b))

@@ -7,11 +7,20 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from PIL import Image
 
-from .._exceptions import MissingDependencyError, ModelMismatchError, ModelNotFoundError
+from .._controls import DEFAULT_DEPTH_MODEL
+from .._exceptions import (
+    GeneratorClosedError,
+    MissingDependencyError,
+    ModelLoadError,
+    ModelMismatchError,
+    ModelNotFoundError,
+)
+from ._diffusers import _MISSING_SAFETENSORS
 
 __all__ = ["DepthEstimator", "canny_edges", "require_opencv"]
 
@@ -37,11 +46,17 @@ def canny_edges(image: Image.Image, *, low_threshold: int, high_threshold: int) 
     return Image.fromarray(np.repeat(edges[:, :, None], 3, axis=2))
 
 
+_METRIC_MODEL_TYPES = frozenset({"zoedepth", "glpn", "depth_pro", "prompt_depth_anything"})
+"""transformers depth models that predict metric depth (far is large): the wrong way round for
+depth ControlNets, which were trained on relative inverse depth (near is bright)."""
+
+
 class DepthEstimator:
     """A transformers depth-estimation model, loaded once and shared by every request.
 
     Maps are relative inverse depth (near is bright), min-max normalised to 0..255 at the
-    size asked for, three channels: what SDXL depth ControlNets were trained on.
+    size asked for, three channels: what SDXL depth ControlNets were trained on. Metric-depth
+    models are refused at load.
     """
 
     def __init__(
@@ -54,37 +69,58 @@ class DepthEstimator:
         cache_dir: str | None,
         local_files_only: bool,
         allow_pickle: bool,
-        missing_message: Any,
+        missing_message: Callable[[str, BaseException], str],
     ) -> None:
-        from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+        from transformers import AutoConfig, AutoImageProcessor, AutoModelForDepthEstimation
 
         source = os.path.expanduser(model) if local else model
         if local and not os.path.isfile(os.path.join(source, "config.json")):
             raise ModelNotFoundError(
                 f"No depth model folder with a config.json at {model!r}: pass depth_model= a "
                 "folder saved with save_pretrained() or a hub id such as "
-                "depth-anything/Depth-Anything-V2-Small-hf."
+                f"{DEFAULT_DEPTH_MODEL}."
             )
         common = {"cache_dir": cache_dir, "local_files_only": local_files_only}
         try:
-            # the PIL image processor when torchvision is absent (transformers would warn)
+            config = AutoConfig.from_pretrained(source, **common)
+        except ValueError as exc:  # no or an unknown model_type
+            raise _not_a_depth_model(model, str(exc)) from exc
+        except OSError as exc:
+            if local:
+                raise ModelLoadError(f"Could not read the depth model {model!r}: {exc}") from exc
+            raise ModelNotFoundError(missing_message(model, exc)) from exc
+        model_type = str(getattr(config, "model_type", ""))
+        if (
+            model_type in _METRIC_MODEL_TYPES
+            or getattr(config, "depth_estimation_type", None) == "metric"
+        ):
+            raise ModelMismatchError(
+                f"{model!r} predicts metric depth ({model_type}): far is large, the opposite of "
+                "the relative inverse depth SDXL depth ControlNets were trained on. Use a "
+                f"relative depth model, e.g. {DEFAULT_DEPTH_MODEL} or Intel/dpt-hybrid-midas."
+            )
+        try:
             self.model = AutoModelForDepthEstimation.from_pretrained(
                 source, dtype=dtype, use_safetensors=None if allow_pickle else True, **common
             )
+            # the PIL image processor when torchvision is absent (transformers would warn)
             backend = None if importlib.util.find_spec("torchvision") else "pil"
             self.processor = AutoImageProcessor.from_pretrained(source, backend=backend, **common)
         except ValueError as exc:
             if "Unrecognized" in str(exc) or "configuration class" in str(exc):
-                raise ModelMismatchError(
-                    f"{model!r} is not a depth-estimation model ({str(exc).splitlines()[0]}). "
-                    "Use one that transformers' AutoModelForDepthEstimation loads, e.g. "
-                    "depth-anything/Depth-Anything-V2-Small-hf or Intel/dpt-hybrid-midas."
-                ) from exc
-            raise ModelNotFoundError(missing_message(model, exc)) from exc
+                raise _not_a_depth_model(model, str(exc)) from exc
+            raise ModelLoadError(f"Could not load the depth model {model!r}: {exc}") from exc
         except OSError as exc:
+            text = str(exc)
+            if _MISSING_SAFETENSORS.search(text):
+                raise ModelLoadError(
+                    f"The depth model {model!r} has no safetensors weights. deskgen loads "
+                    "safetensors only by default because pickle files can run code; pass "
+                    "allow_pickle=True if you trust it, or convert it to safetensors."
+                ) from exc
             if local:
-                raise ModelNotFoundError(
-                    f"Could not load the depth model {model!r}: {str(exc).splitlines()[0]}"
+                raise ModelLoadError(
+                    f"Could not load the depth model {model!r}: {text.splitlines()[0]}"
                 ) from exc
             raise ModelNotFoundError(missing_message(model, exc)) from exc
         self.model.to(device).eval()
@@ -98,6 +134,10 @@ class DepthEstimator:
         import torch
 
         with self._lock, torch.no_grad():
+            if self.model is None:
+                raise GeneratorClosedError(
+                    "This generator was closed and its weights freed; create a new DeskGenerator."
+                )
             inputs = self.processor(images=image, return_tensors="pt")
             inputs = inputs.to(self.device, dtype=self.dtype)
             outputs = self.model(**inputs)
@@ -111,4 +151,13 @@ class DepthEstimator:
         return Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2))
 
     def close(self) -> None:
-        self.model = None
+        with self._lock:  # after a running estimate
+            self.model = None
+
+
+def _not_a_depth_model(model: str, why: str) -> ModelMismatchError:
+    return ModelMismatchError(
+        f"{model!r} is not a depth-estimation model ({why.splitlines()[0]}). Use one that "
+        "transformers' AutoModelForDepthEstimation loads, e.g. "
+        f"{DEFAULT_DEPTH_MODEL} or Intel/dpt-hybrid-midas."
+    )

@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .._device import dtype_name, free_accelerator_memory, resolve_device, resolve_dtype
@@ -304,8 +305,12 @@ class DiffusersBackend(Backend):
         return {}
 
     @contextlib.contextmanager
-    def _translating_load_errors(self, model: str, *, local: bool) -> Iterator[None]:
-        """Turn what ``from_pretrained`` raises into deskgen's loading errors."""
+    def _translating_load_errors(
+        self, model: str, *, local: bool, variant: str | EllipsisType | None = ...
+    ) -> Iterator[None]:
+        """Turn what ``from_pretrained`` raises into deskgen's loading errors (``variant``: the
+        one asked for, by default the option's)."""
+        variant = self.opts.variant if isinstance(variant, EllipsisType) else variant
         try:
             yield
         except DeskgenError:
@@ -313,9 +318,9 @@ class DiffusersBackend(Backend):
         except (OSError, ValueError) as exc:
             text = str(exc)
             if _MISSING_SAFETENSORS.search(text):
-                variant = f" for variant {self.opts.variant!r}" if self.opts.variant else ""
+                which = f" for variant {variant!r}" if variant else ""
                 raise ModelLoadError(
-                    f"{model!r} has no safetensors weights{variant}. "
+                    f"{model!r} has no safetensors weights{which}. "
                     "deskgen loads safetensors only by default because pickle files can run code; "
                     "pass allow_pickle=True if you trust this checkpoint, or convert it to "
                     f"safetensors. Details: {text.splitlines()[0]}"
@@ -397,8 +402,10 @@ class DiffusersBackend(Backend):
             )
 
     def _plan_size(
-        self, request: GenerationRequest, photo: Image.Image | None
+        self, request: GenerationRequest, photo: Image.Image | None, *, label: str = "photo"
     ) -> tuple[int, int, list[str]]:
+        """Output size from the request and the aspect ratio of ``photo`` (the image named
+        ``label`` in warnings), with warnings for crops."""
         required = max(8, self.vae_scale_factor)
         grid = self.vae_scale_factor * 8
         warnings: list[str] = []
@@ -414,7 +421,7 @@ class DiffusersBackend(Backend):
         if photo is not None and not 1 / MAX_ASPECT <= aspect <= MAX_ASPECT:
             clamped = min(max(aspect, 1 / MAX_ASPECT), MAX_ASPECT)
             warnings.append(
-                f"The photo's aspect ratio {photo.width}:{photo.height} is beyond "
+                f"The {label}'s aspect ratio {photo.width}:{photo.height} is beyond "
                 f"{MAX_ASPECT:g}:1; it was centre-cropped to {clamped:.3g}:1."
             )
             aspect = clamped
@@ -434,13 +441,13 @@ class DiffusersBackend(Backend):
         for name, value in (("width", width), ("height", height)):
             if value > MAX_SIDE:
                 raise InvalidRequestError(
-                    f"The {name} would be {value} px (from the photo's aspect ratio and the "
+                    f"The {name} would be {value} px (from the {label}'s aspect ratio and the "
                     f"given size), over the {MAX_SIDE} px limit: give a smaller width/height."
                 )
         explicit = request.width is not None and request.height is not None
         if explicit and photo is not None and abs(width / height - aspect) / aspect > 0.02:
             warnings.append(
-                f"The photo ({photo.width}x{photo.height}) was centre-cropped to the requested "
+                f"The {label} ({photo.width}x{photo.height}) was centre-cropped to the requested "
                 f"aspect ratio {width}x{height}."
             )
         return width, height, warnings
@@ -493,7 +500,8 @@ class DiffusersBackend(Backend):
                 f"int({request.steps} * {strength}) = 0 denoising steps, so the photo "
                 f"would come back unchanged. Use strength >= {minimum:.3f} or more steps."
             )
-        width, height, warnings = self._plan_size(request, self._size_reference(job))
+        reference, label = self._size_reference(job)
+        width, height, warnings = self._plan_size(request, reference, label=label)
         guidance = (
             request.guidance_scale if request.guidance_scale is not None else self.default_guidance
         )
@@ -608,9 +616,10 @@ class DiffusersBackend(Backend):
         """txt2img without a photo, img2img with one."""
         return "img2img" if job.photo is not None else "txt2img"
 
-    def _size_reference(self, job: Job) -> Image.Image | None:
-        """The image whose aspect ratio the output takes when no size is given."""
-        return job.photo
+    def _size_reference(self, job: Job) -> tuple[Image.Image | None, str]:
+        """The image whose aspect ratio the output takes when no size is given, and its name
+        for warnings."""
+        return job.photo, "photo"
 
     def _image_inputs(
         self, job: Job, *, mode: Mode, width: int, height: int, strength: float

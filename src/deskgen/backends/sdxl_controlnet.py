@@ -19,6 +19,7 @@ How a request runs (diffusers' own pipelines, chosen per request):
 
 from __future__ import annotations
 
+import json
 import os
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -26,6 +27,7 @@ from pydantic import field_validator, model_validator
 
 from .._controls import DEFAULT_DEPTH_MODEL, Control, ControlKind
 from .._exceptions import (
+    GeneratorClosedError,
     InvalidRequestError,
     ModelLoadError,
     ModelMismatchError,
@@ -34,7 +36,7 @@ from .._exceptions import (
 from .._images import prepare_image
 from .._registry import register_backend
 from ._base import BackendOptions, Job
-from ._diffusers import DiffusersOptions, ImageInputs, _is_local
+from ._diffusers import _MISSING_SAFETENSORS, DiffusersOptions, ImageInputs, _is_local
 from .sdxl import SDXLBackend
 
 if TYPE_CHECKING:
@@ -49,9 +51,18 @@ _FIT_KEYS = ("cross_attention_dim", "addition_embed_type", "in_channels", "block
 
 
 def _split(value: Any) -> Any:
-    """``"canny,depth"`` (as the CLI's ``--option`` gives it) -> ``["canny", "depth"]``."""
-    if isinstance(value, str) and "," in value:
-        return [part.strip() for part in value.split(",") if part.strip()]
+    """Text from the CLI's ``--option``: JSON (``[{"kind": "canny", "low_threshold": 150}]``)
+    or a comma-separated list (``"canny,depth"`` -> ``["canny", "depth"]``)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith(("[", "{")):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{text[:40]!r} is not valid JSON ({exc})") from exc
+    if "," in text:
+        return [part.strip() for part in text.split(",") if part.strip()]
     return value
 
 
@@ -81,19 +92,21 @@ class ControlNetOptions(DiffusersOptions):
     def resolved_controls(self) -> list[Control]:
         """One `Control` per ControlNet, each naming the ControlNet it loads."""
         raw = self.control if isinstance(self.control, list) else [self.control]
-        controls = [c if isinstance(c, Control) else Control(kind=c) for c in raw]
-        if not controls:
+        if not raw:
             raise ValueError("control is an empty list: name at least one control")
         if self.controlnet is None:
-            return controls
+            return [c if isinstance(c, Control) else Control(kind=c) for c in raw]
         nets = self.controlnet if isinstance(self.controlnet, list) else [self.controlnet]
-        if len(nets) != len(controls):
+        if len(nets) != len(raw):
             raise ValueError(
-                f"{len(nets)} ControlNet(s) but {len(controls)} control(s): give one control "
+                f"{len(nets)} ControlNet(s) but {len(raw)} control(s): give one control "
                 "per ControlNet, e.g. controlnet=[A, B], control=['canny', 'depth']"
             )
         resolved = []
-        for net, control in zip(nets, controls, strict=True):
+        for net, control in zip(nets, raw, strict=True):
+            if not isinstance(control, Control):
+                resolved.append(Control(kind=control, controlnet=net))
+                continue
             if control.controlnet not in (None, net):
                 raise ValueError(
                     f"the {control.kind} control names ControlNet {control.controlnet!r} and "
@@ -137,7 +150,11 @@ class SDXLControlNetBackend(SDXLBackend):
         assert isinstance(options, ControlNetOptions)
         self.controls: list[Control] = options.resolved_controls()
         self._depth: Any = None
-        super().__init__(options)
+        try:
+            super().__init__(options)
+        except BaseException:
+            self._release_depth()  # loaded first: don't leave it on the GPU
+            raise
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -165,7 +182,11 @@ class SDXLControlNetBackend(SDXLBackend):
                 allow_pickle=self.opts.allow_pickle,
                 missing_message=self._missing_hub_message,
             )
-        nets = [self._load_controlnet(c.controlnet_id) for c in self.controls]
+        loaded: dict[str, Any] = {}  # a ControlNet named twice (two canny controls) loads once
+        for control in self.controls:
+            if control.controlnet_id not in loaded:
+                loaded[control.controlnet_id] = self._load_controlnet(control.controlnet_id)
+        nets = [loaded[control.controlnet_id] for control in self.controls]
         return {"controlnet": nets[0] if len(nets) == 1 else nets}
 
     def _unet_config(self, source: str) -> dict[str, Any]:
@@ -187,12 +208,13 @@ class SDXLControlNetBackend(SDXLBackend):
         local = _is_local(name)
         folder = os.path.expanduser(name)
         if local and not os.path.isfile(os.path.join(folder, "config.json")):
-            pipeline = os.path.isfile(os.path.join(folder, "model_index.json"))
-            raise (ModelMismatchError if pipeline else ModelLoadError)(
-                f"{name!r} is a whole pipeline, not a ControlNet: pass the folder of its "
-                "ControlNet alone (with config.json)."
-                if pipeline
-                else f"No ControlNet folder with a config.json at {name!r}: pass a folder saved "
+            if os.path.isfile(os.path.join(folder, "model_index.json")):
+                raise ModelMismatchError(
+                    f"{name!r} is a whole pipeline, not a ControlNet: pass the folder of its "
+                    "ControlNet alone (with config.json)."
+                )
+            raise (ModelLoadError if os.path.exists(folder) else ModelNotFoundError)(
+                f"No ControlNet folder with a config.json at {name!r}: pass a folder saved "
                 "with ControlNetModel.save_pretrained() or a hub id such as "
                 "diffusers/controlnet-canny-sdxl-1.0."
             )
@@ -233,15 +255,29 @@ class SDXLControlNetBackend(SDXLBackend):
         from diffusers import ControlNetModel
 
         local = _is_local(name)
-        with self._translating_load_errors(name, local=local):
+
+        def load(variant: str | None) -> Any:
             return ControlNetModel.from_pretrained(
                 os.path.expanduser(name) if local else name,
                 dtype=self._torch_dtype,
                 use_safetensors=None if self.opts.allow_pickle else True,
-                variant=self.opts.variant,
+                variant=variant,
                 cache_dir=self.opts.cache_dir,
                 local_files_only=self.opts.local_files_only,
             )
+
+        variant = self.opts.variant
+        if variant is not None:
+            try:
+                return load(variant)
+            except (OSError, ValueError) as exc:
+                if not _MISSING_SAFETENSORS.search(str(exc)):
+                    with self._translating_load_errors(name, local=local):
+                        raise
+            # no weights of that variant (most community ControlNets have none): the plain
+            # weights, cast to the dtype, as diffusers' pipeline loader does for components
+        with self._translating_load_errors(name, local=local, variant=None):
+            return load(None)
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -260,6 +296,7 @@ class SDXLControlNetBackend(SDXLBackend):
         return list(given)
 
     def _mode(self, job: Job, strength: float) -> Mode:
+        self._scales(job)  # a malformed request fails before any control image is computed
         given = self._given(job)
         if job.photo is None:
             pairs = zip(self.controls, given, strict=True)
@@ -272,10 +309,11 @@ class SDXLControlNetBackend(SDXLBackend):
             return "txt2img"
         return "img2img" if strength < 1.0 else "txt2img"
 
-    def _size_reference(self, job: Job) -> Image.Image | None:
+    def _size_reference(self, job: Job) -> tuple[Image.Image | None, str]:
         if job.photo is not None:
-            return job.photo
-        return next((image for image in self._given(job) if image is not None), None)
+            return job.photo, "photo"
+        given = next((image for image in self._given(job) if image is not None), None)
+        return given, "control image"
 
     def _scales(self, job: Job) -> list[float]:
         wanted = job.request.control_scale
@@ -299,10 +337,19 @@ class SDXLControlNetBackend(SDXLBackend):
         photo = prepare_image(job.photo, size) if job.photo is not None else None
         warnings: list[str] = []
         images: list[Image.Image] = []
-        for i, (control, given) in enumerate(zip(self.controls, self._given(job), strict=True)):
+        all_given = self._given(job)
+        reference = self._size_reference(job)[0]
+        if photo is not None and mode == "txt2img" and all(g is not None for g in all_given):
+            warnings.append(
+                "The photo was not used: every control image was given and strength=1.0 "
+                "starts from noise; it only set the output size. Leave out image=..., or use "
+                "strength < 1 to start from it."
+            )
+        for i, (control, given) in enumerate(zip(self.controls, all_given, strict=True)):
             if given is not None:
                 aspect = given.width / given.height
-                if abs(aspect - width / height) / aspect > 0.02:
+                # the size reference's own crop is reported by the size planning
+                if given is not reference and abs(aspect - width / height) / aspect > 0.02:
                     warnings.append(
                         f"Control image {i} ({given.width}x{given.height}) was centre-cropped "
                         f"to the output's aspect ratio {width}x{height}."
@@ -320,7 +367,13 @@ class SDXLControlNetBackend(SDXLBackend):
                     )
                 )
             elif control.kind == "depth":
-                images.append(self._depth(photo))
+                depth = self._depth
+                if depth is None:  # closed while this request was running
+                    raise GeneratorClosedError(
+                        "This generator was closed and its weights freed; create a new "
+                        "DeskGenerator."
+                    )
+                images.append(depth(photo))
             else:
                 images.append(photo)
         scales = self._scales(job)
@@ -351,8 +404,11 @@ class SDXLControlNetBackend(SDXLBackend):
             control_images=images,
         )
 
-    def close(self) -> None:
+    def _release_depth(self) -> None:
         depth, self._depth = self._depth, None
         if depth is not None:
             depth.close()
+
+    def close(self) -> None:
+        self._release_depth()
         super().close()
