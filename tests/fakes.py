@@ -47,7 +47,7 @@ class FakeBackend(Backend):
         self.jobs.append(job)
         if self.fail_with:
             raise RuntimeError(self.fail_with)
-        steps = job.request.steps
+        steps = job.request.steps or 30
         for i in range(steps):
             if self.step_barrier is not None:
                 self.step_barrier.wait(5)
@@ -58,7 +58,9 @@ class FakeBackend(Backend):
             rng = random.Random(seed)
             colour = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
             images.append(Image.new("RGB", (16, 16), colour))
-        resolved = job.request.model_copy(update={"width": 16, "height": 16, "guidance_scale": 1.0})
+        resolved = job.request.model_copy(
+            update={"width": 16, "height": 16, "guidance_scale": 1.0, "steps": steps}
+        )
         return BackendOutput(
             images=images,
             seeds=job.seeds,

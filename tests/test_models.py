@@ -9,7 +9,7 @@ from deskgen import GenerationRequest
 
 def test_defaults() -> None:
     req = GenerationRequest(prompt="a desk")
-    assert req.steps == 30
+    assert req.steps is None  # the backend's default, resolved in the result
     assert req.strength is None  # the backend's default, resolved in the result
     assert req.control_image is None and req.control_scale is None
     assert req.num_images == 1

@@ -66,7 +66,7 @@ class RequestFields(TypedDict, total=False):
     control_image_sha256: list[str | None] | None
     control_scale: float | list[float] | None
     strength: float | None
-    steps: int
+    steps: int | None
     guidance_scale: float | None
     seed: int | None
     num_images: int
@@ -382,7 +382,7 @@ class DeskGenerator:
 
         if cancel is not None and cancel.is_set():
             raise GenerationCancelledError(
-                "Cancelled before the request started.", step=0, total_steps=req.steps
+                "Cancelled before the request started.", step=0, total_steps=req.steps or 0
             )
         if info is not None:
             req = req.model_copy(update={"image_sha256": info.sha256})

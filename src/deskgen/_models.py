@@ -89,7 +89,9 @@ class GenerationRequest(BaseModel):
     """img2img only: how far to move from the photo (1.0 ignores it). Runs
     ``int(steps * strength)`` denoising steps. ``None`` is the backend's default (0.6 for
     sd/sdxl, 0.8 for sdxl-controlnet, whose ControlNet holds the structure)."""
-    steps: int = Field(default=30, ge=1, le=1000)
+    steps: int | None = Field(default=None, ge=1, le=1000)
+    """Length of the denoising schedule; ``None`` is the backend's default (30 for sd/sdxl,
+    each HiDream edition's own), resolved in the result."""
     guidance_scale: float | None = Field(default=None, ge=0.0, le=100.0)
     """Classifier-free guidance; ``None`` is the backend's default (sdxl 5.0, sd 7.5)."""
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)

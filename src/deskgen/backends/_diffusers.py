@@ -142,6 +142,9 @@ class DiffusersBackend(Backend):
     default_guidance: ClassVar[float]
     default_strength: ClassVar[float] = 0.6
     """img2img strength when the request leaves it ``None``."""
+    default_steps: int = 30
+    """Denoising steps when the request leaves them ``None`` (an instance attribute: some
+    backends choose it from the loaded model)."""
 
     def __init__(self, options: BackendOptions) -> None:
         super().__init__(options)
@@ -491,13 +494,14 @@ class DiffusersBackend(Backend):
         request = job.request
         photo = job.photo
         strength = request.strength if request.strength is not None else self.default_strength
+        steps = request.steps if request.steps is not None else self.default_steps
         mode = self._mode(job, strength)
-        steps_run = denoising_steps(request.steps, strength if mode == "img2img" else None)
+        steps_run = denoising_steps(steps, strength if mode == "img2img" else None)
         if steps_run < 1:
-            minimum = math.ceil(1000 / request.steps) / 1000  # rounded up: int(steps*s) >= 1
+            minimum = math.ceil(1000 / steps) / 1000  # rounded up: int(steps*s) >= 1
             raise InvalidRequestError(
-                f"strength={strength} with steps={request.steps} runs "
-                f"int({request.steps} * {strength}) = 0 denoising steps, so the photo "
+                f"strength={strength} with steps={steps} runs "
+                f"int({steps} * {strength}) = 0 denoising steps, so the photo "
                 f"would come back unchanged. Use strength >= {minimum:.3f} or more steps."
             )
         reference, label = self._size_reference(job)
@@ -510,6 +514,7 @@ class DiffusersBackend(Backend):
                 "width": width,
                 "height": height,
                 "guidance_scale": guidance,
+                "steps": steps,
                 "strength": strength if photo is not None else request.strength,
             }
         )
@@ -529,7 +534,7 @@ class DiffusersBackend(Backend):
 
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in job.seeds]
         call: dict[str, Any] = {
-            "num_inference_steps": request.steps,
+            "num_inference_steps": steps,
             "guidance_scale": guidance,
             "num_images_per_prompt": request.num_images,
             "generator": generators[0] if len(generators) == 1 else generators,
