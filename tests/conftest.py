@@ -51,6 +51,18 @@ def tiny_control_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pa
 
 
 @pytest.fixture(scope="session")
+def tiny_hidream_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny HiDream pipeline and, apart as HiDream's is, its tiny Llama encoder."""
+    from deskgen.testing import make_tiny_llama, make_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("hidream-models")
+    return {
+        "pipeline": make_tiny_pipeline("hidream", root / "tiny-hidream"),
+        "llama": make_tiny_llama(root / "tiny-llama"),
+    }
+
+
+@pytest.fixture(scope="session")
 def generators(tiny_paths: dict[str, Path]) -> Iterator[dict[str, object]]:
     """One shared DeskGenerator per tiny backend, on the CPU (as a service would share it)."""
     from deskgen import DeskGenerator

@@ -23,6 +23,7 @@ _REGISTRY: dict[str, type[Backend]] = {}
 _LOCK = threading.Lock()
 _builtins_loaded = False
 _BUILTIN_MODULES = (
+    "deskgen.backends.hidream",
     "deskgen.backends.openai",
     "deskgen.backends.sd",
     "deskgen.backends.sdxl",

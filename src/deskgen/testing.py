@@ -21,6 +21,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -41,13 +42,26 @@ __all__ = [
     "clip_tokenizer_dir",
     "make_tiny_controlnet",
     "make_tiny_depth_model",
+    "make_tiny_llama",
     "make_tiny_pipeline",
     "make_tiny_tokenizer",
 ]
 
-TinyKind = Literal["sdxl", "sd"]
+TinyKind = Literal["sdxl", "sd", "hidream"]
 
 _MARKER = "deskgen_tiny.json"
+
+
+@contextlib.contextmanager
+def _quiet_diffusers() -> Iterator[None]:
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
 
 
 def _require_local() -> None:
@@ -175,6 +189,106 @@ def _tiny_sd(sample_size: int) -> dict[str, Any]:
     }
 
 
+def _tiny_hidream() -> dict[str, Any]:
+    """HiDream's layout at toy size: two CLIP encoders with projections (248 positions, as
+    HiDream's long CLIPs), a T5 encoder with a tiny T5 tokenizer, the MoE transformer; the Llama
+    encoder lives in its own folder (`make_tiny_llama`), as HiDream's does."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+    from diffusers import HiDreamImageTransformer2DModel as Transformer
+    from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    def clip() -> Any:
+        config = _clip_text_config(32, 32)
+        config.max_position_embeddings = 248
+        return CLIPTextModelWithProjection(config)
+
+    t5_tokenizer = make_tiny_tokenizer("t5")
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(t5_tokenizer),
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=t5_tokenizer.pad_token_id,
+            eos_token_id=t5_tokenizer.eos_token_id,
+            decoder_start_token_id=t5_tokenizer.pad_token_id,
+        )
+    )
+    transformer = Transformer(
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_channels=[32, _TINY_LLAMA_HIDDEN],  # T5's and Llama's widths
+        text_emb_dim=64,  # the two CLIP projections, concatenated
+        num_routed_experts=4,
+        num_activated_experts=2,
+        axes_dims_rope=(4, 2, 2),
+        max_resolution=(128, 128),  # patches of the native 128x128 image, padded when oblong
+        llama_layers=(0, 1),
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(32,), norm_num_groups=8, scaling_factor=0.3611, shift_factor=0.1159
+    )
+    return {
+        "scheduler": FlowMatchEulerDiscreteScheduler(shift=3.0),
+        "vae": vae,
+        "text_encoder": clip(),
+        "tokenizer": packaged_clip_tokenizer("<|endoftext|>"),
+        "text_encoder_2": clip(),
+        "tokenizer_2": packaged_clip_tokenizer("<|endoftext|>"),
+        "text_encoder_3": t5,
+        "tokenizer_3": t5_tokenizer,
+        "text_encoder_4": None,
+        "tokenizer_4": None,
+        "transformer": transformer,
+    }
+
+
+_TINY_LLAMA_HIDDEN = 16
+
+
+def make_tiny_llama(
+    path: str | os.PathLike[str], *, seed: int = 0, overwrite: bool = False
+) -> Path:
+    """Write a tiny random ``LlamaForCausalLM`` with a tiny Llama-3-style tokenizer
+    (`make_tiny_tokenizer`) to ``path``: HiDream's fourth text encoder (``llama_model=``)."""
+    _require_local()
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    target = Path(path)
+    spec = {"kind": "llama", "seed": seed, "version": 1}
+    marker = target / _MARKER
+    if not overwrite and marker.is_file() and json.loads(marker.read_text()) == spec:
+        return target
+    tokenizer = make_tiny_tokenizer("llama")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=_TINY_LLAMA_HIDDEN,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    marker.write_text(json.dumps(spec))
+    return target
+
+
 def make_tiny_controlnet(
     path: str | os.PathLike[str],
     *,
@@ -300,15 +414,20 @@ def make_tiny_pipeline(
     marker = target / _MARKER
     if not overwrite and marker.is_file() and json.loads(marker.read_text()) == spec:
         return target
-    if kind not in ("sdxl", "sd"):
-        raise ValueError(f"Unknown tiny pipeline kind {kind!r}: use 'sdxl' or 'sd'.")
+    if kind not in ("sdxl", "sd", "hidream"):
+        raise ValueError(f"Unknown tiny pipeline kind {kind!r}: use 'sdxl', 'sd' or 'hidream'.")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if kind == "sdxl":
             pipe: Any = StableDiffusionXLPipeline(**_tiny_sdxl(sample_size))
-        else:
+        elif kind == "sd":
             pipe = StableDiffusionPipeline(**_tiny_sd(sample_size), requires_safety_checker=False)
-    pipe.save_pretrained(target, safe_serialization=True)
+        else:
+            from diffusers import HiDreamImagePipeline
+
+            pipe = HiDreamImagePipeline(**_tiny_hidream())
+    with _quiet_diffusers():  # "text_encoder_4=None cannot be saved": HiDream's Llama is apart
+        pipe.save_pretrained(target, safe_serialization=True)
     marker.write_text(json.dumps(spec))
     return target
 
@@ -333,14 +452,19 @@ def make_tiny_tokenizer(
     from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
+    from .demo import DEMO_PROMPT, LONG_DESCRIPTION
+
+    # the seed's prompts too, so their words are whole tokens and counts are word-like
+    corpus = [*_CORPUS, DEMO_PROMPT, LONG_DESCRIPTION]
+
     if kind == "t5":
         special = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
-        tok = Tokenizer(models.Unigram())
+        # BPE over SentencePiece-style word pieces (Metaspace): a Unigram model trained on a
+        # few sentences stays near character level, far from T5's word-like counts
+        tok = Tokenizer(models.BPE(unk_token="<unk>"))
         tok.pre_tokenizer = pre_tokenizers.Metaspace()
-        trainer: Any = trainers.UnigramTrainer(
-            vocab_size=200, special_tokens=list(special.values()), unk_token="<unk>"
-        )
-        tok.train_from_iterator(_CORPUS, trainer)
+        trainer: Any = trainers.BpeTrainer(vocab_size=800, special_tokens=list(special.values()))
+        tok.train_from_iterator(corpus, trainer)
         tok.post_processor = processors.TemplateProcessing(
             single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
         )
@@ -349,11 +473,11 @@ def make_tiny_tokenizer(
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         trainer = trainers.BpeTrainer(
-            vocab_size=300,
+            vocab_size=800,
             special_tokens=list(special.values()),
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         )
-        tok.train_from_iterator(_CORPUS, trainer)
+        tok.train_from_iterator(corpus, trainer)
         bos = special["bos_token"]
         tok.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", special_tokens=[(bos, tok.token_to_id(bos))]

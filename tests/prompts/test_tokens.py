@@ -55,7 +55,7 @@ def test_family_without_a_cached_tokenizer_says_how_to_get_it(
 def test_sequence_length_follows_the_real_count() -> None:
     tok = make_tiny_tokenizer("t5")
     short = "a desk"
-    long = " ".join(["a clean modern desk with a lamp"] * 12)  # ~220 tokens
+    long = " ".join(["a clean modern desk with a lamp"] * 40)  # ~280 tokens
     assert sequence_length_for([short], tok, model_max=512) == (128, len(tok(short).input_ids))
     length, longest = sequence_length_for([short, long], tok, model_max=512)
     assert length == longest == len(tok(long).input_ids) > 128

@@ -135,7 +135,8 @@ class DiffusersBackend(Backend):
     options_class: ClassVar[type[BackendOptions]] = DiffusersOptions
 
     txt2img_class: ClassVar[str]
-    img2img_class: ClassVar[str]
+    img2img_class: ClassVar[str | None]
+    """``None``: the model has no image input (photos are refused)."""
     accepted_pipelines: ClassVar[frozenset[str]]
     family: ClassVar[str]
     """Human name of the model family, for messages."""
@@ -157,9 +158,13 @@ class DiffusersBackend(Backend):
         self._encode_lock = threading.Lock()
         self._closed = False
         self._txt2img: Any = self._load()
-        self._img2img: Any = self._construct(
-            self._pipeline_class(self.img2img_class), self._txt2img
+        self._img2img: Any = (
+            self._construct(self._pipeline_class(self.img2img_class), self._txt2img)
+            if self.img2img_class is not None
+            else None
         )
+        self.guidance_default: float = self.default_guidance
+        """Guidance scale when the request leaves it ``None``."""
         vae = self._txt2img.vae
         # diffusers flips the shared VAE's dtype inside SDXL calls when it must upcast
         mutates_vae = (
@@ -168,10 +173,25 @@ class DiffusersBackend(Backend):
             and self._torch_dtype != torch.float32
         )
         self._call_lock: threading.Lock | None = threading.Lock() if mutates_vae else None
+        self._request_lock: threading.Lock | None = None
+        """Set by backends whose requests must run one at a time as a whole (encoding included),
+        e.g. with accelerate's CPU offload hooks moving shared modules between devices."""
         self.vae_scale_factor: int = int(self._txt2img.vae_scale_factor)
-        unet_config = self._txt2img.unet.config
-        self.native_size: int = int(unet_config.sample_size) * self.vae_scale_factor
-        self._uses_cfg_embeds = getattr(unet_config, "time_cond_proj_dim", None) is None
+        self.native_size: int = self._native_size(self._txt2img)
+        self._uses_cfg_embeds = self._takes_cfg_embeds(self._txt2img)
+
+    def _native_size(self, pipe: Any) -> int:
+        """The side of the model's native square, in pixels."""
+        return int(pipe.unet.config.sample_size) * self.vae_scale_factor
+
+    def _takes_cfg_embeds(self, pipe: Any) -> bool:
+        """Whether classifier-free guidance needs negative embeddings (not for LCM-style
+        guidance-embedded UNets)."""
+        return getattr(pipe.unet.config, "time_cond_proj_dim", None) is None
+
+    def _size_multiple(self) -> int:
+        """What width and height must be multiples of."""
+        return max(8, self.vae_scale_factor)
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -293,7 +313,9 @@ class DiffusersBackend(Backend):
                 local_files_only=self.opts.local_files_only,
             )
         try:
-            pipe.to(self._device)
+            self._place(pipe)
+        except DeskgenError:
+            raise
         except Exception as exc:
             raise ModelLoadError(
                 f"Could not move {model!r} to {self._device} ({type(exc).__name__}: {exc}). "
@@ -301,6 +323,10 @@ class DiffusersBackend(Backend):
             ) from exc
         pipe.set_progress_bar_config(disable=True)
         return pipe
+
+    def _place(self, pipe: Any) -> None:
+        """Put the loaded pipeline on its device (backends may quantize or offload here)."""
+        pipe.to(self._device)
 
     def _extra_components(self, source: str) -> dict[str, Any]:
         """Components to load the pipeline with besides the model's own (e.g. ControlNets);
@@ -328,7 +354,8 @@ class DiffusersBackend(Backend):
                     "pass allow_pickle=True if you trust this checkpoint, or convert it to "
                     f"safetensors. Details: {text.splitlines()[0]}"
                 ) from exc
-            if not local and ("cache" in text.lower() or "connect" in text.lower()):
+            lowered = text.lower()
+            if not local and any(w in lowered for w in ("cache", "connect", "gated", "401")):
                 raise ModelNotFoundError(self._missing_hub_message(model, exc)) from exc
             raise ModelLoadError(
                 f"Could not load {model!r}: {text.splitlines()[0] if text else exc!r}. If a "
@@ -398,6 +425,18 @@ class DiffusersBackend(Backend):
         self._check_open()
         return self._txt2img
 
+    def component_bytes(self) -> dict[str, int]:
+        """Bytes of weights each pipeline module holds, quantized weights counted by what they
+        really store (`deskgen.quant.module_bytes`): where the memory goes."""
+        from ..quant import module_bytes
+
+        self._check_open()
+        return {
+            name: module_bytes(module)
+            for name, module in self._txt2img.components.items()
+            if hasattr(module, "parameters")
+        }
+
     def _check_open(self) -> None:
         if self._closed or self._txt2img is None:
             raise GeneratorClosedError(
@@ -409,7 +448,7 @@ class DiffusersBackend(Backend):
     ) -> tuple[int, int, list[str]]:
         """Output size from the request and the aspect ratio of ``photo`` (the image named
         ``label`` in warnings), with warnings for crops."""
-        required = max(8, self.vae_scale_factor)
+        required = self._size_multiple()
         grid = self.vae_scale_factor * 8
         warnings: list[str] = []
         for name in ("width", "height"):
@@ -507,7 +546,7 @@ class DiffusersBackend(Backend):
         reference, label = self._size_reference(job)
         width, height, warnings = self._plan_size(request, reference, label=label)
         guidance = (
-            request.guidance_scale if request.guidance_scale is not None else self.default_guidance
+            request.guidance_scale if request.guidance_scale is not None else self.guidance_default
         )
         resolved = request.model_copy(
             update={
@@ -550,11 +589,13 @@ class DiffusersBackend(Backend):
             call.update(inputs.call)
             resolved = resolved.model_copy(update=inputs.request_update)
             conditioned = time.perf_counter()
-            with self._encode_lock, torch.no_grad():
-                call.update(self.encode_prompt(pipe, job.prompt, do_cfg=do_cfg))
-            encoded = marks["last_step"] = time.perf_counter()
-            with lock:
-                output = pipe(**call)
+            whole = self._request_lock or contextlib.nullcontext()
+            with whole:
+                with self._encode_lock, torch.no_grad():
+                    call.update(self.encode_prompt(pipe, job.prompt, do_cfg=do_cfg))
+                encoded = marks["last_step"] = time.perf_counter()
+                with lock:
+                    output = pipe(**call)
         except DeskgenError:
             raise
         except torch.OutOfMemoryError as exc:

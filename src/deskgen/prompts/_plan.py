@@ -77,8 +77,11 @@ def _process(
                     overflow=text[overflow[0].start :] if overflow else "",
                 )
     if mode is LongPromptMode.FIT and encoders:
-        spec0, tok0 = min(encoders, key=lambda e: e[0].max_tokens)
-        fitted = fit_phrases(text, count=lambda t: token_count(tok0, t), budget=spec0.max_tokens)
+
+        def over_limit(candidate: str) -> int:  # fit every encoder, not just the smallest limit
+            return max(token_count(tok, candidate) - spec.max_tokens for spec, tok in encoders)
+
+        fitted = fit_phrases(text, count=over_limit, budget=0)
         text, dropped_phrases = fitted.text, fitted.dropped
         counts = [token_count(tok, text) for _, tok in encoders]
     reports: list[EncoderReport] = []

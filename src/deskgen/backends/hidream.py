@@ -1,0 +1,302 @@
+"""``hidream``: HiDream-I1 (Full, Dev, Fast) through diffusers' ``HiDreamImagePipeline``.
+
+Four text encoders: CLIP-L and CLIP-G (pooled), T5-XXL and Llama-3.1-8B-Instruct (the last
+loaded from its own id or folder, as HiDream requires). What deskgen adds:
+
+- **A sequence length fitted to the prompt.** diffusers' default ``max_sequence_length=128``
+  cut the seed's prompts; deskgen counts each encoder's tokens and passes the longest count
+  (at least 128, so short prompts run exactly as stock; at most ``max_sequence_length``, 218 by
+  default, the longest HiDream's authors vouch for). Longer prompts follow ``long_prompt``
+  (``fit`` by default: whole phrases dropped, reported) and the prompt report says what each
+  encoder saw.
+- **Low-VRAM loading**: text encoders (above all Llama) and the transformer quantized at load
+  time (int8/int4 weights, optimum-quanto or torchao), and diffusers' model or sequential CPU
+  offload.
+- Each edition's own step count and guidance (Full 50 / 5.0, Dev 28 / 0.0, Fast 16 / 0.0).
+
+HiDream has no image input: a request with a photo is refused; describe the photo with a
+backend that can (``openai``, ``janus``) and generate from the description's prompt.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import threading
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import Field
+
+from .._exceptions import (
+    ConfigError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    UnsupportedOperationError,
+)
+from .._registry import register_backend
+from ..prompts import EncoderFamily, LongPromptMode, PromptPlan, TextEncoderSpec
+from ..prompts._plan import plan_prompt
+from ..quant import QuantBackend, WeightBits
+from ._base import BackendOptions, Job
+from ._diffusers import DiffusersBackend, DiffusersOptions, _is_local
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .._models import GenerationRequest, Mode
+
+__all__ = ["EDITIONS", "HiDreamBackend", "HiDreamOptions"]
+
+Edition = Literal["full", "dev", "fast"]
+
+EDITIONS: dict[str, tuple[int, float]] = {"full": (50, 5.0), "dev": (28, 0.0), "fast": (16, 0.0)}
+"""Each HiDream-I1 edition's default (steps, guidance scale), from HiDream's reference code: Dev
+and Fast are guidance-distilled (no classifier-free guidance, no negative prompt)."""
+
+CLIP_LIMIT = 218
+"""Tokens diffusers' HiDream pipeline gives its CLIP encoders at most."""
+DEFAULT_SEQUENCE_CAP = 218
+"""The longest ``max_sequence_length`` deskgen picks by itself: HiDream's authors say up to 218
+works and longer is untested (HiDream-I1#18); 512 gave noisy images (HiDream-I1#33)."""
+STOCK_SEQUENCE_LENGTH = 128
+"""diffusers' default, kept for prompts that fit in it (the model was trained with it)."""
+
+
+class HiDreamOptions(DiffusersOptions):
+    """Loading options of ``hidream``: the diffusers options plus the Llama encoder, the
+    edition, the sequence length and the low-VRAM settings."""
+
+    llama_model: str = "meta-llama/Llama-3.1-8B-Instruct"
+    """Hub id or folder of the Llama encoder (``text_encoder_4``) and its tokenizer. The hub
+    repo is gated: accept Meta's licence and ``hf auth login`` first."""
+    edition: Edition | None = None
+    """``full``, ``dev`` or ``fast``: the step and guidance defaults; ``None`` reads it from the
+    model's name (``HiDream-I1-Dev``...), else ``full``."""
+    max_sequence_length: int | None = Field(default=None, ge=16, le=512)
+    """Tokens every text encoder sees at most. ``None``: 218; a request's real token count
+    (at least 128) is what is passed, so nothing under it is cut."""
+    quantize_text_encoders: WeightBits | None = None
+    """Quantize the T5 and Llama encoders' weights at load (``int8`` about halves them,
+    ``int4`` quarters them): Llama-3.1-8B goes from 16 GB to about 9 or 5 GB."""
+    quantize_transformer: WeightBits | None = None
+    """Quantize the transformer's weights at load (17B parameters: 34 GB in bfloat16)."""
+    quantization_backend: QuantBackend = "auto"
+    """``quanto`` (optimum-quanto), ``torchao``, or ``auto``: quanto if installed, else torchao."""
+    offload: Literal["none", "model", "sequential"] = "none"
+    """``model``: diffusers' model CPU offload, each component moved to the GPU only while it
+    runs (the text encoders leave it after encoding); ``sequential``: layer by layer, the
+    least memory and the slowest. Needs a GPU; requests then run one at a time."""
+
+
+def _edition_from_name(model: str) -> Edition | None:
+    match = re.search(r"(?i)(?:^|[-_/ ])(full|dev|fast)(?:$|[-_/ ])", os.path.basename(model))
+    return match.group(1).lower() if match else None  # type: ignore[return-value]
+
+
+@register_backend("hidream")
+class HiDreamBackend(DiffusersBackend):
+    """HiDream-I1 text-to-image (``HiDreamImagePipeline``), four text encoders."""
+
+    description: ClassVar[str] = (
+        "HiDream-I1 Full/Dev/Fast (diffusers): long prompts, quantized encoders, text only"
+    )
+    default_model: ClassVar[str | None] = "HiDream-ai/HiDream-I1-Full"
+    options_class: ClassVar[type[BackendOptions]] = HiDreamOptions
+    txt2img_class: ClassVar[str] = "HiDreamImagePipeline"
+    img2img_class: ClassVar[str | None] = None
+    accepted_pipelines: ClassVar[frozenset[str]] = frozenset({"HiDreamImagePipeline"})
+    family: ClassVar[str] = "HiDream-I1"
+    default_guidance: ClassVar[float] = 5.0
+    text_encoders: ClassVar[tuple[TextEncoderSpec, ...]] = (
+        TextEncoderSpec(name="text_encoder", family=EncoderFamily.CLIP, max_tokens=CLIP_LIMIT),
+        TextEncoderSpec(name="text_encoder_2", family=EncoderFamily.CLIP, max_tokens=CLIP_LIMIT),
+        TextEncoderSpec(
+            name="text_encoder_3", family=EncoderFamily.T5, max_tokens=DEFAULT_SEQUENCE_CAP
+        ),
+        TextEncoderSpec(
+            name="text_encoder_4", family=EncoderFamily.LLAMA, max_tokens=DEFAULT_SEQUENCE_CAP
+        ),
+    )
+    default_long_prompt: ClassVar[LongPromptMode] = LongPromptMode.FIT
+    default_negative_preset: ClassVar[str | None] = "photo_default"
+
+    def __init__(self, options: BackendOptions) -> None:
+        assert isinstance(options, HiDreamOptions)
+        if options.offload != "none" and options.device == "cpu":
+            raise ConfigError(
+                f"offload={options.offload!r} moves weights between the CPU and a GPU: use it "
+                "with device='cuda' (or 'auto' on a GPU machine), or leave offload='none'."
+            )
+        self.quantized: dict[str, str] = {}
+        """Components quantized at load, e.g. ``{"text_encoder_4": "int8 (quanto)"}``."""
+        super().__init__(options)
+        self.edition: Edition = options.edition or _edition_from_name(options.model) or "full"
+        self.default_steps, self.guidance_default = EDITIONS[self.edition]
+        self.sequence_cap: int = options.max_sequence_length or DEFAULT_SEQUENCE_CAP
+        self._uses_cfg_embeds = True
+        if options.offload != "none":
+            self._request_lock = threading.Lock()
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def _native_size(self, pipe: Any) -> int:
+        return int(pipe.default_sample_size) * self.vae_scale_factor
+
+    def _takes_cfg_embeds(self, pipe: Any) -> bool:
+        return True
+
+    def _size_multiple(self) -> int:
+        return max(8, 2 * self.vae_scale_factor)  # latents are packed in 2x2 patches
+
+    def _extra_components(self, source: str) -> dict[str, Any]:
+        """The Llama encoder and its tokenizer, from their own id or folder (quantized first
+        when asked, before the rest loads: the peak stays lower)."""
+        from transformers import AutoTokenizer, LlamaForCausalLM
+
+        assert isinstance(self.opts, HiDreamOptions)
+        name = self.opts.llama_model
+        local = _is_local(name)
+        folder = os.path.expanduser(name)
+        if local and not os.path.isfile(os.path.join(folder, "config.json")):
+            raise ModelNotFoundError(
+                f"No Llama folder with a config.json at {name!r}: pass llama_model= a folder "
+                "saved with save_pretrained() (model and tokenizer) or the hub id "
+                "meta-llama/Llama-3.1-8B-Instruct."
+            )
+        common = {"cache_dir": self.opts.cache_dir, "local_files_only": self.opts.local_files_only}
+        with self._translating_load_errors(name, local=local, variant=None):
+            tokenizer = AutoTokenizer.from_pretrained(folder if local else name, **common)
+            llama = LlamaForCausalLM.from_pretrained(
+                folder if local else name,
+                dtype=self._torch_dtype,
+                use_safetensors=None if self.opts.allow_pickle else True,
+                **common,
+            )
+        if self.opts.quantize_text_encoders:
+            self._quantize("text_encoder_4", llama, self.opts.quantize_text_encoders)
+        return {"text_encoder_4": llama, "tokenizer_4": tokenizer}
+
+    def _quantize(self, name: str, module: Any, weights: WeightBits) -> None:
+        from ..quant import quantize_weights
+
+        assert isinstance(self.opts, HiDreamOptions)
+        used = quantize_weights(module, weights=weights, backend=self.opts.quantization_backend)
+        self.quantized[name] = f"{weights} ({used})"
+
+    def _place(self, pipe: Any) -> None:
+        assert isinstance(self.opts, HiDreamOptions)
+        if self.opts.quantize_text_encoders:
+            self._quantize("text_encoder_3", pipe.text_encoder_3, self.opts.quantize_text_encoders)
+        if self.opts.quantize_transformer:
+            self._quantize("transformer", pipe.transformer, self.opts.quantize_transformer)
+        if self.opts.offload == "model":
+            pipe.enable_model_cpu_offload(device=self._device)
+        elif self.opts.offload == "sequential":
+            pipe.enable_sequential_cpu_offload(device=self._device)
+        else:
+            pipe.to(self._device)
+
+    def _view(self, template: Any) -> Any:
+        # the pipeline's constructor sets the shared Llama tokenizer's pad token: not while
+        # another thread encodes with it
+        with self._encode_lock:
+            return super()._view(template)
+
+    # -- prompts -----------------------------------------------------------------------------
+
+    def prompt_encoders(self, length: int | None = None) -> list[tuple[TextEncoderSpec, Any]]:
+        """The four encoders with their tokenizers; each limit is ``length`` (default: the
+        sequence cap) or the encoder's own maximum, whichever is smaller."""
+        pipe = self._txt2img
+        if pipe is None:
+            self._check_open()
+        wanted = length or self.sequence_cap
+        encoders = []
+        for spec in self.text_encoders:
+            tokenizer = getattr(pipe, spec.name.replace("text_encoder", "tokenizer"))
+            hard = CLIP_LIMIT if spec.family is EncoderFamily.CLIP else tokenizer.model_max_length
+            limit = min(wanted, int(hard))
+            encoders.append((spec.model_copy(update={"max_tokens": limit}), tokenizer))
+        return encoders
+
+    def plan_prompt(self, request: GenerationRequest) -> PromptPlan:
+        if request.long_prompt is LongPromptMode.CHUNK:
+            raise InvalidRequestError(
+                "long_prompt='chunk' does not apply to hidream: its CLIP encoders give pooled "
+                "embeddings only and T5/Llama read the whole prompt up to max_sequence_length "
+                f"({self.sequence_cap}). Use 'fit' (the default), 'truncate' or 'error'."
+            )
+        with self._encode_lock:
+            first = self._plan(request, self.sequence_cap)
+            counts = [r.tokens for r in [*first.report.encoders, *first.report.negative_encoders]]
+            length = min(max([STOCK_SEQUENCE_LENGTH, *counts]), self.sequence_cap)
+            return first if length == self.sequence_cap else self._plan(request, length)
+
+    def _plan(self, request: GenerationRequest, length: int) -> PromptPlan:
+        return plan_prompt(
+            backend=self.name,
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            encoders=self.prompt_encoders(length),
+            mode=request.long_prompt,
+            default_mode=self.default_long_prompt,
+            default_negative_preset=self.default_negative_preset,
+            trigger_words=request.trigger_words,
+            remove_words=request.remove_words,
+        )
+
+    @staticmethod
+    def sequence_length(plan: PromptPlan) -> int:
+        """The ``max_sequence_length`` a plan was made for (its largest encoder limit)."""
+        return max(r.limit for r in plan.report.encoders)
+
+    def encode_prompt(self, pipe: Any, plan: PromptPlan, *, do_cfg: bool) -> dict[str, Any]:
+        t5, negative_t5, llama, negative_llama, pooled, negative_pooled = pipe.encode_prompt(
+            prompt=plan.prompt,
+            negative_prompt=plan.negative_prompt,
+            device=pipe._execution_device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=do_cfg,
+            max_sequence_length=self.sequence_length(plan),
+        )
+        return {
+            "prompt_embeds_t5": t5,
+            "negative_prompt_embeds_t5": negative_t5,
+            "prompt_embeds_llama3": llama,
+            "negative_prompt_embeds_llama3": negative_llama,
+            "pooled_prompt_embeds": pooled,
+            "negative_pooled_prompt_embeds": negative_pooled,
+        }
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _mode(self, job: Job, strength: float) -> Mode:
+        if job.photo is not None:
+            raise UnsupportedOperationError(
+                "HiDream has no image input, so it can't start from the desk photo. Describe the "
+                "photo with a backend that can (DeskGenerator('janus') or ('openai')."
+                "describe(photo)), then generate here from description.to_spec()"
+                ".render(backend='hidream').prompt, without image=..."
+            )
+        return "txt2img"
+
+    def _plan_size(
+        self, request: GenerationRequest, photo: Image.Image | None, *, label: str = "photo"
+    ) -> tuple[int, int, list[str]]:
+        width, height, warnings = super()._plan_size(request, photo, label=label)
+        # the pipeline always renders the native area (1024x1024 for the real model), keeping
+        # only the aspect ratio: the same arithmetic, so the result states the real size
+        division = 2 * self.vae_scale_factor
+        scale = math.sqrt(self.native_size**2 / (width * height))
+        actual = (
+            int(width * scale // division * division),
+            int(height * scale // division * division),
+        )
+        explicit = request.width is not None or request.height is not None
+        if actual != (width, height) and explicit:
+            warnings.append(
+                f"HiDream renders at its native area ({self.native_size}x{self.native_size} "
+                f"pixels): {width}x{height} became {actual[0]}x{actual[1]}, the same aspect ratio."
+            )
+        return actual[0], actual[1], warnings
