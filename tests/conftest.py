@@ -63,6 +63,13 @@ def tiny_hidream_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pa
 
 
 @pytest.fixture(scope="session")
+def tiny_janus_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from deskgen.testing import make_tiny_janus
+
+    return make_tiny_janus(tmp_path_factory.mktemp("janus-models") / "tiny-janus")
+
+
+@pytest.fixture(scope="session")
 def generators(tiny_paths: dict[str, Path]) -> Iterator[dict[str, object]]:
     """One shared DeskGenerator per tiny backend, on the CPU (as a service would share it)."""
     from deskgen import DeskGenerator

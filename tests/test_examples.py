@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -103,3 +104,27 @@ def test_controlnet_example(tmp_path: Path) -> None:
     assert "('depth', 0.4, 0.8)" in proc.stdout
     for name in ("cn-edit.png", "cn-fresh.png", "cn-control-canny.png", "cn-control-depth.png"):
         assert (tmp_path / name).is_file()
+
+
+@pytest.mark.slow
+def test_hidream_example(tmp_path: Path) -> None:
+    out = tmp_path / "hidream.png"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "hidream_makeover.py"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "lossless: True" in proc.stdout
+    length = int(proc.stdout.split("max_sequence_length: ")[1].split()[0])
+    assert 128 < length <= 218  # fitted to the prompt, over diffusers' default
+    assert f"{length}/{length} tokens" in proc.stdout  # the longest count sets it
+    assert "'text_encoder_4': 'int8 (" in proc.stdout
+    assert "'text_encoder_3': 'int8 (" in proc.stdout
+    for name in ("text_encoder_3", "text_encoder_4"):  # "  name: 125 kB -> 77 kB"
+        sizes = re.search(rf"  {name}: (\d+) kB -> (\d+) kB", proc.stdout)
+        assert sizes is not None and int(sizes[2]) < int(sizes[1]), name
+    assert "4 steps, guidance 5.0, 128x128" in proc.stdout
+    assert f"wrote {out}" in proc.stdout and out.is_file()

@@ -24,6 +24,7 @@ _LOCK = threading.Lock()
 _builtins_loaded = False
 _BUILTIN_MODULES = (
     "deskgen.backends.hidream",
+    "deskgen.backends.janus",
     "deskgen.backends.openai",
     "deskgen.backends.sd",
     "deskgen.backends.sdxl",

@@ -42,6 +42,7 @@ __all__ = [
     "clip_tokenizer_dir",
     "make_tiny_controlnet",
     "make_tiny_depth_model",
+    "make_tiny_janus",
     "make_tiny_llama",
     "make_tiny_pipeline",
     "make_tiny_tokenizer",
@@ -285,6 +286,115 @@ def make_tiny_llama(
         model = LlamaForCausalLM(config)
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
+    marker.write_text(json.dumps(spec))
+    return target
+
+
+_JANUS_PAD = "<\uff5c\u2581pad\u2581\uff5c>"
+"""Janus-Pro's pad token, with the full-width bars DeepSeek's tokenizer has."""
+_JANUS_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}<|User|>: "
+    "{% for c in message['content'] %}{% if c['type'] == 'image' %}<image_placeholder>\n"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}\n\n{% else %}<|Assistant|>: "
+    "{{ message['content'][0]['text'] }}\n\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|Assistant|>:{% endif %}"
+)
+
+
+def make_tiny_janus(
+    path: str | os.PathLike[str], *, seed: int = 0, overwrite: bool = False
+) -> Path:
+    """Write a tiny random Janus model (``JanusForConditionalGeneration``: a Llama language
+    model, a SigLIP-style vision encoder reading 20x20 photos, a VQ image decoder drawing 16x16
+    images from 16 tokens) with its processor (a tiny Llama-3-style tokenizer with Janus'
+    special tokens and chat template), in the ``save_pretrained`` layout."""
+    _require_local()
+    import torch
+    from transformers import (
+        JanusConfig,
+        JanusForConditionalGeneration,
+        JanusProcessor,
+        PreTrainedTokenizerFast,
+    )
+    from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
+
+    target = Path(path)
+    spec = {"kind": "janus", "seed": seed, "version": 1}
+    marker = target / _MARKER
+    if not overwrite and marker.is_file() and json.loads(marker.read_text()) == spec:
+        return target
+    llama = make_tiny_tokenizer("llama")
+    images = {
+        "image_token": "<image_placeholder>",
+        "boi_token": "<begin_of_image>",
+        "eoi_token": "<end_of_image>",
+    }
+    backend = llama.backend_tokenizer
+    backend.add_special_tokens([_JANUS_PAD, *images.values(), "<|User|>", "<|Assistant|>"])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=llama.bos_token,
+        eos_token=llama.eos_token,
+        pad_token=_JANUS_PAD,
+        extra_special_tokens=images,
+        model_max_length=512,
+    )
+    processor = JanusProcessor(
+        image_processor=JanusImageProcessorPil(size={"height": 20, "width": 20}, min_size=4),
+        tokenizer=tokenizer,
+        chat_template=_JANUS_TEMPLATE,
+        num_image_tokens=16,
+    )
+    config = JanusConfig(
+        text_config={
+            "model_type": "llama",
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "intermediate_size": 37,
+            "max_position_embeddings": 512,
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        },
+        vision_config={
+            "image_size": 20,
+            "patch_size": 5,
+            "num_image_tokens": 16,
+            "hidden_size": 32,
+            "projection_dim": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "mlp_ratio": 2,
+        },
+        vq_config={
+            "embed_dim": 12,
+            "num_embeddings": 64,
+            "latent_channels": 12,
+            "base_channels": 32,  # a GroupNorm of 32 groups: no fewer
+            "channel_multiplier": [1, 1, 1],  # 4x4 tokens -> 16x16 pixels
+            "num_patches": 4,
+            "projection_dim": 32,  # the language model's width, as in Janus-Pro
+            "image_token_embed_dim": 32,
+        },
+        image_token_id=tokenizer.convert_tokens_to_ids(images["image_token"]),
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = JanusForConditionalGeneration(config).eval()
+    generation = model.generation_config
+    generation.pad_token_id = tokenizer.pad_token_id
+    generation.bos_token_id = tokenizer.bos_token_id
+    generation.eos_token_id = tokenizer.eos_token_id
+    generation.generation_kwargs = {
+        "boi_token_id": tokenizer.convert_tokens_to_ids(images["boi_token"])
+    }
+    generation.guidance_scale = 5.0
+    generation._from_model_config = False  # saved as is, as Janus-Pro's generation config
+    model.save_pretrained(target)
+    processor.save_pretrained(target)
     marker.write_text(json.dumps(spec))
     return target
 

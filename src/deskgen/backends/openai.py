@@ -580,6 +580,7 @@ class OpenAIBackend(Backend):
         import openai
 
         from ..prompts import DeskDescription
+        from ..prompts._description import DescriptionFields
 
         image = _downscaled(photo)  # the vision models' own limit; no metadata is sent
         buf = io.BytesIO()
@@ -603,7 +604,7 @@ class OpenAIBackend(Backend):
             completion = self._client.chat.completions.parse(
                 model=self.opts.describe_model,
                 messages=messages,
-                response_format=DeskDescription,
+                response_format=DescriptionFields,
             )
         except openai.OpenAIError as exc:
             raise translate_openai_error(exc, retries=self.opts.max_retries) from exc
@@ -617,9 +618,9 @@ class OpenAIBackend(Backend):
                 f"The service refused to describe the photo: {message.refusal}"
             )
         parsed = getattr(message, "parsed", None)
-        if not isinstance(parsed, DeskDescription):
+        if not isinstance(parsed, DescriptionFields):
             raise InvalidOutputError("The service answered without a description.")
-        return parsed
+        return DeskDescription(**parsed.model_dump())
 
     def _enter(self) -> None:
         with self._flight_lock:

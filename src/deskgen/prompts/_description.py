@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ._spec import DeskSpec
 
-__all__ = ["DESCRIBE_INSTRUCTION", "DeskDescription"]
+__all__ = ["DESCRIBE_INSTRUCTION", "DescriptionFields", "DeskDescription"]
 
 DESCRIBE_INSTRUCTION = (
     "explain details of this desk photo: the items on and around the desk, which main "
@@ -23,8 +23,8 @@ def _bare(item: str) -> str:
     return words[1] if len(words) == 2 and words[0].lower() in ("a", "an", "the") else item
 
 
-class DeskDescription(BaseModel):
-    """A structured description of a desk photo (from ``gen.describe(photo)``)."""
+class DescriptionFields(BaseModel):
+    """The structured fields of a `DeskDescription` (what vision models are asked to fill)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -43,6 +43,15 @@ class DeskDescription(BaseModel):
     colours: list[str] = Field(default_factory=list)
     room: str
     """The surroundings to keep, e.g. "a bright open-plan office with windows"."""
+
+
+class DeskDescription(DescriptionFields):
+    """A structured description of a desk photo (from ``gen.describe(photo)``)."""
+
+    text: str = ""
+    """The model's own answer to the instruction, in its words, where it gave one apart from
+    the fields (``janus``: its "explain details" answer); empty for ``openai``, whose answer is
+    the fields themselves."""
 
     def to_spec(self, **overrides: Any) -> DeskSpec:
         """A makeover `DeskSpec` that keeps the room and the main items and clears the clutter.

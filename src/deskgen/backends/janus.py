@@ -1,0 +1,422 @@
+"""``janus``: DeepSeek's Janus-Pro through transformers (``JanusForConditionalGeneration``).
+
+One model that both reads and draws:
+
+- ``describe(photo)``: the seed team's "explain details" of the desk photo, answered in the
+  model's words (`DeskDescription.text`) and as structured fields (asked for as JSON; where the
+  answer is not valid JSON, each field is asked for on its own), so ``to_spec()`` can write the
+  makeover prompt for any backend.
+- ``generate(prompt=...)``: text to image with Janus' own classifier-free guidance over image
+  tokens (guidance 5.0 by default, as DeepSeek's reference code) at its fixed size (384x384
+  for Janus-Pro). Janus does not edit photos: describe the photo, then generate from the
+  description's prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import Field, ValidationError
+
+from .._device import dtype_name, free_accelerator_memory, resolve_device, resolve_dtype
+from .._exceptions import (
+    BackendError,
+    DeskgenError,
+    GeneratorClosedError,
+    InvalidRequestError,
+    ModelLoadError,
+    ModelMismatchError,
+    ModelNotFoundError,
+    UnsupportedOperationError,
+)
+from .._registry import register_backend
+from ..prompts import EncoderFamily, LongPromptMode, TextEncoderSpec
+from ..prompts._description import DescriptionFields, DeskDescription
+from ..quant import QuantBackend, WeightBits
+from ._base import Backend, BackendOptions, BackendOutput, Job
+from ._diffusers import _MISSING_SAFETENSORS, _is_local, _offline
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = ["JanusBackend", "JanusOptions"]
+
+_FIELD_QUESTIONS: dict[str, str] = {
+    "summary": "Describe the whole scene in one or two sentences.",
+    "items": "List the items on and around the desk, separated by commas.",
+    "keep": "Which main furniture and devices should a desk makeover keep? "
+    "Answer with a comma-separated list.",
+    "remove": "Which clutter should a desk makeover clear? Answer with a comma-separated list.",
+    "style": "In a few words, what is the current style of the desk?",
+    "lighting": "In a few words, describe the lighting.",
+    "clutter": "How cluttered is the desk? Answer with one word: none, low, medium or high.",
+    "colours": "List the main colours, separated by commas.",
+    "room": "In a few words, describe the room around the desk.",
+}
+"""One short question per field, for answers that were not valid JSON."""
+
+_JSON_REQUEST = (
+    "Now answer as JSON with these keys: summary (one or two sentences), items (list), keep "
+    "(list of main furniture and devices to keep), remove (list of clutter to clear), style, "
+    "lighting, clutter (one of none, low, medium, high), colours (list), room. JSON only."
+)
+
+
+class JanusOptions(BackendOptions):
+    """Loading options of ``janus``."""
+
+    revision: str | None = None
+    cache_dir: str | None = None
+    local_files_only: bool = False
+    allow_pickle: bool = False
+    """Also accept pickle weights; only for checkpoints you trust."""
+    max_new_tokens: int = Field(default=512, ge=16, le=4096)
+    """Longest answer of ``describe``, in tokens."""
+    temperature: float = Field(default=1.0, gt=0.0, le=2.0)
+    """Sampling temperature of image tokens (DeepSeek's reference: 1.0)."""
+    quantize_language_model: WeightBits | None = None
+    """Quantize the language model's weights at load (Janus-Pro-7B: about 14 GB in bfloat16,
+    7 GB int8, 4 GB int4)."""
+    quantization_backend: QuantBackend = "auto"
+
+
+def _split_list(answer: str) -> list[str]:
+    parts = re.split(r"[,;\n]|\band\b", answer)
+    return [p.strip(" .-*•\t") for p in parts if p.strip(" .-*•\t")][:12]
+
+
+def _first_clutter_word(answer: str) -> str | None:
+    match = re.search(r"\b(none|low|medium|high)\b", answer.lower())
+    return match.group(1) if match else None
+
+
+def parse_description_json(answer: str) -> DescriptionFields | None:
+    """The structured fields from a JSON answer (inside ``` fences or not), or ``None``."""
+    match = re.search(r"\{.*\}", answer, flags=re.DOTALL)
+    if match is None:
+        return None
+    try:
+        data = json.loads(match.group(0))
+        return DescriptionFields.model_validate(data)
+    except (json.JSONDecodeError, ValidationError):
+        return None
+
+
+@register_backend("janus")
+class JanusBackend(Backend):
+    """Janus-Pro 1B/7B (transformers): ``describe`` a desk photo, and text to image."""
+
+    description: ClassVar[str] = "Janus-Pro (transformers): describe a desk photo; text to image"
+    extra: ClassVar[str] = "local"
+    requirements: ClassVar[tuple[str, ...]] = ("torch", "transformers")
+    default_model: ClassVar[str | None] = "deepseek-community/Janus-Pro-7B"
+    options_class: ClassVar[type[BackendOptions]] = JanusOptions
+    text_encoders: ClassVar[tuple[TextEncoderSpec, ...]] = (
+        TextEncoderSpec(name="language_model", family=EncoderFamily.LLAMA, max_tokens=4096),
+    )
+    default_long_prompt: ClassVar[LongPromptMode] = LongPromptMode.FIT
+    default_guidance: ClassVar[float] = 5.0
+
+    def __init__(self, options: BackendOptions) -> None:
+        super().__init__(options)
+        assert isinstance(options, JanusOptions)
+        self.opts: JanusOptions = options
+        self._device = resolve_device(options.device)
+        self._torch_dtype = resolve_dtype(options.dtype, self._device)
+        self._lock = threading.Lock()
+        """Janus samples image tokens from torch's global generator: one request at a time,
+        each seeded, so every image replays."""
+        self.quantized: dict[str, str] = {}
+        self.model, self.processor = self._load()
+        config = self.model.config
+        self.num_image_tokens: int = int(config.vision_config.num_image_tokens)
+        vq = config.vq_config
+        self.image_size: int = int(vq.num_patches) * 2 ** (len(vq.channel_multiplier) - 1)
+        limit = int(config.text_config.max_position_embeddings) - self.num_image_tokens - 16
+        self._prompt_limit = max(limit, 16)
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def _load(self) -> tuple[Any, Any]:
+        from transformers import AutoConfig, AutoProcessor, JanusForConditionalGeneration
+
+        name = self.opts.model
+        local = _is_local(name)
+        source = os.path.expanduser(name) if local else name
+        if local and not os.path.isfile(os.path.join(source, "config.json")):
+            raise ModelNotFoundError(
+                f"No Janus folder with a config.json at {name!r}: pass a folder saved with "
+                "save_pretrained() (model and processor) or a hub id such as "
+                "deepseek-community/Janus-Pro-7B."
+            )
+        common: dict[str, Any] = {
+            "revision": self.opts.revision,
+            "cache_dir": self.opts.cache_dir,
+            "local_files_only": self.opts.local_files_only,
+        }
+        try:
+            config = AutoConfig.from_pretrained(source, **common)
+        except (OSError, ValueError) as exc:
+            raise self._load_error(name, local, exc) from exc
+        if getattr(config, "model_type", None) != "janus":
+            raise ModelMismatchError(
+                f"{name!r} is a {getattr(config, 'model_type', 'unknown')!r} model, not Janus: "
+                "use the transformers version of Janus-Pro, e.g. deepseek-community/Janus-Pro-7B "
+                "(the original deepseek-ai repos need their own code)."
+            )
+        try:
+            processor = AutoProcessor.from_pretrained(source, **common)
+            model = JanusForConditionalGeneration.from_pretrained(
+                source,
+                dtype=self._torch_dtype,
+                use_safetensors=None if self.opts.allow_pickle else True,
+                **common,
+            )
+        except (OSError, ValueError) as exc:
+            raise self._load_error(name, local, exc) from exc
+        except Exception as exc:  # corrupt or truncated files
+            raise ModelLoadError(
+                f"Could not load {name!r} ({type(exc).__name__}: {exc}). If the files are "
+                "incomplete, delete them and download again."
+            ) from exc
+        if self.opts.quantize_language_model:
+            from ..quant import quantize_weights
+
+            used = quantize_weights(
+                model.model.language_model,
+                weights=self.opts.quantize_language_model,
+                backend=self.opts.quantization_backend,
+            )
+            self.quantized["language_model"] = f"{self.opts.quantize_language_model} ({used})"
+        try:
+            model.to(self._device).eval()
+        except Exception as exc:
+            raise ModelLoadError(
+                f"Could not move {name!r} to {self._device} ({type(exc).__name__}: {exc}). "
+                "Free memory on the device, use dtype='bfloat16', or "
+                "quantize_language_model='int8'."
+            ) from exc
+        return model, processor
+
+    def _load_error(self, name: str, local: bool, exc: BaseException) -> DeskgenError:
+        text = str(exc)
+        if _MISSING_SAFETENSORS.search(text):
+            return ModelLoadError(
+                f"{name!r} has no safetensors weights. deskgen loads safetensors only by default "
+                "because pickle files can run code; pass allow_pickle=True if you trust it."
+            )
+        if local:
+            return ModelLoadError(
+                f"Could not load {name!r}: {text.splitlines()[0] if text else exc!r}"
+            )
+        why = (
+            "is not in the local Hugging Face cache and downloads are off"
+            if _offline() or self.opts.local_files_only
+            else "could not be fetched from the Hugging Face Hub"
+        )
+        return ModelNotFoundError(
+            f"Model {name!r} {why}. Download it once on a machine with network "
+            f"(`hf download {name}`) and point HF_HOME at that cache, or pass a local folder. "
+            f"Details: {text.splitlines()[0] if text else type(exc).__name__}"
+        )
+
+    # -- Backend interface -------------------------------------------------------------------
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    @property
+    def dtype(self) -> str:
+        return dtype_name(self._torch_dtype)
+
+    def _check_open(self) -> tuple[Any, Any]:
+        model, processor = self.model, self.processor
+        if model is None:
+            raise GeneratorClosedError(
+                "This generator was closed and its weights freed; create a new DeskGenerator."
+            )
+        return model, processor
+
+    def prompt_encoders(self) -> list[tuple[TextEncoderSpec, Any]]:
+        _, processor = self._check_open()
+        spec = self.text_encoders[0].model_copy(update={"max_tokens": self._prompt_limit})
+        return [(spec, processor.tokenizer)]
+
+    def plan_prompt(self, request: Any) -> Any:
+        with self._lock:  # the tokenizer is shared with running requests
+            return super().plan_prompt(request)
+
+    def _chat(self, content: list[dict[str, Any]]) -> str:
+        _, processor = self._check_open()
+        messages = [{"role": "user", "content": content}]
+        return str(processor.apply_chat_template(messages, add_generation_prompt=True))
+
+    def _answer(self, photo: Image.Image, question: str, *, max_new_tokens: int) -> str:
+        import torch
+
+        model, processor = self._check_open()
+        prompt = self._chat([{"type": "image"}, {"type": "text", "text": question}])
+        inputs = processor(text=prompt, images=[photo], generation_mode="text", return_tensors="pt")
+        inputs = inputs.to(self._device, dtype=self._torch_dtype)
+        with torch.no_grad():
+            output = model.generate(
+                **inputs,
+                max_length=int(inputs["input_ids"].shape[1]) + max_new_tokens,
+                generation_mode="text",
+                do_sample=False,  # greedy: the same photo gets the same description
+            )
+        answer = output[0][inputs["input_ids"].shape[1] :]
+        return str(processor.decode(answer, skip_special_tokens=True)).strip()
+
+    def describe(self, photo: Image.Image, *, instruction: str) -> DeskDescription:
+        """The model's answer to ``instruction`` (the seed's "explain details"), then the
+        structured fields: one JSON answer, or, where that is not valid JSON, a short answer
+        per field."""
+        with self._lock:
+            try:
+                text = self._answer(photo, instruction, max_new_tokens=self.opts.max_new_tokens)
+                fields = parse_description_json(
+                    self._answer(photo, f"{instruction}\n{_JSON_REQUEST}", max_new_tokens=384)
+                )
+                if fields is None:
+                    fields = self._fields_one_by_one(photo)
+            except DeskgenError:
+                raise
+            except Exception as exc:
+                raise BackendError(f"Janus failed to describe the photo: {exc}") from exc
+        return DeskDescription(**fields.model_dump(), text=text)
+
+    def _fields_one_by_one(self, photo: Image.Image) -> DescriptionFields:
+        answers = {
+            name: self._answer(photo, question, max_new_tokens=48)
+            for name, question in _FIELD_QUESTIONS.items()
+        }
+        lists = {
+            name: _split_list(answers[name]) for name in ("items", "keep", "remove", "colours")
+        }
+        return DescriptionFields(
+            summary=answers["summary"],
+            style=answers["style"],
+            lighting=answers["lighting"],
+            room=answers["room"],
+            # an answer without one of the four words: "medium" keeps the makeover's own
+            # clutter-clearing on without claiming the desk is a mess
+            clutter=_first_clutter_word(answers["clutter"]) or "medium",  # type: ignore[arg-type]
+            **lists,
+        )
+
+    def generate(self, job: Job) -> BackendOutput:
+        import torch
+        from transformers import LogitsProcessor, LogitsProcessorList
+
+        model, processor = self._check_open()
+        request = job.request
+        if job.photo is not None or job.mask is not None:
+            raise UnsupportedOperationError(
+                "Janus draws from text only, it does not edit photos. Describe the photo first "
+                "(gen.describe(photo)) and generate from description.to_spec().render("
+                "backend='janus').prompt without image=..., or use 'sdxl' for img2img."
+            )
+        size = self.image_size
+        for name in ("width", "height"):
+            value = getattr(request, name)
+            if value is not None and value != size:
+                raise InvalidRequestError(
+                    f"{name}={value}: Janus-Pro draws {size}x{size} images only; leave out "
+                    "width/height (resize the result if you need another size)."
+                )
+        warnings = []
+        if job.prompt.negative_prompt:
+            warnings.append(
+                "Janus takes no negative prompt (its guidance contrasts the prompt with an empty "
+                "one): the negative prompt was ignored."
+            )
+        for name in ("steps", "strength"):
+            if getattr(request, name) is not None:
+                warnings.append(f"{name} has no effect on Janus, which draws image tokens.")
+        guidance = request.guidance_scale if request.guidance_scale is not None else 5.0
+        total = self.num_image_tokens * len(job.seeds)
+
+        class Progress(LogitsProcessor):  # type: ignore[misc]  # once per image token
+            def __init__(self, offset: int) -> None:
+                self.done = offset
+
+            def __call__(self, input_ids: Any, scores: Any) -> Any:
+                self.done += 1
+                job.on_step(self.done, total)
+                return scores
+
+        started = time.perf_counter()
+        prompt = self._chat([{"type": "text", "text": job.prompt.prompt}])
+        inputs = processor(text=prompt, generation_mode="image", return_tensors="pt")
+        inputs = inputs.to(self._device)
+        encoded = time.perf_counter()
+        tokens = []
+        try:
+            with self._lock:
+                for i, seed in enumerate(job.seeds):
+                    devices = [self._device] if self._device.startswith("cuda") else []
+                    with torch.random.fork_rng(devices=devices), torch.no_grad():
+                        torch.manual_seed(seed)
+                        tokens.append(
+                            model.generate(
+                                **inputs,
+                                generation_mode="image",
+                                do_sample=True,
+                                temperature=self.opts.temperature,
+                                guidance_scale=guidance,
+                                logits_processor=LogitsProcessorList(
+                                    [Progress(i * self.num_image_tokens)]
+                                ),
+                            )
+                        )
+                drawn = time.perf_counter()
+                with torch.no_grad():
+                    pixels = model.decode_image_tokens(torch.cat(tokens))
+                # the PIL image processor expects channels first
+                channels_first = list(pixels.float().permute(0, 3, 1, 2).cpu())
+                images = processor.postprocess(
+                    channels_first,
+                    return_tensors="PIL.Image.Image",
+                    input_data_format="channels_first",
+                )["pixel_values"]
+        except DeskgenError:
+            raise
+        except torch.OutOfMemoryError as exc:
+            raise BackendError(
+                f"Out of memory on {self._device} drawing {len(job.seeds)} image(s). Generate "
+                "fewer at once, use dtype='bfloat16', or quantize_language_model='int8'."
+            ) from exc
+        except Exception as exc:
+            raise BackendError(f"The 'janus' backend failed: {type(exc).__name__}: {exc}") from exc
+        finished = time.perf_counter()
+        images = images if isinstance(images, list) else [images]
+        resolved = request.model_copy(
+            update={"width": size, "height": size, "guidance_scale": guidance}
+        )
+        return BackendOutput(
+            images=[image.convert("RGB") for image in images],
+            seeds=list(job.seeds),
+            request=resolved,
+            mode="txt2img",
+            width=size,
+            height=size,
+            denoising_steps=self.num_image_tokens,
+            scheduler="autoregressive image tokens",
+            encode_seconds=encoded - started,
+            denoise_seconds=drawn - encoded,
+            decode_seconds=finished - drawn,
+            warnings=warnings,
+        )
+
+    def close(self) -> None:
+        with self._lock:  # after a running request
+            self.model = None
+            self.processor = None
+        free_accelerator_memory(self._device)
