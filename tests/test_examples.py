@@ -128,3 +128,19 @@ def test_hidream_example(tmp_path: Path) -> None:
         assert sizes is not None and int(sizes[2]) < int(sizes[1]), name
     assert "4 steps, guidance 5.0, 128x128" in proc.stdout
     assert f"wrote {out}" in proc.stdout and out.is_file()
+
+
+@pytest.mark.slow
+def test_describe_then_generate_example(tmp_path: Path) -> None:
+    out = tmp_path / "described.png"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "describe_then_generate.py"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Janus says:" in proc.stdout and "clutter:" in proc.stdout
+    assert "CLIP tokens)" in proc.stdout and "janus drew 16x16" in proc.stdout
+    assert "sdxl img2img" in proc.stdout and out.is_file()

@@ -223,14 +223,15 @@ class TestLowMemory:
                 device="cpu",
             )
 
-    def test_offload_needs_a_gpu(self, tiny_hidream_paths: dict[str, Path]) -> None:
+    @pytest.mark.parametrize("device", ["cpu", "auto"])  # "auto" is the CPU on this machine
+    def test_offload_needs_a_gpu(self, tiny_hidream_paths: dict[str, Path], device: str) -> None:
         with pytest.raises(ConfigError, match="device='cuda'"):
             DeskGenerator(
                 BACKEND,
                 model=str(tiny_hidream_paths["pipeline"]),
                 llama_model=str(tiny_hidream_paths["llama"]),
                 offload="model",
-                device="cpu",
+                device=device,
             )
 
 

@@ -300,7 +300,9 @@ class TestDescribe:
         assert req.json is not None
         assert req.json["model"] == "gpt-4o-mini"
         schema = req.json["response_format"]["json_schema"]
-        assert schema["strict"] is True and schema["name"] == "DeskDescription"
+        assert schema["strict"] is True and schema["name"] == "DescriptionFields"
+        assert "text" not in schema["schema"]["properties"]  # the fields only: no free text
+        assert description.text == ""
         content = req.json["messages"][1]["content"]
         assert content[0]["text"].startswith("explain details")
         url = content[1]["image_url"]["url"]

@@ -123,11 +123,6 @@ class HiDreamBackend(DiffusersBackend):
 
     def __init__(self, options: BackendOptions) -> None:
         assert isinstance(options, HiDreamOptions)
-        if options.offload != "none" and options.device == "cpu":
-            raise ConfigError(
-                f"offload={options.offload!r} moves weights between the CPU and a GPU: use it "
-                "with device='cuda' (or 'auto' on a GPU machine), or leave offload='none'."
-            )
         self.quantized: dict[str, str] = {}
         """Components quantized at load, e.g. ``{"text_encoder_4": "int8 (quanto)"}``."""
         super().__init__(options)
@@ -155,6 +150,13 @@ class HiDreamBackend(DiffusersBackend):
         from transformers import AutoTokenizer, LlamaForCausalLM
 
         assert isinstance(self.opts, HiDreamOptions)
+        if self.opts.offload != "none" and not self._device.startswith(("cuda", "xpu")):
+            # before any weight loads; device="auto" may have resolved to the CPU
+            raise ConfigError(
+                f"offload={self.opts.offload!r} moves weights between the CPU and a GPU, but the "
+                f"device is {self._device!r}: use it with device='cuda' on a GPU machine, or "
+                "leave offload='none'."
+            )
         name = self.opts.llama_model
         local = _is_local(name)
         folder = os.path.expanduser(name)
