@@ -263,3 +263,13 @@ class TestLoading:
                 llama_model=str(tiny_hidream_paths["llama"]),
                 device="cpu",
             )
+
+
+def test_record_replays(gen: DeskGenerator, tmp_path: Path) -> None:
+    from deskgen import read_record
+
+    result = gen.generate(prompt=LONGER, seed=8, steps=2)
+    [path] = result.save(tmp_path / "hidream.png")
+    request = read_record(path)
+    assert (request.steps, request.guidance_scale, request.width) == (2, 5.0, 128)
+    assert np.array_equal(_pixels(gen.generate(request).image), _pixels(result.image))

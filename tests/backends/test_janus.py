@@ -194,3 +194,12 @@ class TestLoading:
     def test_another_model_is_a_mismatch(self, tiny_sdxl_path: Path) -> None:
         with pytest.raises(ModelMismatchError, match="not Janus"):
             DeskGenerator(BACKEND, model=str(tiny_sdxl_path / "text_encoder"), device="cpu")
+
+
+def test_record_replays(gen: DeskGenerator, tmp_path: Path) -> None:
+    from deskgen import read_record
+
+    result = gen.generate(prompt="a walnut desk with plants", seed=21, num_images=2)
+    paths = result.save(tmp_path / "janus.png")
+    again = gen.generate(read_record(paths[1]))
+    assert np.array_equal(_pixels(again.image), _pixels(result.images[1]))
