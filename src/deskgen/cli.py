@@ -159,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("prompt", help="what the improved desk should look like")
     _add_model_options(gen, backend="sdxl")
-    _add_request_options(gen, steps_help="default: 30")
+    _add_request_options(gen, steps_help="default: the backend's, 30 for sdxl")
     _add_output_options(gen, out="makeover.png")
 
     demo = sub.add_parser(

@@ -38,6 +38,7 @@ def gen(tiny_hidream_paths: dict[str, Path]) -> Any:
         BACKEND,
         model=str(tiny_hidream_paths["pipeline"]),
         llama_model=str(tiny_hidream_paths["llama"]),
+        edition="full",
         device="cpu",
     )
     yield generator
@@ -121,6 +122,7 @@ class TestSequenceLength:
             BACKEND,
             model=str(tiny_hidream_paths["pipeline"]),
             llama_model=str(tiny_hidream_paths["llama"]),
+            edition="full",
             max_sequence_length=400,
             device="cpu",
         ) as big:
@@ -182,6 +184,7 @@ class TestLowMemory:
             BACKEND,
             model=str(tiny_hidream_paths["pipeline"]),
             llama_model=str(tiny_hidream_paths["llama"]),
+            edition="full",
             quantize_text_encoders=weights,
             quantization_backend=backend,
             device="cpu",
@@ -202,6 +205,7 @@ class TestLowMemory:
             BACKEND,
             model=str(tiny_hidream_paths["pipeline"]),
             llama_model=str(tiny_hidream_paths["llama"]),
+            edition="full",
             quantize_transformer="int8",
             device="cpu",
         ) as small:
@@ -219,6 +223,7 @@ class TestLowMemory:
                 BACKEND,
                 model=str(tiny_hidream_paths["pipeline"]),
                 llama_model=str(tiny_hidream_paths["llama"]),
+                edition="full",
                 quantize_text_encoders="int8",
                 device="cpu",
             )
@@ -230,6 +235,7 @@ class TestLowMemory:
                 BACKEND,
                 model=str(tiny_hidream_paths["pipeline"]),
                 llama_model=str(tiny_hidream_paths["llama"]),
+                edition="full",
                 offload="model",
                 device=device,
             )
@@ -261,6 +267,7 @@ class TestLoading:
                 BACKEND,
                 model=str(tiny_sdxl_path),
                 llama_model=str(tiny_hidream_paths["llama"]),
+                edition="full",
                 device="cpu",
             )
 
@@ -273,3 +280,74 @@ def test_record_replays(gen: DeskGenerator, tmp_path: Path) -> None:
     request = read_record(path)
     assert (request.steps, request.guidance_scale, request.width) == (2, 5.0, 128)
     assert np.array_equal(_pixels(gen.generate(request).image), _pixels(result.image))
+
+
+class TestReviewFindings:
+    @pytest.mark.parametrize(("width", "height"), [(144, 80), (64, 32), (96, 128), (32, 112)])
+    def test_reported_size_is_the_image_size(
+        self, gen: DeskGenerator, width: int, height: int
+    ) -> None:
+        result = gen.generate(prompt="a desk", seed=1, steps=1, width=width, height=height)
+        assert result.image.size == (result.width, result.height)
+
+    def test_unused_negative_prompt_neither_counts_nor_shows(self, gen: DeskGenerator) -> None:
+        result = gen.generate(
+            prompt="a desk", negative_prompt=LONGER, guidance_scale=0.0, seed=1, steps=1
+        )
+        report = result.prompt_report
+        assert report is not None and report.negative_prompt is None
+        assert {r.limit for r in report.encoders} == {128}  # the stock length: a short prompt
+        assert any("negative prompt" in w and "not used" in w for w in result.warnings)
+
+    def test_a_llama_that_is_not_one(self, tiny_hidream_paths: dict[str, Path]) -> None:
+        from deskgen import ModelMismatchError
+
+        with pytest.raises(ModelMismatchError, match="'t5' model"):
+            DeskGenerator(
+                BACKEND,
+                model=str(tiny_hidream_paths["pipeline"]),
+                llama_model=str(tiny_hidream_paths["pipeline"] / "text_encoder_3"),
+                device="cpu",
+            )
+
+    @pytest.mark.parametrize(
+        ("name", "edition"),
+        [
+            ("HiDream-ai/HiDream-I1-Dev", "dev"),
+            ("./HiDream-I1-Fast/", "fast"),
+            ("/cache/models--HiDream-ai--HiDream-I1-Dev/snapshots/0123abc", "dev"),
+            ("./my-hidream-fast-nf4", "fast"),
+            ("./tiny-hidream", None),
+        ],
+    )
+    def test_edition_from_the_name(self, name: str, edition: str | None) -> None:
+        from deskgen.backends.hidream import _edition_from_name
+
+        assert _edition_from_name(name) == edition
+
+    def test_torchao_int4_is_refused_before_loading(
+        self, tiny_hidream_paths: dict[str, Path]
+    ) -> None:
+        with pytest.raises(ConfigError, match="mslk"):
+            DeskGenerator(
+                BACKEND,
+                model=str(tiny_hidream_paths["pipeline"]),
+                llama_model=str(tiny_hidream_paths["llama"]),
+                edition="full",
+                quantize_transformer="int4",
+                quantization_backend="torchao",
+                device="cpu",
+            )
+
+    def test_auto_offload_is_none_on_the_cpu(self, gen: DeskGenerator) -> None:
+        assert gen.backend.offload == "none"  # type: ignore[attr-defined]
+
+
+def test_unknown_edition_warns(tiny_hidream_paths: dict[str, Path]) -> None:
+    with pytest.warns(UserWarning, match="edition='dev' or 'fast'"):
+        DeskGenerator(
+            BACKEND,
+            model=str(tiny_hidream_paths["pipeline"]),
+            llama_model=str(tiny_hidream_paths["llama"]),
+            device="cpu",
+        ).close()

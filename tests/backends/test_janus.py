@@ -203,3 +203,61 @@ def test_record_replays(gen: DeskGenerator, tmp_path: Path) -> None:
     paths = result.save(tmp_path / "janus.png")
     again = gen.generate(read_record(paths[1]))
     assert np.array_equal(_pixels(again.image), _pixels(result.images[1]))
+
+
+class TestReviewFindings:
+    def test_guidance_must_be_above_one(self, gen: DeskGenerator) -> None:
+        for scale in (0.0, 1.0):
+            with pytest.raises(InvalidRequestError, match="guidance_scale > 1"):
+                gen.generate(prompt="a desk", guidance_scale=scale)
+
+    def test_deepseeks_original_repo_is_a_mismatch(self, tmp_path: Path) -> None:
+        folder = tmp_path / "Janus-Pro-7B"
+        folder.mkdir()
+        (folder / "config.json").write_text('{"model_type": "multi_modality"}')
+        with pytest.raises(ModelMismatchError, match="multi_modality"):
+            DeskGenerator(BACKEND, model=str(folder), device="cpu")
+
+    def test_begin_of_image_token_found_without_generation_kwargs(
+        self, tiny_janus_path: Path, tmp_path: Path
+    ) -> None:
+        import json
+        import shutil
+
+        copy = tmp_path / "janus"
+        shutil.copytree(tiny_janus_path, copy)
+        config_file = copy / "generation_config.json"
+        config = json.loads(config_file.read_text())
+        del config["generation_kwargs"]
+        config_file.write_text(json.dumps(config))
+        with DeskGenerator(BACKEND, model=str(copy), device="cpu") as janus:
+            assert janus.generate(prompt="a desk", seed=1).images
+
+    def test_torchao_int4_is_refused_before_loading(self, tiny_janus_path: Path) -> None:
+        from deskgen import ConfigError
+
+        with pytest.raises(ConfigError, match="quanto"):
+            DeskGenerator(
+                BACKEND,
+                model=str(tiny_janus_path),
+                quantize_language_model="int4",
+                quantization_backend="torchao",
+                device="cpu",
+            )
+
+    def test_describe_then_hidream(
+        self, gen: DeskGenerator, desk_photo: Image.Image, tiny_hidream_paths: dict[str, Path]
+    ) -> None:
+        """The route for HiDream, which has no image input: Janus describes, HiDream draws."""
+        rendered = gen.describe(desk_photo).to_spec().render(backend="hidream")
+        with DeskGenerator(
+            "hidream",
+            model=str(tiny_hidream_paths["pipeline"]),
+            llama_model=str(tiny_hidream_paths["llama"]),
+            edition="full",
+            device="cpu",
+        ) as hidream:
+            result = hidream.generate(rendered.request(seed=1, steps=2))
+        assert result.images and result.prompt_report is not None
+        # the spec's text, fitted to all four encoders (the render counted CLIP only)
+        assert result.prompt_report.prompt.startswith("a realistic photo of a tidy")

@@ -252,7 +252,8 @@ class DiffusersBackend(Backend):
         )
         return (
             f"Model {model!r} {why}. Download it once on a machine with network "
-            f"(`hf download {model}`; gated repos need `hf auth login` first) and point HF_HOME "
+            f"(`hf download {model}`; a gated repo needs its licence accepted at "
+            f"https://huggingface.co/{model} and `hf auth login` first) and point HF_HOME "
             "at that cache, or pass the path of a local folder saved with save_pretrained(). "
             f"Details: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
         )
@@ -355,7 +356,8 @@ class DiffusersBackend(Backend):
                     f"safetensors. Details: {text.splitlines()[0]}"
                 ) from exc
             lowered = text.lower()
-            if not local and any(w in lowered for w in ("cache", "connect", "gated", "401")):
+            missing = ("cache", "connect", "gated", "401", "403", "not a valid model identifier")
+            if not local and any(word in lowered for word in missing):
                 raise ModelNotFoundError(self._missing_hub_message(model, exc)) from exc
             raise ModelLoadError(
                 f"Could not load {model!r}: {text.splitlines()[0] if text else exc!r}. If a "
@@ -591,11 +593,14 @@ class DiffusersBackend(Backend):
             conditioned = time.perf_counter()
             whole = self._request_lock or contextlib.nullcontext()
             with whole:
-                with self._encode_lock, torch.no_grad():
-                    call.update(self.encode_prompt(pipe, job.prompt, do_cfg=do_cfg))
-                encoded = marks["last_step"] = time.perf_counter()
-                with lock:
-                    output = pipe(**call)
+                try:
+                    with self._encode_lock, torch.no_grad():
+                        call.update(self.encode_prompt(pipe, job.prompt, do_cfg=do_cfg))
+                    encoded = marks["last_step"] = time.perf_counter()
+                    with lock:
+                        output = pipe(**call)
+                finally:
+                    self._after_request()
         except DeskgenError:
             raise
         except torch.OutOfMemoryError as exc:
@@ -657,6 +662,9 @@ class DiffusersBackend(Backend):
             controls=inputs.controls,
             control_images=inputs.control_images,
         )
+
+    def _after_request(self) -> None:
+        """Runs after every request, finished or not, still under the request lock."""
 
     def _mode(self, job: Job, strength: float) -> Mode:
         """txt2img without a photo, img2img with one."""

@@ -20,10 +20,12 @@ backend that can (``openai``, ``janus``) and generate from the description's pro
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
 import threading
+import warnings
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
@@ -31,6 +33,7 @@ from pydantic import Field
 from .._exceptions import (
     ConfigError,
     InvalidRequestError,
+    ModelMismatchError,
     ModelNotFoundError,
     UnsupportedOperationError,
 )
@@ -39,7 +42,7 @@ from ..prompts import EncoderFamily, LongPromptMode, PromptPlan, TextEncoderSpec
 from ..prompts._plan import plan_prompt
 from ..quant import QuantBackend, WeightBits
 from ._base import BackendOptions, Job
-from ._diffusers import DiffusersBackend, DiffusersOptions, _is_local
+from ._diffusers import MAX_ASPECT, MAX_SIDE, DiffusersBackend, DiffusersOptions, _is_local
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -74,8 +77,8 @@ class HiDreamOptions(DiffusersOptions):
     """``full``, ``dev`` or ``fast``: the step and guidance defaults; ``None`` reads it from the
     model's name (``HiDream-I1-Dev``...), else ``full``."""
     max_sequence_length: int | None = Field(default=None, ge=16, le=512)
-    """Tokens every text encoder sees at most. ``None``: 218; a request's real token count
-    (at least 128) is what is passed, so nothing under it is cut."""
+    """The most tokens T5 and Llama see (CLIP stays at the pipeline's 218). ``None``: 218; a
+    request's real token count (at least 128) is what is passed, so nothing under it is cut."""
     quantize_text_encoders: WeightBits | None = None
     """Quantize the T5 and Llama encoders' weights at load (``int8`` about halves them,
     ``int4`` quarters them): Llama-3.1-8B goes from 16 GB to about 9 or 5 GB."""
@@ -83,15 +86,22 @@ class HiDreamOptions(DiffusersOptions):
     """Quantize the transformer's weights at load (17B parameters: 34 GB in bfloat16)."""
     quantization_backend: QuantBackend = "auto"
     """``quanto`` (optimum-quanto), ``torchao``, or ``auto``: quanto if installed, else torchao."""
-    offload: Literal["none", "model", "sequential"] = "none"
+    offload: Literal["auto", "none", "model", "sequential"] = "auto"
     """``model``: diffusers' model CPU offload, each component moved to the GPU only while it
     runs (the text encoders leave it after encoding); ``sequential``: layer by layer, the
-    least memory and the slowest. Needs a GPU; requests then run one at a time."""
+    least memory and the slowest; ``auto``: ``model`` when the weights (as loaded, quantized
+    or not) would leave less than a fifth of the GPU's free memory for the work, else none,
+    and none on the CPU. Offload needs a GPU; requests then run one at a time."""
 
 
 def _edition_from_name(model: str) -> Edition | None:
-    match = re.search(r"(?i)(?:^|[-_/ ])(full|dev|fast)(?:$|[-_/ ])", os.path.basename(model))
-    return match.group(1).lower() if match else None  # type: ignore[return-value]
+    """``full``/``dev``/``fast`` from a hub id, a folder (trailing separators allowed) or a
+    Hugging Face cache path (``models--HiDream-ai--HiDream-I1-Dev/snapshots/<sha>``)."""
+    text = model.replace("\\", "/").rstrip("/")
+    named = re.search(r"(?i)hidream[-_]?i1[-_](full|dev|fast)\b", text)
+    if named is None:
+        named = re.search(r"(?i)(?:^|[-_ ])(full|dev|fast)(?:$|[-_ ])", text.rsplit("/", 1)[-1])
+    return named.group(1).lower() if named else None  # type: ignore[return-value]
 
 
 @register_backend("hidream")
@@ -123,14 +133,22 @@ class HiDreamBackend(DiffusersBackend):
 
     def __init__(self, options: BackendOptions) -> None:
         assert isinstance(options, HiDreamOptions)
+        self.offload: str = options.offload
+        """The offload in effect: ``auto`` is resolved to ``none`` or ``model`` at load."""
         self.quantized: dict[str, str] = {}
         """Components quantized at load, e.g. ``{"text_encoder_4": "int8 (quanto)"}``."""
         super().__init__(options)
         self.edition: Edition = options.edition or _edition_from_name(options.model) or "full"
+        if options.edition is None and _edition_from_name(options.model) is None:
+            warnings.warn(
+                f"The HiDream edition of {options.model!r} is not in its name: using Full's "
+                "defaults (50 steps, guidance 5.0). Pass edition='dev' or 'fast' for those.",
+                UserWarning,
+                stacklevel=4,
+            )
         self.default_steps, self.guidance_default = EDITIONS[self.edition]
         self.sequence_cap: int = options.max_sequence_length or DEFAULT_SEQUENCE_CAP
-        self._uses_cfg_embeds = True
-        if options.offload != "none":
+        if self.offload != "none":
             self._request_lock = threading.Lock()
 
     # -- loading -----------------------------------------------------------------------------
@@ -150,22 +168,29 @@ class HiDreamBackend(DiffusersBackend):
         from transformers import AutoTokenizer, LlamaForCausalLM
 
         assert isinstance(self.opts, HiDreamOptions)
-        if self.opts.offload != "none" and not self._device.startswith(("cuda", "xpu")):
-            # before any weight loads; device="auto" may have resolved to the CPU
+        on_gpu = self._device.startswith(("cuda", "xpu"))
+        if self.opts.offload in ("model", "sequential") and not on_gpu:
+            # before the big weights load; device="auto" may have resolved to the CPU
             raise ConfigError(
                 f"offload={self.opts.offload!r} moves weights between the CPU and a GPU, but the "
                 f"device is {self._device!r}: use it with device='cuda' on a GPU machine, or "
-                "leave offload='none'."
+                "offload='auto'/'none'."
             )
+        if self.offload == "auto" and not on_gpu:
+            self.offload = "none"
+        self._check_quantization()
+        index = self._read_model_index(self.opts.model, _is_local(self.opts.model))
+        own = index.get("text_encoder_4")
+        if (
+            isinstance(own, list)
+            and own[0] is not None
+            and "llama_model" not in (self.opts.model_fields_set)
+        ):
+            return {}  # a saved pipeline with its Llama inside: use that one
+        self._check_llama(source)
         name = self.opts.llama_model
         local = _is_local(name)
         folder = os.path.expanduser(name)
-        if local and not os.path.isfile(os.path.join(folder, "config.json")):
-            raise ModelNotFoundError(
-                f"No Llama folder with a config.json at {name!r}: pass llama_model= a folder "
-                "saved with save_pretrained() (model and tokenizer) or the hub id "
-                "meta-llama/Llama-3.1-8B-Instruct."
-            )
         common = {"cache_dir": self.opts.cache_dir, "local_files_only": self.opts.local_files_only}
         with self._translating_load_errors(name, local=local, variant=None):
             tokenizer = AutoTokenizer.from_pretrained(folder if local else name, **common)
@@ -179,6 +204,51 @@ class HiDreamBackend(DiffusersBackend):
             self._quantize("text_encoder_4", llama, self.opts.quantize_text_encoders)
         return {"text_encoder_4": llama, "tokenizer_4": tokenizer}
 
+    def _check_quantization(self) -> None:
+        """Fail before loading tens of GB when the asked quantization can't run here."""
+        from ..quant._weights import check_supported
+
+        assert isinstance(self.opts, HiDreamOptions)
+        for weights in (self.opts.quantize_text_encoders, self.opts.quantize_transformer):
+            if weights is not None:
+                check_supported(weights, self.opts.quantization_backend)
+
+    def _check_llama(self, source: str) -> None:
+        """The Llama must be a Llama as wide as the transformer expects (read from configs,
+        before any weight loads: a wrong folder could otherwise build a random 7B model)."""
+        from diffusers import HiDreamImageTransformer2DModel
+        from transformers import AutoConfig
+
+        assert isinstance(self.opts, HiDreamOptions)
+        name = self.opts.llama_model
+        local = _is_local(name)
+        folder = os.path.expanduser(name)
+        if local and not os.path.isfile(os.path.join(folder, "config.json")):
+            raise ModelNotFoundError(
+                f"No Llama folder with a config.json at {name!r}: pass llama_model= a folder "
+                "saved with save_pretrained() (model and tokenizer) or the hub id "
+                "meta-llama/Llama-3.1-8B-Instruct."
+            )
+        common = {"cache_dir": self.opts.cache_dir, "local_files_only": self.opts.local_files_only}
+        with self._translating_load_errors(name, local=local, variant=None):
+            config = AutoConfig.from_pretrained(folder if local else name, **common)
+        with self._translating_load_errors(self.opts.model, local=_is_local(self.opts.model)):
+            transformer = HiDreamImageTransformer2DModel.load_config(
+                source, subfolder="transformer", revision=self.opts.revision, **common
+            )
+        width = list(transformer.get("caption_channels", [0, 0]))[-1]
+        layers = max(transformer.get("llama_layers", [0]), default=0)
+        kind = getattr(config, "model_type", None)
+        hidden = getattr(config, "hidden_size", None)
+        depth = getattr(config, "num_hidden_layers", 0)
+        if kind != "llama" or hidden != width or depth <= layers:
+            raise ModelMismatchError(
+                f"llama_model={name!r} is a {kind!r} model of width {hidden} and {depth} layers, "
+                f"but this HiDream transformer reads a Llama of width {width} from its layer "
+                f"{layers}: pass the Llama it was trained with, "
+                "meta-llama/Llama-3.1-8B-Instruct (or a copy saved with save_pretrained())."
+            )
+
     def _quantize(self, name: str, module: Any, weights: WeightBits) -> None:
         from ..quant import quantize_weights
 
@@ -189,15 +259,41 @@ class HiDreamBackend(DiffusersBackend):
     def _place(self, pipe: Any) -> None:
         assert isinstance(self.opts, HiDreamOptions)
         if self.opts.quantize_text_encoders:
+            if "text_encoder_4" not in self.quantized:  # a Llama from the model's own folder
+                self._quantize(
+                    "text_encoder_4", pipe.text_encoder_4, self.opts.quantize_text_encoders
+                )
             self._quantize("text_encoder_3", pipe.text_encoder_3, self.opts.quantize_text_encoders)
         if self.opts.quantize_transformer:
             self._quantize("transformer", pipe.transformer, self.opts.quantize_transformer)
-        if self.opts.offload == "model":
+        if self.offload == "auto":
+            self.offload = self._auto_offload(pipe)
+        if self.offload == "model":
             pipe.enable_model_cpu_offload(device=self._device)
-        elif self.opts.offload == "sequential":
+        elif self.offload == "sequential":
             pipe.enable_sequential_cpu_offload(device=self._device)
         else:
             pipe.to(self._device)
+
+    def _auto_offload(self, pipe: Any) -> str:
+        """``model`` when the weights would leave under a fifth of the free GPU memory."""
+        import torch
+
+        from ..quant import module_bytes
+
+        weights = sum(
+            module_bytes(module)
+            for module in pipe.components.values()
+            if hasattr(module, "parameters")
+        )
+        free, _ = torch.cuda.mem_get_info(torch.device(self._device))
+        return "model" if weights > 0.8 * free else "none"
+
+    def _after_request(self) -> None:
+        # a request that stopped early (cancel, error) may leave its component on the GPU:
+        # with model offload, put everything back before the next request
+        if self.offload == "model" and self._txt2img is not None:
+            self._txt2img.maybe_free_model_hooks()
 
     def _view(self, template: Any) -> Any:
         # the pipeline's constructor sets the shared Llama tokenizer's pad token: not while
@@ -229,11 +325,27 @@ class HiDreamBackend(DiffusersBackend):
                 "embeddings only and T5/Llama read the whole prompt up to max_sequence_length "
                 f"({self.sequence_cap}). Use 'fit' (the default), 'truncate' or 'error'."
             )
+        guidance = request.guidance_scale
+        guidance = self.guidance_default if guidance is None else guidance
+        ignored = None
+        if guidance <= 1 and request.negative_prompt is not None:
+            # no classifier-free guidance: the negative prompt is never encoded, so it must not
+            # lengthen the sequence or appear in the report as seen
+            ignored = request.negative_prompt
+            request = request.model_copy(update={"negative_prompt": None})
         with self._encode_lock:
             first = self._plan(request, self.sequence_cap)
             counts = [r.tokens for r in [*first.report.encoders, *first.report.negative_encoders]]
             length = min(max([STOCK_SEQUENCE_LENGTH, *counts]), self.sequence_cap)
-            return first if length == self.sequence_cap else self._plan(request, length)
+            plan = first if length == self.sequence_cap else self._plan(request, length)
+        if ignored is not None:
+            note = (
+                f"guidance_scale={guidance:g} runs no classifier-free guidance ({self.edition} "
+                f"edition), so the negative prompt {ignored!r} was not used."
+            )
+            report = plan.report.model_copy(update={"warnings": [*plan.report.warnings, note]})
+            plan = dataclasses.replace(plan, report=report)
+        return plan
 
     def _plan(self, request: GenerationRequest, length: int) -> PromptPlan:
         return plan_prompt(
@@ -288,13 +400,28 @@ class HiDreamBackend(DiffusersBackend):
     ) -> tuple[int, int, list[str]]:
         width, height, warnings = super()._plan_size(request, photo, label=label)
         # the pipeline always renders the native area (1024x1024 for the real model), keeping
-        # only the aspect ratio: the same arithmetic, so the result states the real size
+        # only the aspect ratio, and it rounds down: deskgen passes the size that the pipeline's
+        # own arithmetic leaves unchanged (reached in a few rounds), so the result states the
+        # real size
         division = 2 * self.vae_scale_factor
-        scale = math.sqrt(self.native_size**2 / (width * height))
-        actual = (
-            int(width * scale // division * division),
-            int(height * scale // division * division),
-        )
+
+        def rescaled(size: tuple[int, int]) -> tuple[int, int]:
+            scale = math.sqrt(self.native_size**2 / (size[0] * size[1]))
+            return (
+                int(size[0] * scale // division * division),
+                int(size[1] * scale // division * division),
+            )
+
+        actual = rescaled((width, height))
+        for _ in range(16):
+            if rescaled(actual) == actual:
+                break
+            actual = rescaled(actual)
+        if max(actual) > MAX_SIDE or min(actual) < division:
+            raise InvalidRequestError(
+                f"{width}x{height} would render as {actual[0]}x{actual[1]} at HiDream's native "
+                f"area: keep the aspect ratio within {MAX_ASPECT:g}:1."
+            )
         explicit = request.width is not None or request.height is not None
         if actual != (width, height) and explicit:
             warnings.append(

@@ -37,6 +37,7 @@ from .._exceptions import (
 from .._registry import register_backend
 from ..prompts import EncoderFamily, LongPromptMode, TextEncoderSpec
 from ..prompts._description import DescriptionFields, DeskDescription
+from ..prompts._tokenizers import TOKENIZER_LOCK
 from ..quant import QuantBackend, WeightBits
 from ._base import Backend, BackendOptions, BackendOutput, Job
 from ._diffusers import _MISSING_SAFETENSORS, _is_local, _offline
@@ -59,6 +60,10 @@ _FIELD_QUESTIONS: dict[str, str] = {
     "room": "In a few words, describe the room around the desk.",
 }
 """One short question per field, for answers that were not valid JSON."""
+
+_SAMPLING_LOCK = threading.Lock()
+"""Janus samples image tokens from torch's process-wide generator: requests of every Janus
+generator in the process run one at a time, each seeded, so every image replays."""
 
 _JSON_REQUEST = (
     "Now answer as JSON with these keys: summary (one or two sentences), items (list), keep "
@@ -128,9 +133,7 @@ class JanusBackend(Backend):
         self.opts: JanusOptions = options
         self._device = resolve_device(options.device)
         self._torch_dtype = resolve_dtype(options.dtype, self._device)
-        self._lock = threading.Lock()
-        """Janus samples image tokens from torch's global generator: one request at a time,
-        each seeded, so every image replays."""
+        self._lock = _SAMPLING_LOCK
         self.quantized: dict[str, str] = {}
         self.model, self.processor = self._load()
         config = self.model.config
@@ -143,7 +146,7 @@ class JanusBackend(Backend):
     # -- loading -----------------------------------------------------------------------------
 
     def _load(self) -> tuple[Any, Any]:
-        from transformers import AutoConfig, AutoProcessor, JanusForConditionalGeneration
+        from transformers import AutoProcessor, JanusForConditionalGeneration, PretrainedConfig
 
         name = self.opts.model
         local = _is_local(name)
@@ -159,16 +162,20 @@ class JanusBackend(Backend):
             "cache_dir": self.opts.cache_dir,
             "local_files_only": self.opts.local_files_only,
         }
-        try:
-            config = AutoConfig.from_pretrained(source, **common)
+        try:  # the raw config first: DeepSeek's own repos have a type transformers doesn't know
+            raw, _ = PretrainedConfig.get_config_dict(source, **common)
         except (OSError, ValueError) as exc:
             raise self._load_error(name, local, exc) from exc
-        if getattr(config, "model_type", None) != "janus":
+        if raw.get("model_type") != "janus":
             raise ModelMismatchError(
-                f"{name!r} is a {getattr(config, 'model_type', 'unknown')!r} model, not Janus: "
+                f"{name!r} is a {raw.get('model_type', 'unknown')!r} model, not Janus: "
                 "use the transformers version of Janus-Pro, e.g. deepseek-community/Janus-Pro-7B "
                 "(the original deepseek-ai repos need their own code)."
             )
+        if self.opts.quantize_language_model:  # before loading gigabytes
+            from ..quant._weights import check_supported
+
+            check_supported(self.opts.quantize_language_model, self.opts.quantization_backend)
         try:
             processor = AutoProcessor.from_pretrained(source, **common)
             model = JanusForConditionalGeneration.from_pretrained(
@@ -184,6 +191,20 @@ class JanusBackend(Backend):
                 f"Could not load {name!r} ({type(exc).__name__}: {exc}). If the files are "
                 "incomplete, delete them and download again."
             ) from exc
+        generation = model.generation_config
+        extra = dict(getattr(generation, "generation_kwargs", None) or {})
+        if "boi_token_id" not in extra:  # where converters put it at the top level, or not at all
+            boi = getattr(generation, "boi_token_id", None)
+            boi_token = getattr(processor.tokenizer, "boi_token", None)
+            if boi is None and boi_token is not None:
+                boi = processor.tokenizer.convert_tokens_to_ids(boi_token)
+            if boi is None:
+                raise ModelLoadError(
+                    f"{name!r} has no begin-of-image token (generation_config.generation_kwargs"
+                    "['boi_token_id'] or the tokenizer's boi_token): it can't draw. Use "
+                    "deepseek-community/Janus-Pro-7B or -1B."
+                )
+            generation.generation_kwargs = {**extra, "boi_token_id": int(boi)}
         if self.opts.quantize_language_model:
             from ..quant import quantize_weights
 
@@ -248,10 +269,6 @@ class JanusBackend(Backend):
         spec = self.text_encoders[0].model_copy(update={"max_tokens": self._prompt_limit})
         return [(spec, processor.tokenizer)]
 
-    def plan_prompt(self, request: Any) -> Any:
-        with self._lock:  # the tokenizer is shared with running requests
-            return super().plan_prompt(request)
-
     def _chat(self, content: list[dict[str, Any]]) -> str:
         _, processor = self._check_open()
         messages = [{"role": "user", "content": content}]
@@ -262,7 +279,10 @@ class JanusBackend(Backend):
 
         model, processor = self._check_open()
         prompt = self._chat([{"type": "image"}, {"type": "text", "text": question}])
-        inputs = processor(text=prompt, images=[photo], generation_mode="text", return_tensors="pt")
+        with TOKENIZER_LOCK:  # the tokenizer is shared with prompt planning in other threads
+            inputs = processor(
+                text=prompt, images=[photo], generation_mode="text", return_tensors="pt"
+            )
         inputs = inputs.to(self._device, dtype=self._torch_dtype)
         with torch.no_grad():
             output = model.generate(
@@ -272,7 +292,8 @@ class JanusBackend(Backend):
                 do_sample=False,  # greedy: the same photo gets the same description
             )
         answer = output[0][inputs["input_ids"].shape[1] :]
-        return str(processor.decode(answer, skip_special_tokens=True)).strip()
+        with TOKENIZER_LOCK:
+            return str(processor.decode(answer, skip_special_tokens=True)).strip()
 
     def describe(self, photo: Image.Image, *, instruction: str) -> DeskDescription:
         """The model's answer to ``instruction`` (the seed's "explain details"), then the
@@ -341,6 +362,11 @@ class JanusBackend(Backend):
             if getattr(request, name) is not None:
                 warnings.append(f"{name} has no effect on Janus, which draws image tokens.")
         guidance = request.guidance_scale if request.guidance_scale is not None else 5.0
+        if guidance <= 1:
+            raise InvalidRequestError(
+                f"guidance_scale={guidance:g}: Janus always draws with classifier-free guidance "
+                "and needs guidance_scale > 1 (its default is 5.0)."
+            )
         total = self.num_image_tokens * len(job.seeds)
 
         class Progress(LogitsProcessor):  # type: ignore[misc]  # once per image token
@@ -354,7 +380,8 @@ class JanusBackend(Backend):
 
         started = time.perf_counter()
         prompt = self._chat([{"type": "text", "text": job.prompt.prompt}])
-        inputs = processor(text=prompt, generation_mode="image", return_tensors="pt")
+        with TOKENIZER_LOCK:
+            inputs = processor(text=prompt, generation_mode="image", return_tensors="pt")
         inputs = inputs.to(self._device)
         encoded = time.perf_counter()
         tokens = []
@@ -379,13 +406,7 @@ class JanusBackend(Backend):
                 drawn = time.perf_counter()
                 with torch.no_grad():
                     pixels = model.decode_image_tokens(torch.cat(tokens))
-                # the PIL image processor expects channels first
-                channels_first = list(pixels.float().permute(0, 3, 1, 2).cpu())
-                images = processor.postprocess(
-                    channels_first,
-                    return_tensors="PIL.Image.Image",
-                    input_data_format="channels_first",
-                )["pixel_values"]
+                images = self._to_images(pixels)
         except DeskgenError:
             raise
         except torch.OutOfMemoryError as exc:
@@ -414,6 +435,23 @@ class JanusBackend(Backend):
             decode_seconds=finished - drawn,
             warnings=warnings,
         )
+
+    def _to_images(self, pixels: Any) -> list[Image.Image]:
+        """Decoded pixels (batch, height, width, channels; normalised) to 8-bit images: the
+        image processor's own mean and std undone, as its ``postprocess`` does (whose signature
+        differs between its PIL and torchvision versions)."""
+        import numpy as np
+        import torch
+        from PIL import Image as PILImage
+
+        _, processor = self._check_open()
+        settings = processor.image_processor
+        mean = torch.tensor(settings.image_mean, dtype=torch.float32)
+        std = torch.tensor(settings.image_std, dtype=torch.float32)
+        values = pixels.float().cpu() * std + mean
+        scaled = (values / float(settings.rescale_factor)).clamp(0, 255)
+        arrays = scaled.to(torch.uint8).numpy()  # truncation, as postprocess' astype(uint8)
+        return [PILImage.fromarray(np.ascontiguousarray(a), mode="RGB") for a in arrays]
 
     def close(self) -> None:
         with self._lock:  # after a running request

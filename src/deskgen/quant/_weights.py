@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from .._exceptions import ConfigError, MissingDependencyError
 
-__all__ = ["QuantBackend", "WeightBits", "module_bytes", "quantize_weights"]
+__all__ = ["QuantBackend", "WeightBits", "check_supported", "module_bytes", "quantize_weights"]
 
 WeightBits = Literal["int8", "int4"]
 QuantBackend = Literal["auto", "quanto", "torchao"]
@@ -39,6 +39,25 @@ def resolve_backend(backend: QuantBackend) -> Literal["quanto", "torchao"]:
     return backend
 
 
+def check_supported(weights: WeightBits, backend: QuantBackend) -> str:
+    """The library that will quantize to ``weights``, or the error it would end in, before any
+    weight loads. deskgen quantizes weights in system memory, before moving them to the GPU:
+    torchao's int4 layouts need the mslk kernels and CUDA tensors, so int4 goes to quanto.
+
+    Raises:
+        MissingDependencyError: no library installed (names the extra).
+        ConfigError: torchao asked for int4.
+    """
+    used = resolve_backend(backend)
+    if used == "torchao" and weights == "int4":
+        raise ConfigError(
+            "torchao's int4 weights need its CUDA kernels (the mslk package) on GPU tensors, "
+            "and deskgen quantizes in system memory before the move: use "
+            "quantization_backend='quanto' for int4 (pip install 'deskgen[quanto]'), or int8."
+        )
+    return used
+
+
 def quantize_weights(module: Any, *, weights: WeightBits, backend: QuantBackend = "auto") -> str:
     """Quantize the weights of ``module``'s linear layers in place (activations stay in the
     module's dtype) and return the library used.
@@ -65,8 +84,8 @@ def quantize_weights(module: Any, *, weights: WeightBits, backend: QuantBackend 
     except (ImportError, NotImplementedError, RuntimeError) as exc:
         raise ConfigError(
             f"torchao could not quantize to {weights} here ({type(exc).__name__}: {exc}). "
-            "torchao's int4 kernels need a CUDA GPU: use weights='int8', or "
-            "quantization_backend='quanto' (int4 on any device)."
+            "torchao's int4 weights need its CUDA kernels (the mslk package) on GPU tensors: "
+            "use weights='int8', or quantization_backend='quanto' (int4 on any device)."
         ) from exc
     return used
 
