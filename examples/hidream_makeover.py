@@ -48,6 +48,7 @@ def main() -> None:
         options = {
             "model": str(tiny_model("hidream")),
             "llama_model": str(make_tiny_llama(cache_dir() / "tiny-llama-demo")),
+            "edition": "full",  # the tiny model's name does not say
         }
         steps = 4
         with DeskGenerator("hidream", **options) as plain:  # to compare: no quantization
