@@ -53,6 +53,12 @@ TinyKind = Literal["sdxl", "sd", "hidream"]
 _MARKER = "deskgen_tiny.json"
 
 
+def _built(target: Path, spec: dict[str, Any], *, overwrite: bool) -> bool:
+    """Whether ``target`` already holds the tiny model ``spec`` describes (its marker file)."""
+    marker = target / _MARKER
+    return not overwrite and marker.is_file() and json.loads(marker.read_text()) == spec
+
+
 @contextlib.contextmanager
 def _quiet_diffusers() -> Iterator[None]:
     from diffusers.utils import logging as diffusers_logging
@@ -266,8 +272,7 @@ def make_tiny_llama(
 
     target = Path(path)
     spec = {"kind": "llama", "seed": seed, "version": 1}
-    marker = target / _MARKER
-    if not overwrite and marker.is_file() and json.loads(marker.read_text()) == spec:
+    if _built(target, spec, overwrite=overwrite):
         return target
     tokenizer = make_tiny_tokenizer("llama")
     config = LlamaConfig(
@@ -286,7 +291,7 @@ def make_tiny_llama(
         model = LlamaForCausalLM(config)
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
-    marker.write_text(json.dumps(spec))
+    (target / _MARKER).write_text(json.dumps(spec))
     return target
 
 
@@ -320,8 +325,7 @@ def make_tiny_janus(
 
     target = Path(path)
     spec = {"kind": "janus", "seed": seed, "version": 1}
-    marker = target / _MARKER
-    if not overwrite and marker.is_file() and json.loads(marker.read_text()) == spec:
+    if _built(target, spec, overwrite=overwrite):
         return target
     llama = make_tiny_tokenizer("llama")
     images = {
@@ -395,7 +399,7 @@ def make_tiny_janus(
     generation._from_model_config = False  # saved as is, as Janus-Pro's generation config
     model.save_pretrained(target)
     processor.save_pretrained(target)
-    marker.write_text(json.dumps(spec))
+    (target / _MARKER).write_text(json.dumps(spec))
     return target
 
 
@@ -420,8 +424,7 @@ def make_tiny_controlnet(
 
     target = Path(path)
     spec = {"kind": f"controlnet-{base}", "seed": seed, "sample_size": sample_size, "version": 1}
-    marker = target / _MARKER
-    if not overwrite and marker.is_file() and json.loads(marker.read_text()) == spec:
+    if _built(target, spec, overwrite=overwrite):
         return target
     if base not in ("sdxl", "sd"):
         raise ValueError(f"Unknown tiny ControlNet base {base!r}: use 'sdxl' or 'sd'.")
@@ -437,7 +440,7 @@ def make_tiny_controlnet(
                 conv.weight.normal_(0.0, 1.0)
                 conv.bias.normal_(0.0, 0.1)
     net.save_pretrained(target, safe_serialization=True)
-    marker.write_text(json.dumps(spec))
+    (target / _MARKER).write_text(json.dumps(spec))
     return target
 
 
@@ -458,8 +461,7 @@ def make_tiny_depth_model(
 
     target = Path(path)
     spec = {"kind": "depth", "seed": seed, "version": 1}
-    marker = target / _MARKER
-    if not overwrite and marker.is_file() and json.loads(marker.read_text()) == spec:
+    if _built(target, spec, overwrite=overwrite):
         return target
     backbone = Dinov2Config(
         hidden_size=32,
@@ -494,7 +496,7 @@ def make_tiny_depth_model(
     )
     model.save_pretrained(target)
     processor.save_pretrained(target)
-    marker.write_text(json.dumps(spec))
+    (target / _MARKER).write_text(json.dumps(spec))
     return target
 
 
@@ -521,8 +523,7 @@ def make_tiny_pipeline(
 
     target = Path(path)
     spec = {"kind": kind, "seed": seed, "sample_size": sample_size, "version": 1}
-    marker = target / _MARKER
-    if not overwrite and marker.is_file() and json.loads(marker.read_text()) == spec:
+    if _built(target, spec, overwrite=overwrite):
         return target
     if kind not in ("sdxl", "sd", "hidream"):
         raise ValueError(f"Unknown tiny pipeline kind {kind!r}: use 'sdxl', 'sd' or 'hidream'.")
@@ -538,7 +539,7 @@ def make_tiny_pipeline(
             pipe = HiDreamImagePipeline(**_tiny_hidream())
     with _quiet_diffusers():  # "text_encoder_4=None cannot be saved": HiDream's Llama is apart
         pipe.save_pretrained(target, safe_serialization=True)
-    marker.write_text(json.dumps(spec))
+    (target / _MARKER).write_text(json.dumps(spec))
     return target
 
 

@@ -127,6 +127,25 @@ def _offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
+def missing_hub_message(model: str, exc: BaseException, *, offline: bool = False) -> str:
+    """How to get ``model`` when the Hub can't give it: the download command, the licence page
+    for gated repos, and the first line of what went wrong."""
+    why = (
+        "is not in the local Hugging Face cache and downloads are off "
+        "(HF_HUB_OFFLINE=1 or local_files_only=True)"
+        if offline or _offline()
+        else "could not be fetched from the Hugging Face Hub (wrong id, gated or private "
+        "repo without a token, or no network)"
+    )
+    return (
+        f"Model {model!r} {why}. Download it once on a machine with network "
+        f"(`hf download {model}`; a gated repo needs its licence accepted at "
+        f"https://huggingface.co/{model} and `hf auth login` first) and point HF_HOME "
+        "at that cache, or pass the path of a local folder saved with save_pretrained(). "
+        f"Details: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    )
+
+
 class DiffusersBackend(Backend):
     """Base of the Stable Diffusion family backends; subclasses set the class names."""
 
@@ -242,21 +261,7 @@ class DiffusersBackend(Backend):
         return dict(config)
 
     def _missing_hub_message(self, model: str, exc: BaseException) -> str:
-        offline = _offline() or self.opts.local_files_only
-        why = (
-            "is not in the local Hugging Face cache and downloads are off "
-            "(HF_HUB_OFFLINE=1 or local_files_only=True)"
-            if offline
-            else "could not be fetched from the Hugging Face Hub (wrong id, gated or private "
-            "repo without a token, or no network)"
-        )
-        return (
-            f"Model {model!r} {why}. Download it once on a machine with network "
-            f"(`hf download {model}`; a gated repo needs its licence accepted at "
-            f"https://huggingface.co/{model} and `hf auth login` first) and point HF_HOME "
-            "at that cache, or pass the path of a local folder saved with save_pretrained(). "
-            f"Details: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-        )
+        return missing_hub_message(model, exc, offline=self.opts.local_files_only)
 
     def _check_family(self, index: dict[str, Any], model: str) -> None:
         class_name = str(index.get("_class_name", ""))

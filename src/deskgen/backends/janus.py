@@ -40,7 +40,7 @@ from ..prompts._description import DescriptionFields, DeskDescription
 from ..prompts._tokenizers import TOKENIZER_LOCK
 from ..quant import QuantBackend, WeightBits
 from ._base import Backend, BackendOptions, BackendOutput, Job
-from ._diffusers import _MISSING_SAFETENSORS, _is_local, _offline
+from ._diffusers import _MISSING_SAFETENSORS, _is_local, missing_hub_message
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -235,15 +235,8 @@ class JanusBackend(Backend):
             return ModelLoadError(
                 f"Could not load {name!r}: {text.splitlines()[0] if text else exc!r}"
             )
-        why = (
-            "is not in the local Hugging Face cache and downloads are off"
-            if _offline() or self.opts.local_files_only
-            else "could not be fetched from the Hugging Face Hub"
-        )
         return ModelNotFoundError(
-            f"Model {name!r} {why}. Download it once on a machine with network "
-            f"(`hf download {name}`) and point HF_HOME at that cache, or pass a local folder. "
-            f"Details: {text.splitlines()[0] if text else type(exc).__name__}"
+            missing_hub_message(name, exc, offline=self.opts.local_files_only)
         )
 
     # -- Backend interface -------------------------------------------------------------------
