@@ -1,0 +1,232 @@
+"""LoRA files: what a `LoraSpec` names, and what the file really is, read without loading it.
+
+`inspect_lora` finds the file (a path, a folder plus ``weight_name``, or a hub repo plus
+``weight_name``), checks its format by its bytes (a ``.safetensors`` name on a pickle file is
+refused), reads the safetensors header (tensor names, shapes, metadata) without reading any
+weight, and says which layout (kohya or diffusers/peft) and which base model the keys are for,
+and which trigger words the metadata records. Loading into a pipeline builds on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._exceptions import ModelLoadError, ModelNotFoundError
+
+__all__ = ["LoraFile", "LoraSpec", "inspect_lora", "sniff_format"]
+
+LoraLayout = Literal["kohya", "diffusers", "peft"]
+LoraBase = Literal["sdxl", "sd1", "sd2", "unknown"]
+
+_MAX_HEADER = 100 * 2**20
+"""A safetensors header larger than this is refused (a LoRA's is a few hundred KB)."""
+
+
+class LoraSpec(BaseModel):
+    """One LoRA to apply: where it is, how strongly, under which name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str
+    """A ``.safetensors`` file, a folder, or a Hugging Face repo id (with ``weight_name``)."""
+    weight_name: str | None = None
+    """The file inside a folder or repo; ``None`` for a file path, or a folder/repo with one
+    ``.safetensors`` file."""
+    weight: float = Field(default=1.0, ge=-4.0, le=4.0)
+    """How strongly it applies (diffusers' adapter weight; 0 turns it off)."""
+    adapter_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    """The adapter's name in the pipeline; ``None``: the file's stem."""
+    trigger_words: list[str] | None = None
+    """Words that call the LoRA's style; ``None``: those its metadata records."""
+    allow_pickle: bool = False
+    """Also accept a pickle file (``.ckpt``, ``.pt``, ``.bin``): it can run code when loaded.
+    Only for files you trust."""
+
+
+class LoraFile(BaseModel):
+    """What `inspect_lora` found in a LoRA file."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: Path
+    format: Literal["safetensors", "pickle"]
+    layout: LoraLayout
+    base: LoraBase
+    """The base model the keys (and metadata) are for."""
+    keys: dict[str, list[int]]
+    """Tensor name -> shape (safetensors only; empty for pickle files until loaded)."""
+    metadata: dict[str, str] = Field(default_factory=dict)
+    trigger_words: list[str] = Field(default_factory=list)
+    """From the metadata: ``modelspec.trigger_phrase``, ``ss_trigger_words``, or the most
+    frequent tags of kohya's ``ss_tag_frequency`` (at most 3)."""
+    rank: int | None = None
+
+
+def sniff_format(path: Path) -> Literal["safetensors", "pickle", "unknown"]:
+    """A file's real format from its first bytes, whatever its name says."""
+    with path.open("rb") as fh:
+        head = fh.read(9)
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save zip, or a raw pickle
+        return "pickle"
+    if len(head) == 9 and head[8:9] == b"{":
+        (length,) = struct.unpack("<Q", head[:8])
+        if 0 < length <= _MAX_HEADER and length <= path.stat().st_size - 8:
+            return "safetensors"
+    return "unknown"
+
+
+def _resolve(spec: LoraSpec) -> Path:
+    local = Path(os.path.expanduser(spec.path))
+    if local.is_file():
+        return local
+    if local.is_dir():
+        if spec.weight_name is not None:
+            target = local / spec.weight_name
+            if not target.is_file():
+                raise ModelNotFoundError(f"No file {spec.weight_name!r} in {spec.path!r}.")
+            return target
+        found = sorted(local.glob("*.safetensors"))
+        if len(found) != 1:
+            raise ModelNotFoundError(
+                f"{spec.path!r} holds {len(found)} .safetensors files: name the LoRA with "
+                "weight_name=..."
+            )
+        return found[0]
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", spec.path) or spec.path.startswith((".", "~")):
+        raise ModelNotFoundError(f"No LoRA file or folder at {spec.path!r}.")
+    if spec.weight_name is None:
+        raise ModelNotFoundError(
+            f"{spec.path!r} is not a local file or folder; for a Hugging Face repo name the file "
+            "with weight_name=..., e.g. LoraSpec(path='user/repo', weight_name='lora.safetensors')."
+        )
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(spec.path, spec.weight_name))
+    except Exception as exc:  # offline, unknown repo or file, gated
+        raise ModelNotFoundError(
+            f"Could not get {spec.weight_name!r} from the Hugging Face repo {spec.path!r} "
+            f"({type(exc).__name__}): download it once with `hf download {spec.path} "
+            f"{spec.weight_name}` on a machine with network, or pass the local file."
+        ) from exc
+
+
+def _header(path: Path) -> tuple[dict[str, list[int]], dict[str, str]]:
+    with path.open("rb") as fh:
+        (length,) = struct.unpack("<Q", fh.read(8))
+        try:
+            header = json.loads(fh.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelLoadError(
+                f"{str(path)!r} has a damaged safetensors header ({exc}): download it again."
+            ) from exc
+    metadata = header.pop("__metadata__", None) or {}
+    keys = {name: list(entry.get("shape", [])) for name, entry in header.items()}
+    return keys, {str(k): str(v) for k, v in metadata.items()}
+
+
+def _layout(keys: dict[str, list[int]]) -> LoraLayout:
+    names = list(keys)
+    if any(n.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for n in names):
+        return "kohya"
+    if any(".lora_A." in n or ".lora_B." in n for n in names):
+        return "peft"
+    return "diffusers"
+
+
+def _base(keys: dict[str, list[int]], metadata: dict[str, str]) -> LoraBase:
+    version = metadata.get("ss_base_model_version", "") + metadata.get("modelspec.architecture", "")
+    version = version.lower()
+    if "xl" in version:
+        return "sdxl"
+    if "v2" in version or "sd-2" in version or "sd2" in version:
+        return "sd2"
+    if "v1" in version or "sd-1" in version or "sd1" in version:
+        return "sd1"
+    names = list(keys)
+    if any(n.startswith(("lora_te2_", "text_encoder_2.", "te2")) for n in names):
+        return "sdxl"
+    # the down projection of cross-attention keys/values reads the text width: 2048 for SDXL,
+    # 1024 for SD 2.x, 768 for SD 1.x
+    downs = ("lora_down.weight", "lora.down.weight", "lora_A.weight")
+    widths = {
+        shape[-1]
+        for name, shape in keys.items()
+        if re.search(r"attn2[._]to_[kv]", name) and name.endswith(downs) and shape
+    }
+    for width, base in ((2048, "sdxl"), (1024, "sd2"), (768, "sd1")):
+        if width in widths:
+            return base  # type: ignore[return-value]
+    return "unknown"
+
+
+def _trigger_words(metadata: dict[str, str]) -> list[str]:
+    for key in ("modelspec.trigger_phrase", "ss_trigger_words", "trigger_words"):
+        if metadata.get(key, "").strip():
+            return [w.strip() for w in metadata[key].split(",") if w.strip()]
+    frequency = metadata.get("ss_tag_frequency")
+    if not frequency:
+        return []
+    try:
+        folders = json.loads(frequency)
+    except json.JSONDecodeError:
+        return []
+    counts: Counter[str] = Counter()
+    for tags in folders.values() if isinstance(folders, dict) else []:
+        if isinstance(tags, dict):
+            counts.update({str(t).strip(): int(n) for t, n in tags.items() if str(t).strip()})
+    return [tag for tag, _ in counts.most_common(3)]
+
+
+def _rank(keys: dict[str, list[int]]) -> int | None:
+    for name, shape in keys.items():
+        if (name.endswith(("lora_down.weight", "lora_A.weight", "lora.down.weight"))) and shape:
+            return int(shape[0])
+    return None
+
+
+def inspect_lora(spec: LoraSpec) -> LoraFile:
+    """Find and read the header of the LoRA ``spec`` names; nothing is loaded into a model.
+
+    Raises:
+        ModelNotFoundError: no such file, folder, or repo file.
+        ModelLoadError: a pickle file without ``allow_pickle=True`` (whatever its name), or a
+            file that is neither safetensors nor pickle, or a damaged header.
+    """
+    path = _resolve(spec)
+    kind = sniff_format(path)
+    if kind == "unknown":
+        raise ModelLoadError(
+            f"{str(path)!r} is not a safetensors file (nor a PyTorch pickle): it may be "
+            "incomplete or another kind of file; download it again."
+        )
+    if kind == "pickle":
+        if not spec.allow_pickle:
+            named = " despite its .safetensors name" if path.suffix == ".safetensors" else ""
+            raise ModelLoadError(
+                f"{str(path)!r} is a pickle file{named}: loading one can run code. Use a "
+                ".safetensors version of this LoRA, or pass LoraSpec(..., allow_pickle=True) if "
+                "you trust the file."
+            )
+        return LoraFile(path=path, format="pickle", layout="kohya", base="unknown", keys={})
+    keys, metadata = _header(path)
+    if not keys:
+        raise ModelLoadError(f"{str(path)!r} holds no tensors: it is not a LoRA.")
+    return LoraFile(
+        path=path,
+        format="safetensors",
+        layout=_layout(keys),
+        base=_base(keys, metadata),
+        keys=keys,
+        metadata=metadata,
+        trigger_words=_trigger_words(metadata),
+        rank=_rank(keys),
+    )
