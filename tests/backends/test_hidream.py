@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -59,9 +62,35 @@ def _hand_written(paths: dict[str, Path]) -> Any:
     return pipe
 
 
+@contextlib.contextmanager
+def _diffusers_truncation_log() -> Iterator[list[str]]:
+    """What diffusers' HiDream pipeline itself logs about cut prompts (a count independent of
+    deskgen's)."""
+    logger = logging.getLogger("diffusers.pipelines.hidream_image.pipeline_hidream_image")
+    seen: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler, level = Collect(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    try:
+        yield seen
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 class TestSequenceLength:
     def test_long_prompt_is_seen_whole_by_every_encoder(self, gen: DeskGenerator) -> None:
-        result = gen.generate(prompt=LONGER, negative_prompt="clutter", seed=1, steps=2)
+        with _diffusers_truncation_log() as cut:
+            result = gen.generate(prompt=LONGER, negative_prompt="clutter", seed=1, steps=2)
+        assert not [m for m in cut if "truncated" in m]  # diffusers' own check agrees
+        with _diffusers_truncation_log() as cut:  # and the check can see a cut
+            gen.generate(prompt=LONGER + " " + LONGER, long_prompt="truncate", seed=1, steps=1)
+        assert [m for m in cut if "truncated" in m]
         report = result.prompt_report
         assert report is not None and report.lossless
         counts = [r.tokens for r in report.encoders]

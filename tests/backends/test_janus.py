@@ -91,6 +91,12 @@ class TestDescribe:
             'Sure! {"summary": "s", "style": "a", "lighting": "b", "clutter": "low", "room": "c"}'
         )
         assert fields is not None and fields.clutter == "low"
+        near_miss = parse_description_json(
+            '{"summary": "s", "style": "a", "lighting": "b", "clutter": "Moderate", "room": "c", '
+            '"items": "a monitor, a mug and a lamp"}'
+        )
+        assert near_miss is not None and near_miss.clutter == "medium"
+        assert near_miss.items == ["a monitor", "a mug", "a lamp"]
 
 
 class TestGenerate:

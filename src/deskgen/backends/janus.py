@@ -100,6 +100,18 @@ def _first_clutter_word(answer: str) -> str | None:
     return match.group(1) if match else None
 
 
+_CLUTTER_SYNONYMS = {
+    "moderate": "medium",
+    "some": "medium",
+    "messy": "high",
+    "cluttered": "high",
+    "very high": "high",
+    "minimal": "low",
+    "tidy": "low",
+    "clean": "none",
+}
+
+
 def parse_description_json(answer: str) -> DescriptionFields | None:
     """The structured fields from a JSON answer (inside ``` fences or not), or ``None``."""
     match = re.search(r"\{.*\}", answer, flags=re.DOTALL)
@@ -107,8 +119,22 @@ def parse_description_json(answer: str) -> DescriptionFields | None:
         return None
     try:
         data = json.loads(match.group(0))
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    # near misses a small model makes: a list as one string, a clutter word not in the four
+    for key in ("items", "keep", "remove", "colours"):
+        if isinstance(data.get(key), str):
+            data[key] = _split_list(data[key])
+    clutter = data.get("clutter")
+    if isinstance(clutter, str):
+        data["clutter"] = _first_clutter_word(clutter) or _CLUTTER_SYNONYMS.get(
+            clutter.strip().lower(), clutter
+        )
+    try:
         return DescriptionFields.model_validate(data)
-    except (json.JSONDecodeError, ValidationError):
+    except ValidationError:
         return None
 
 
