@@ -147,11 +147,17 @@ class Backend(abc.ABC):
 
     def plan_prompt(self, request: GenerationRequest) -> PromptPlan:
         """The prompt builder's plan and report for ``request`` on this backend."""
+        return self._plan_for(request, self.prompt_encoders())
+
+    def _plan_for(
+        self, request: GenerationRequest, encoders: list[tuple[TextEncoderSpec, Any]]
+    ) -> PromptPlan:
+        """The prompt builder run over ``encoders`` with this backend's defaults."""
         return plan_prompt(
             backend=self.name,
             prompt=request.prompt,
             negative_prompt=request.negative_prompt,
-            encoders=self.prompt_encoders(),
+            encoders=encoders,
             mode=request.long_prompt,
             default_mode=self.default_long_prompt,
             default_negative_preset=self.default_negative_preset,

@@ -5,7 +5,6 @@ only; nothing here is imported by ``import deskgen``."""
 from __future__ import annotations
 
 import importlib.util
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +19,7 @@ from .._exceptions import (
     ModelMismatchError,
     ModelNotFoundError,
 )
-from ._diffusers import _MISSING_SAFETENSORS
+from ._diffusers import _MISSING_SAFETENSORS, weights_source
 
 __all__ = ["DepthEstimator", "canny_edges", "require_opencv"]
 
@@ -65,7 +64,6 @@ class DepthEstimator:
         *,
         device: str,
         dtype: Any,
-        local: bool,
         cache_dir: str | None,
         local_files_only: bool,
         allow_pickle: bool,
@@ -73,13 +71,12 @@ class DepthEstimator:
     ) -> None:
         from transformers import AutoConfig, AutoImageProcessor, AutoModelForDepthEstimation
 
-        source = os.path.expanduser(model) if local else model
-        if local and not os.path.isfile(os.path.join(source, "config.json")):
-            raise ModelNotFoundError(
-                f"No depth model folder with a config.json at {model!r}: pass depth_model= a "
-                "folder saved with save_pretrained() or a hub id such as "
-                f"{DEFAULT_DEPTH_MODEL}."
-            )
+        local, source = weights_source(
+            model,
+            what="depth model",
+            hint="pass depth_model= a folder saved with save_pretrained() or a hub id such as "
+            f"{DEFAULT_DEPTH_MODEL}.",
+        )
         common = {"cache_dir": cache_dir, "local_files_only": local_files_only}
         try:
             config = AutoConfig.from_pretrained(source, **common)

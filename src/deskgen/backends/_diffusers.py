@@ -127,6 +127,21 @@ def _offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
+def weights_source(name: str, *, what: str, hint: str) -> tuple[bool, str]:
+    """``(local, source)`` for a hub id or a folder of one model (``source`` is what
+    ``from_pretrained`` takes: the expanded folder, or the id). A folder must hold a
+    ``config.json``; ``what`` and ``hint`` word the error otherwise.
+
+    Raises:
+        ModelNotFoundError: "No {what} folder with a config.json at ...: {hint}"
+    """
+    local = _is_local(name)
+    source = os.path.expanduser(name) if local else name
+    if local and not os.path.isfile(os.path.join(source, "config.json")):
+        raise ModelNotFoundError(f"No {what} folder with a config.json at {name!r}: {hint}")
+    return local, source
+
+
 def missing_hub_message(model: str, exc: BaseException, *, offline: bool = False) -> str:
     """How to get ``model`` when the Hub can't give it: the download command, the licence page
     for gated repos, and the first line of what went wrong."""
@@ -306,7 +321,7 @@ class DiffusersBackend(Backend):
         extra: dict[str, Any] = {}
         if self.opts.vae is not None:
             extra["vae"] = self._load_vae(self.opts.vae)
-        extra.update(self._extra_components(source))
+        extra.update(self._extra_components(source, index))
         with self._translating_load_errors(model, local=local):
             pipe = cls.from_pretrained(
                 source,
@@ -334,9 +349,9 @@ class DiffusersBackend(Backend):
         """Put the loaded pipeline on its device (backends may quantize or offload here)."""
         pipe.to(self._device)
 
-    def _extra_components(self, source: str) -> dict[str, Any]:
+    def _extra_components(self, source: str, index: dict[str, Any]) -> dict[str, Any]:
         """Components to load the pipeline with besides the model's own (e.g. ControlNets);
-        ``source`` is the model's hub id or expanded folder."""
+        ``source`` is the model's hub id or expanded folder, ``index`` its model_index.json."""
         return {}
 
     @contextlib.contextmanager
@@ -377,16 +392,15 @@ class DiffusersBackend(Backend):
     def _load_vae(self, name: str) -> Any:
         from diffusers import AutoencoderKL
 
-        local = _is_local(name)
-        folder = os.path.expanduser(name)
-        if local and not os.path.isfile(os.path.join(folder, "config.json")):
-            raise ModelNotFoundError(
-                f"No VAE folder with a config.json at {name!r}: pass a folder saved with "
-                "AutoencoderKL.save_pretrained() or a hub id such as madebyollin/sdxl-vae-fp16-fix."
-            )
+        local, source = weights_source(
+            name,
+            what="VAE",
+            hint="pass a folder saved with AutoencoderKL.save_pretrained() or a hub id such as "
+            "madebyollin/sdxl-vae-fp16-fix.",
+        )
         try:
             return AutoencoderKL.from_pretrained(
-                folder if local else name,
+                source,
                 dtype=self._torch_dtype,
                 use_safetensors=None if self.opts.allow_pickle else True,
                 cache_dir=self.opts.cache_dir,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
 import threading
 import warnings
@@ -34,15 +33,20 @@ from .._exceptions import (
     ConfigError,
     InvalidRequestError,
     ModelMismatchError,
-    ModelNotFoundError,
     UnsupportedOperationError,
 )
 from .._registry import register_backend
 from ..prompts import EncoderFamily, LongPromptMode, PromptPlan, TextEncoderSpec
-from ..prompts._plan import plan_prompt
 from ..quant import QuantBackend, WeightBits
 from ._base import BackendOptions, Job
-from ._diffusers import MAX_ASPECT, MAX_SIDE, DiffusersBackend, DiffusersOptions, _is_local
+from ._diffusers import (
+    MAX_ASPECT,
+    MAX_SIDE,
+    DiffusersBackend,
+    DiffusersOptions,
+    _is_local,
+    weights_source,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -138,8 +142,9 @@ class HiDreamBackend(DiffusersBackend):
         self.quantized: dict[str, str] = {}
         """Components quantized at load, e.g. ``{"text_encoder_4": "int8 (quanto)"}``."""
         super().__init__(options)
-        self.edition: Edition = options.edition or _edition_from_name(options.model) or "full"
-        if options.edition is None and _edition_from_name(options.model) is None:
+        named = _edition_from_name(options.model)
+        self.edition: Edition = options.edition or named or "full"
+        if options.edition is None and named is None:
             warnings.warn(
                 f"The HiDream edition of {options.model!r} is not in its name: using Full's "
                 "defaults (50 steps, guidance 5.0). Pass edition='dev' or 'fast' for those.",
@@ -162,7 +167,7 @@ class HiDreamBackend(DiffusersBackend):
     def _size_multiple(self) -> int:
         return max(8, 2 * self.vae_scale_factor)  # latents are packed in 2x2 patches
 
-    def _extra_components(self, source: str) -> dict[str, Any]:
+    def _extra_components(self, source: str, index: dict[str, Any]) -> dict[str, Any]:
         """The Llama encoder and its tokenizer, from their own id or folder (quantized first
         when asked, before the rest loads: the peak stays lower)."""
         from transformers import AutoTokenizer, LlamaForCausalLM
@@ -179,7 +184,6 @@ class HiDreamBackend(DiffusersBackend):
         if self.offload == "auto" and not on_gpu:
             self.offload = "none"
         self._check_quantization()
-        index = self._read_model_index(self.opts.model, _is_local(self.opts.model))
         own = index.get("text_encoder_4")
         if (
             isinstance(own, list)
@@ -187,15 +191,12 @@ class HiDreamBackend(DiffusersBackend):
             and "llama_model" not in (self.opts.model_fields_set)
         ):
             return {}  # a saved pipeline with its Llama inside: use that one
-        self._check_llama(source)
-        name = self.opts.llama_model
-        local = _is_local(name)
-        folder = os.path.expanduser(name)
+        local, llama_source = self._check_llama(source)
         common = {"cache_dir": self.opts.cache_dir, "local_files_only": self.opts.local_files_only}
-        with self._translating_load_errors(name, local=local, variant=None):
-            tokenizer = AutoTokenizer.from_pretrained(folder if local else name, **common)
+        with self._translating_load_errors(self.opts.llama_model, local=local, variant=None):
+            tokenizer = AutoTokenizer.from_pretrained(llama_source, **common)
             llama = LlamaForCausalLM.from_pretrained(
-                folder if local else name,
+                llama_source,
                 dtype=self._torch_dtype,
                 use_safetensors=None if self.opts.allow_pickle else True,
                 **common,
@@ -213,25 +214,24 @@ class HiDreamBackend(DiffusersBackend):
             if weights is not None:
                 check_supported(weights, self.opts.quantization_backend)
 
-    def _check_llama(self, source: str) -> None:
+    def _check_llama(self, source: str) -> tuple[bool, str]:
         """The Llama must be a Llama as wide as the transformer expects (read from configs,
-        before any weight loads: a wrong folder could otherwise build a random 7B model)."""
+        before any weight loads: a wrong folder could otherwise build a random 7B model).
+        Returns ``(local, source)`` of the Llama."""
         from diffusers import HiDreamImageTransformer2DModel
         from transformers import AutoConfig
 
         assert isinstance(self.opts, HiDreamOptions)
         name = self.opts.llama_model
-        local = _is_local(name)
-        folder = os.path.expanduser(name)
-        if local and not os.path.isfile(os.path.join(folder, "config.json")):
-            raise ModelNotFoundError(
-                f"No Llama folder with a config.json at {name!r}: pass llama_model= a folder "
-                "saved with save_pretrained() (model and tokenizer) or the hub id "
-                "meta-llama/Llama-3.1-8B-Instruct."
-            )
+        local, llama_source = weights_source(
+            name,
+            what="Llama",
+            hint="pass llama_model= a folder saved with save_pretrained() (model and tokenizer) "
+            "or the hub id meta-llama/Llama-3.1-8B-Instruct.",
+        )
         common = {"cache_dir": self.opts.cache_dir, "local_files_only": self.opts.local_files_only}
         with self._translating_load_errors(name, local=local, variant=None):
-            config = AutoConfig.from_pretrained(folder if local else name, **common)
+            config = AutoConfig.from_pretrained(llama_source, **common)
         with self._translating_load_errors(self.opts.model, local=_is_local(self.opts.model)):
             transformer = HiDreamImageTransformer2DModel.load_config(
                 source, subfolder="transformer", revision=self.opts.revision, **common
@@ -248,6 +248,7 @@ class HiDreamBackend(DiffusersBackend):
                 f"{layers}: pass the Llama it was trained with, "
                 "meta-llama/Llama-3.1-8B-Instruct (or a copy saved with save_pretrained())."
             )
+        return local, llama_source
 
     def _quantize(self, name: str, module: Any, weights: WeightBits) -> None:
         from ..quant import quantize_weights
@@ -334,10 +335,13 @@ class HiDreamBackend(DiffusersBackend):
             ignored = request.negative_prompt
             request = request.model_copy(update={"negative_prompt": None})
         with self._encode_lock:
-            first = self._plan(request, self.sequence_cap)
+            first = self._plan_for(request, self.prompt_encoders(self.sequence_cap))
             counts = [r.tokens for r in [*first.report.encoders, *first.report.negative_encoders]]
             length = min(max([STOCK_SEQUENCE_LENGTH, *counts]), self.sequence_cap)
-            plan = first if length == self.sequence_cap else self._plan(request, length)
+            if length == self.sequence_cap:
+                plan = first
+            else:
+                plan = self._plan_for(request, self.prompt_encoders(length))
         if ignored is not None:
             note = (
                 f"guidance_scale={guidance:g} runs no classifier-free guidance ({self.edition} "
@@ -346,19 +350,6 @@ class HiDreamBackend(DiffusersBackend):
             report = plan.report.model_copy(update={"warnings": [*plan.report.warnings, note]})
             plan = dataclasses.replace(plan, report=report)
         return plan
-
-    def _plan(self, request: GenerationRequest, length: int) -> PromptPlan:
-        return plan_prompt(
-            backend=self.name,
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            encoders=self.prompt_encoders(length),
-            mode=request.long_prompt,
-            default_mode=self.default_long_prompt,
-            default_negative_preset=self.default_negative_preset,
-            trigger_words=request.trigger_words,
-            remove_words=request.remove_words,
-        )
 
     @staticmethod
     def sequence_length(plan: PromptPlan) -> int:

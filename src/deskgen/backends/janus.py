@@ -15,7 +15,6 @@ One model that both reads and draws:
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 import time
@@ -40,7 +39,7 @@ from ..prompts._description import DescriptionFields, DeskDescription
 from ..prompts._tokenizers import TOKENIZER_LOCK
 from ..quant import QuantBackend, WeightBits
 from ._base import Backend, BackendOptions, BackendOutput, Job
-from ._diffusers import _MISSING_SAFETENSORS, _is_local, missing_hub_message
+from ._diffusers import _MISSING_SAFETENSORS, missing_hub_message, weights_source
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -175,14 +174,12 @@ class JanusBackend(Backend):
         from transformers import AutoProcessor, JanusForConditionalGeneration, PretrainedConfig
 
         name = self.opts.model
-        local = _is_local(name)
-        source = os.path.expanduser(name) if local else name
-        if local and not os.path.isfile(os.path.join(source, "config.json")):
-            raise ModelNotFoundError(
-                f"No Janus folder with a config.json at {name!r}: pass a folder saved with "
-                "save_pretrained() (model and processor) or a hub id such as "
-                "deepseek-community/Janus-Pro-7B."
-            )
+        local, source = weights_source(
+            name,
+            what="Janus",
+            hint="pass a folder saved with save_pretrained() (model and processor) or a hub id "
+            "such as deepseek-community/Janus-Pro-7B.",
+        )
         common: dict[str, Any] = {
             "revision": self.opts.revision,
             "cache_dir": self.opts.cache_dir,

@@ -158,7 +158,7 @@ class SDXLControlNetBackend(SDXLBackend):
 
     # -- loading -----------------------------------------------------------------------------
 
-    def _extra_components(self, source: str) -> dict[str, Any]:
+    def _extra_components(self, source: str, index: dict[str, Any]) -> dict[str, Any]:
         """Check everything the controls need before the base model's weights load: OpenCV
         for canny, the depth model for depth, the ControlNets' fit with the base UNet."""
         from ._control_images import DepthEstimator, require_opencv
@@ -176,7 +176,6 @@ class SDXLControlNetBackend(SDXLBackend):
                 self.opts.depth_model,
                 device=self._device,
                 dtype=self._torch_dtype,
-                local=_is_local(self.opts.depth_model),
                 cache_dir=self.opts.cache_dir,
                 local_files_only=self.opts.local_files_only,
                 allow_pickle=self.opts.allow_pickle,
