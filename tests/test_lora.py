@@ -69,6 +69,22 @@ def test_pickle_refused_even_when_renamed(tmp_path: Path) -> None:
     assert inspect_lora(LoraSpec(path=str(real), allow_pickle=True)).format == "pickle"
 
 
+def test_safetensors_header_length_starting_with_0x80(tmp_path: Path) -> None:
+    # a header of 0x180 bytes starts the file with 0x80, the pickle PROTO opcode (a bug once)
+    path = tmp_path / "x.safetensors"
+    for pad in range(300):
+        save_file({"w": torch.zeros(1)}, str(path), metadata={"p": "x" * pad})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    assert path.read_bytes()[:1] == b"\x80"
+    assert sniff_format(path) == "safetensors"
+    raw = tmp_path / "raw.pkl"
+    import pickle
+
+    raw.write_bytes(pickle.dumps({"w": 1}, protocol=4))
+    assert sniff_format(raw) == "pickle"
+
+
 def test_not_a_lora(tmp_path: Path) -> None:
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"<html>rate limited</html>")

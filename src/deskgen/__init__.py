@@ -25,6 +25,7 @@ from ._exceptions import (
     ImageTooLargeError,
     InvalidOutputError,
     InvalidRequestError,
+    LoraMismatchError,
     MissingDependencyError,
     ModelLoadError,
     ModelMismatchError,
@@ -40,6 +41,7 @@ from ._exceptions import (
 )
 from ._generator import DeskGenerator, RequestFields
 from ._images import ImageInfo, load_image
+from ._lora import LoadedLora, LoraFile, LoraSpec, inspect_lora
 from ._models import (
     GenerationRequest,
     GenerationResult,
@@ -75,7 +77,11 @@ __all__ = [
     "ImageTooLargeError",
     "InvalidOutputError",
     "InvalidRequestError",
+    "LoadedLora",
     "LongPromptMode",
+    "LoraFile",
+    "LoraMismatchError",
+    "LoraSpec",
     "MissingDependencyError",
     "ModelLoadError",
     "ModelMismatchError",
@@ -94,6 +100,7 @@ __all__ = [
     "UnknownBackendError",
     "UnsupportedOperationError",
     "__version__",
+    "inspect_lora",
     "list_backends",
     "load_image",
     "read_record",

@@ -13,6 +13,7 @@ DeskgenError                      base of everything deskgen raises on purpose
 ├── ModelLoadError                weights could not be loaded (OSError)
 │   ├── ModelNotFoundError        no such folder, or a hub id missing from the offline cache
 │   └── ModelMismatchError        the weights are for another backend (e.g. SD 1.5 given to "sdxl")
+│       └── LoraMismatchError     a LoRA for another base model, or with modules this one lacks
 ├── BackendError                  a backend failed while generating (RuntimeError)
 │   ├── InvalidOutputError        NaN/black output, or an API answer without an image
 │   └── ServiceError              a hosted API (OpenAI) failed, after the client's own retries
@@ -44,6 +45,7 @@ __all__ = [
     "ImageTooLargeError",
     "InvalidOutputError",
     "InvalidRequestError",
+    "LoraMismatchError",
     "MissingDependencyError",
     "ModelLoadError",
     "ModelMismatchError",
@@ -136,6 +138,11 @@ class ModelNotFoundError(ModelLoadError):
 
 class ModelMismatchError(ModelLoadError):
     """The weights belong to another model family than the chosen backend expects."""
+
+
+class LoraMismatchError(ModelMismatchError):
+    """A LoRA that does not fit the loaded model: made for another base model, or naming modules
+    or shapes the model lacks. Nothing of it was applied."""
 
 
 class BackendError(DeskgenError, RuntimeError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import threading
 import time
@@ -26,6 +27,7 @@ from ._exceptions import (
     UnsupportedOperationError,
 )
 from ._images import ImageInfo, ImageInput, load_image
+from ._lora import LoadedLora, LoraSpec, as_lora_spec
 from ._models import (
     MAX_SEED,
     CancelFlag,
@@ -45,6 +47,7 @@ from .prompts._report import LongPromptMode, PromptReport
 if TYPE_CHECKING:
     from PIL import Image
 
+    from .backends._adapters import LoraAdapters
     from .backends._base import Backend
 
 __all__ = ["DeskGenerator", "RequestFields"]
@@ -58,6 +61,7 @@ class RequestFields(TypedDict, total=False):
     long_prompt: LongPromptMode | str | None
     trigger_words: list[str]
     remove_words: list[str]
+    loras: dict[str, float] | None
     image: ImageInput | None
     mask: ImageInput | None
     mask_sha256: str | None
@@ -239,6 +243,66 @@ class DeskGenerator:
         with _backend_boundary(BackendError, f"The {self.backend_name!r} backend failed"):
             return backend.describe(photo, instruction=instruction or DESCRIBE_INSTRUCTION)
 
+    # -- LoRA adapters -----------------------------------------------------------------------
+
+    def _adapters(self) -> LoraAdapters:
+        adapters = self._require_open().lora_adapters
+        if adapters is None:
+            raise UnsupportedOperationError(
+                f"The {self.backend_name!r} backend does not take LoRAs: use 'sdxl', 'sd' or "
+                "'sdxl-controlnet'."
+            )
+        return adapters
+
+    @property
+    def loras(self) -> list[LoadedLora]:
+        """The LoRA adapters loaded, in loading order, with their default weights (empty on
+        backends that take none)."""
+        adapters = self._require_open().lora_adapters
+        return adapters.loaded if adapters is not None else []
+
+    def load_lora(self, spec: LoraSpec | str | os.PathLike[str], /) -> LoadedLora:
+        """Check a LoRA against the loaded model and apply it as a new adapter.
+
+        The file's format is checked by its bytes (pickle only with ``allow_pickle=True``); its
+        keys (kohya or diffusers/peft layout) must all name modules of this model with the
+        LoRA's shapes, else nothing is applied. Requests then use it at ``spec.weight`` unless
+        they choose adapters with ``loras={...}``. Waits for running requests to finish.
+
+        Raises:
+            ModelNotFoundError: no such file, or a hub file that can't be fetched.
+            ModelLoadError: a pickle file without ``allow_pickle=True``, or a damaged file.
+            LoraMismatchError: a LoRA for another base model, or keys this model lacks.
+            InvalidRequestError: the adapter name is taken, or LoRAs are fused.
+            UnsupportedOperationError: the backend takes no LoRAs.
+        """
+        adapters = self._adapters()
+        with _backend_boundary(ModelLoadError, "Could not load the LoRA"):
+            return adapters.load(as_lora_spec(spec))
+
+    def unload_lora(self, name: str, /) -> None:
+        """Remove an adapter; the model is as before it was loaded. Waits for running
+        requests to finish."""
+        adapters = self._adapters()
+        with _backend_boundary(BackendError, f"Could not unload the LoRA {name!r}"):
+            adapters.unload(name)
+
+    def fuse_loras(self, *, loras: dict[str, float] | None = None) -> None:
+        """Merge adapters into the weights for faster steps: ``loras`` maps names to weights
+        (``None``: every loaded adapter at its weight). Until `unfuse_loras`, requests use
+        exactly these (a request asking for others is refused) and no LoRA can be loaded."""
+        adapters = self._adapters()
+        weights = adapters.resolve(loras)
+        with _backend_boundary(BackendError, "Could not fuse the LoRAs"):
+            adapters.fuse(weights)
+
+    def unfuse_loras(self) -> None:
+        """Undo `fuse_loras` (the weights are restored up to float rounding); harmless when
+        nothing is fused."""
+        adapters = self._adapters()
+        with _backend_boundary(BackendError, "Could not unfuse the LoRAs"):
+            adapters.unfuse()
+
     @staticmethod
     def _check_photo(request: GenerationRequest, info: ImageInfo | None) -> list[str]:
         """Compare the photo with the one a replayed request was recorded from."""
@@ -353,6 +417,11 @@ class DeskGenerator:
                 "mask=..., or set mask_sha256=None to edit the whole photo."
             )
         req, control_images = self._load_control_images(backend, req, warnings)
+        if req.loras and backend.lora_adapters is None:
+            raise UnsupportedOperationError(
+                f"The {self.backend_name!r} backend takes no LoRAs: leave out loras=..., or use "
+                "'sdxl', 'sd' or 'sdxl-controlnet'."
+            )
         seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
         if seed + req.num_images - 1 > MAX_SEED:
             raise InvalidRequestError(
@@ -447,6 +516,7 @@ class DeskGenerator:
             revised_prompts=output.revised_prompts,
             controls=output.controls,
             control_images=output.control_images,
+            loras=output.loras,
             deskgen_version=__version__,
             created_at=datetime.now(timezone.utc),
         )

@@ -9,19 +9,31 @@ and which trigger words the metadata records. Loading into a pipeline builds on 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import struct
 from collections import Counter
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._exceptions import ModelLoadError, ModelNotFoundError
 
-__all__ = ["LoraFile", "LoraSpec", "inspect_lora", "sniff_format"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "LoadedLora",
+    "LoraFile",
+    "LoraSpec",
+    "as_lora_spec",
+    "inspect_lora",
+    "read_lora_tensors",
+    "sniff_format",
+]
 
 LoraLayout = Literal["kohya", "diffusers", "peft"]
 LoraBase = Literal["sdxl", "sd1", "sd2", "unknown"]
@@ -42,7 +54,7 @@ class LoraSpec(BaseModel):
     ``.safetensors`` file."""
     weight: float = Field(default=1.0, ge=-4.0, le=4.0)
     """How strongly it applies (diffusers' adapter weight; 0 turns it off)."""
-    adapter_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    adapter_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
     """The adapter's name in the pipeline; ``None``: the file's stem."""
     trigger_words: list[str] | None = None
     """Words that call the LoRA's style; ``None``: those its metadata records."""
@@ -70,16 +82,50 @@ class LoraFile(BaseModel):
     rank: int | None = None
 
 
+class LoadedLora(BaseModel):
+    """A LoRA loaded into a generator: what `DeskGenerator.loras` lists and results record."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    """The adapter's name: what ``GenerationRequest.loras`` selects it by."""
+    path: str
+    """The file it was read from."""
+    weight: float
+    """Its weight: the default for requests that leave ``loras`` unset (in a result: the weight
+    that request used)."""
+    trigger_words: list[str]
+    """Put at the front of the prompt of requests that use it with a weight other than 0."""
+    sha256: str
+    """The file's SHA-256: which LoRA made an image, whatever it is called."""
+    layout: LoraLayout
+    base: LoraBase
+    rank: int | None = None
+    components: list[str]
+    """The pipeline modules it changes, e.g. ``["unet", "text_encoder"]``."""
+
+
+def as_lora_spec(value: LoraSpec | str | os.PathLike[str] | dict[str, Any]) -> LoraSpec:
+    """A `LoraSpec` from itself, a path (or hub ``repo/file.safetensors``), or its fields."""
+    if isinstance(value, LoraSpec):
+        return value
+    if isinstance(value, dict):
+        return LoraSpec.model_validate(value)
+    return LoraSpec(path=os.fspath(value))
+
+
 def sniff_format(path: Path) -> Literal["safetensors", "pickle", "unknown"]:
     """A file's real format from its first bytes, whatever its name says."""
     with path.open("rb") as fh:
         head = fh.read(9)
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save zip, or a raw pickle
-        return "pickle"
+    # safetensors first: its 8-byte header length may well start with the byte 0x80
     if len(head) == 9 and head[8:9] == b"{":
         (length,) = struct.unpack("<Q", head[:8])
         if 0 < length <= _MAX_HEADER and length <= path.stat().st_size - 8:
             return "safetensors"
+    # torch.save's zip, or a raw pickle (PROTO opcode, protocol 2 to 5)
+    if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05"):
+        return "pickle"
     return "unknown"
 
 
@@ -230,3 +276,56 @@ def inspect_lora(spec: LoraSpec) -> LoraFile:
         trigger_words=_trigger_words(metadata),
         rank=_rank(keys),
     )
+
+
+def read_lora_tensors(info: LoraFile) -> tuple[dict[str, torch.Tensor], str, LoraFile]:
+    """The tensors of an inspected LoRA file (on the CPU), the file's SHA-256, and ``info``
+    completed from the tensors (a pickle file's layout, base and rank are known only now).
+
+    A pickle file (only inspected with ``allow_pickle=True``) is read with
+    ``torch.load(weights_only=True)``, which refuses anything but tensors and plain containers.
+
+    Raises:
+        ModelLoadError: the file can't be read or holds something other than tensors.
+    """
+    import torch
+
+    data = info.path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        if info.format == "safetensors":
+            from safetensors.torch import load as load_safetensors
+
+            tensors: dict[str, Any] = load_safetensors(data)
+        else:
+            import io
+
+            loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+                loaded = loaded["state_dict"]
+            if not isinstance(loaded, dict):
+                raise ModelLoadError(
+                    f"{str(info.path)!r} holds a {type(loaded).__name__}, not a LoRA's tensors."
+                )
+            tensors = loaded
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # safetensors' and torch's own errors
+        raise ModelLoadError(
+            f"Could not read the LoRA {str(info.path)!r} ({type(exc).__name__}: {exc}): the file "
+            "is damaged or not a LoRA; download it again."
+        ) from exc
+    kept = {str(k): v for k, v in tensors.items() if isinstance(v, torch.Tensor)}
+    if not kept:
+        raise ModelLoadError(f"{str(info.path)!r} holds no tensors: it is not a LoRA.")
+    if info.format == "pickle":
+        keys = {name: list(tensor.shape) for name, tensor in kept.items()}
+        info = info.model_copy(
+            update={
+                "keys": keys,
+                "layout": _layout(keys),
+                "base": _base(keys, {}),
+                "rank": _rank(keys),
+            }
+        )
+    return kept, digest, info

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SkipValidation, field_validat
 
 from ._controls import Control
 from ._images import ImageInfo, ImageInput
+from ._lora import LoadedLora
 from .prompts._report import LongPromptMode, PromptReport
 
 __all__ = [
@@ -59,6 +60,10 @@ class GenerationRequest(BaseModel):
     remove_words: list[str] = Field(default_factory=list)
     """Words or phrases to take out of the prompt (case-insensitive, whole words), e.g. an
     unwanted LoRA trigger such as ``"3D 0ff1c3"``."""
+    loras: dict[str, float] | None = None
+    """LoRA adapters to use, by adapter name, with their weights; adapters left out are off
+    (``{}``: none). ``None`` is every adapter loaded into the generator at its own weight.
+    Results record the weights used."""
     image: SkipValidation[ImageInput | None] = Field(default=None, exclude=True, repr=False)
     """The user's desk photo (path, bytes, binary file or PIL image): img2img when given.
 
@@ -118,6 +123,14 @@ class GenerationRequest(BaseModel):
         for scale in scales:
             if not 0.0 <= scale <= 2.0:
                 raise ValueError(f"control scale {scale} is outside 0..2")
+        return value
+
+    @field_validator("loras")
+    @classmethod
+    def _lora_weights(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for name, weight in (value or {}).items():
+            if not -4.0 <= weight <= 4.0:
+                raise ValueError(f"LoRA {name!r} weight {weight} is outside -4..4")
         return value
 
     @field_validator("prompt")
@@ -221,6 +234,8 @@ class GenerationResult(BaseModel):
     )
     """``sdxl-controlnet``: the control image each ControlNet saw, at the output size, in the
     order of `controls` (edges, depth maps): look at them when a makeover goes wrong."""
+    loras: list[LoadedLora] = Field(default_factory=list)
+    """The LoRA adapters the request used, each with the weight it used and its file's digest."""
     deskgen_version: str
     created_at: datetime
 

@@ -149,6 +149,16 @@ def build_record(result: GenerationResult, index: int) -> dict[str, Any]:
             | {"controlnet": public_model_name(control.controlnet_id)}
             for control in result.controls
         ],
+        "loras": [
+            {
+                "name": lora.name,
+                "file": Path(lora.path).name,
+                "weight": lora.weight,
+                "sha256": lora.sha256,
+                "trigger_words": lora.trigger_words,
+            }
+            for lora in result.loras
+        ],
         "request_cost_usd": result.cost_usd,
         "revised_prompt": (
             result.revised_prompts[index] if index < len(result.revised_prompts) else None
@@ -165,7 +175,9 @@ def a1111_parameters(result: GenerationResult, index: int) -> str:
     report = result.prompt_report
     prompt = report.prompt if report is not None else req.prompt
     negative = report.negative_prompt if report is not None else req.negative_prompt
-    lines = [prompt]
+    # A1111 writes the LoRAs used into the prompt as <lora:name:weight> tags
+    tags = " ".join(f"<lora:{lora.name}:{lora.weight:g}>" for lora in result.loras)
+    lines = [f"{prompt} {tags}" if tags else prompt]
     if negative:
         lines.append(f"Negative prompt: {negative}")
     fields = [
@@ -187,6 +199,11 @@ def a1111_parameters(result: GenerationResult, index: int) -> str:
                 f"Weight: {control.scale:g}, Guidance Start: {control.start:g}, "
                 f"Guidance End: {control.end:g}",
             )
+        )
+    if result.loras:
+        # A1111's "Lora hashes": the first 12 hex digits of each file's SHA-256
+        fields.append(
+            ("Lora hashes", ", ".join(f"{lora.name}: {lora.sha256[:12]}" for lora in result.loras))
         )
     fields.append(("Version", f"deskgen {result.deskgen_version}"))
     lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in fields))

@@ -44,6 +44,7 @@ __all__ = [
     "make_tiny_depth_model",
     "make_tiny_janus",
     "make_tiny_llama",
+    "make_tiny_lora",
     "make_tiny_pipeline",
     "make_tiny_tokenizer",
 ]
@@ -541,6 +542,99 @@ def make_tiny_pipeline(
         pipe.save_pretrained(target, safe_serialization=True)
     (target / _MARKER).write_text(json.dumps(spec))
     return target
+
+
+_UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+_TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def make_tiny_lora(
+    model: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    *,
+    layout: Literal["kohya", "peft"] = "kohya",
+    rank: int = 4,
+    alpha: float | None = None,
+    seed: int = 0,
+    text_encoders: bool = True,
+    trigger_words: tuple[str, ...] = (),
+) -> Path:
+    """Write a random LoRA for the tiny pipeline folder ``model`` to the file ``path``.
+
+    It changes every attention projection of the UNet (``to_q/k/v/out.0``) and, with
+    ``text_encoders``, of the CLIP encoders (``q/k/v/out_proj``), with random low-rank deltas
+    big enough to change the images visibly.
+
+    Args:
+        layout: ``"kohya"`` (``lora_unet_...``/``lora_te1_...`` keys with ``.alpha``, civitai
+            metadata ``ss_base_model_version`` and ``ss_tag_frequency``) or ``"peft"`` (diffusers'
+            ``unet.<module>.lora_A.weight`` keys, as `deskgen.train_lora` writes).
+        alpha: the kohya alpha (scale ``alpha / rank``); ``None``: equal to the rank.
+        trigger_words: recorded in the metadata as kohya does (``ss_tag_frequency``).
+    """
+    _require_local()
+    import torch
+    from safetensors.torch import save_file
+
+    folder = Path(model)
+    index = json.loads((folder / "model_index.json").read_text())
+    xl = str(index.get("_class_name", "")).startswith("StableDiffusionXL")
+    tensors: dict[str, torch.Tensor] = {}
+    generator = torch.Generator().manual_seed(seed)
+    alpha = float(rank if alpha is None else alpha)
+
+    def add(component: str, module: str, fan_in: int, fan_out: int) -> None:
+        down = torch.randn(rank, fan_in, generator=generator) * 0.5
+        up = torch.randn(fan_out, rank, generator=generator) * 0.5
+        if layout == "kohya":
+            prefix = {"unet": "lora_unet", "text_encoder": "lora_te1" if xl else "lora_te"}.get(
+                component, "lora_te2"
+            )
+            name = (
+                module
+                if component == "unet"
+                else f"text_model.{module.removeprefix('text_model.')}"
+            )
+            key = f"{prefix}_{name.replace('.', '_')}"
+            tensors[f"{key}.lora_down.weight"] = down
+            tensors[f"{key}.lora_up.weight"] = up
+            tensors[f"{key}.alpha"] = torch.tensor(alpha)
+        else:
+            tensors[f"{component}.{module}.lora_A.weight"] = down
+            tensors[f"{component}.{module}.lora_B.weight"] = up
+
+    components = [("unet", _UNET_TARGETS)]
+    if text_encoders:
+        components.append(("text_encoder", _TEXT_TARGETS))
+        if xl:
+            components.append(("text_encoder_2", _TEXT_TARGETS))
+    for component, targets in components:
+        weights = _read_weights(folder / component)
+        for name, value in weights.items():
+            module = name.removesuffix(".weight")
+            if name.endswith(".weight") and value.ndim == 2 and module.endswith(targets):
+                add(component, module, value.shape[1], value.shape[0])
+    metadata = {"ss_network_dim": str(rank), "ss_network_alpha": str(alpha)}
+    if layout == "kohya":
+        metadata["ss_base_model_version"] = "sdxl_base_v1-0" if xl else "sd_v1"
+        if trigger_words:
+            tags = {word: 10 - i for i, word in enumerate(trigger_words)}
+            metadata["ss_tag_frequency"] = json.dumps({"10_desk": tags})
+    elif trigger_words:
+        metadata["modelspec.trigger_phrase"] = ", ".join(trigger_words)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(target), metadata=metadata)
+    return target
+
+
+def _read_weights(folder: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    weights: dict[str, Any] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        weights.update(load_file(str(file)))
+    return weights
 
 
 _CORPUS = (

@@ -24,7 +24,9 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from .._controls import Control
+    from .._lora import LoadedLora
     from .._models import GenerationRequest, Mode
+    from ._adapters import LoraAdapters
 
 __all__ = ["Backend", "BackendOptions", "BackendOutput", "Job"]
 
@@ -92,6 +94,8 @@ class BackendOutput:
     """The controls as used (ControlNet backends)."""
     control_images: list[Image.Image] = field(default_factory=list)
     """The control image of each control, as the ControlNets saw it."""
+    loras: list[LoadedLora] = field(default_factory=list)
+    """The LoRA adapters used, with the weights used."""
 
 
 class Backend(abc.ABC):
@@ -131,6 +135,11 @@ class Backend(abc.ABC):
     @property
     def model_id(self) -> str:
         return self.options.model
+
+    @property
+    def lora_adapters(self) -> LoraAdapters | None:
+        """The LoRA adapters of backends that take LoRAs (``None``: this one doesn't)."""
+        return None
 
     def prompt_character_limit(self) -> int | None:
         """A limit in characters on the prompt (hosted APIs), checked by the prompt builder."""

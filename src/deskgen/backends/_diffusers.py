@@ -35,6 +35,8 @@ from pathlib import Path
 from types import EllipsisType
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pydantic import Field, field_validator
+
 from .._device import dtype_name, free_accelerator_memory, resolve_device, resolve_dtype
 from .._exceptions import (
     BackendError,
@@ -48,6 +50,7 @@ from .._exceptions import (
     UnsupportedOperationError,
 )
 from .._images import fit_size, prepare_image
+from .._lora import LoraSpec, as_lora_spec
 from ..prompts import PromptPlan, TextEncoderSpec
 from ._base import Backend, BackendOptions, BackendOutput, Job
 
@@ -56,6 +59,7 @@ if TYPE_CHECKING:
 
     from .._controls import Control
     from .._models import GenerationRequest, Mode
+    from ._adapters import LoraAdapters
 
 __all__ = ["DiffusersBackend", "DiffusersOptions", "ImageInputs", "denoising_steps"]
 
@@ -87,6 +91,21 @@ class DiffusersOptions(BackendOptions):
     allow_pickle: bool = False
     """Also accept pickle weights (``.bin``/``.ckpt``) when no safetensors exist. Pickle files
     can run code when loaded: only for checkpoints you trust."""
+    loras: list[LoraSpec] = Field(default_factory=list)
+    """LoRAs to load with the model (a `LoraSpec`, or a path), checked and applied in order;
+    more can be loaded later with `DeskGenerator.load_lora`."""
+    fuse_loras: bool = False
+    """Fuse the LoRAs into the weights once loaded (each at its weight): faster steps, but every
+    request then uses exactly them until `DeskGenerator.unfuse_loras`."""
+
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _lora_specs(cls, value: Any) -> Any:
+        if isinstance(value, (str, os.PathLike, LoraSpec, dict)):
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            return [as_lora_spec(item) for item in value]
+        return value
 
 
 @dataclass
@@ -180,6 +199,8 @@ class DiffusersBackend(Backend):
     default_steps: int = 30
     """Denoising steps when the request leaves them ``None`` (an instance attribute: some
     backends choose it from the loaded model)."""
+    takes_loras: ClassVar[bool] = True
+    """Whether LoRAs load into this backend's UNet and CLIP text encoders."""
 
     def __init__(self, options: BackendOptions) -> None:
         super().__init__(options)
@@ -213,6 +234,20 @@ class DiffusersBackend(Backend):
         self.vae_scale_factor: int = int(self._txt2img.vae_scale_factor)
         self.native_size: int = self._native_size(self._txt2img)
         self._uses_cfg_embeds = self._takes_cfg_embeds(self._txt2img)
+        self._adapters: LoraAdapters | None = None
+        if self.takes_loras:
+            from ._adapters import LoraAdapters
+
+            self._adapters = LoraAdapters(self._txt2img, backend=self.name)
+            for spec in self.opts.loras:
+                self._adapters.load(spec)
+            if self.opts.fuse_loras and self._adapters.loaded:
+                self._adapters.fuse(self._adapters.resolve(None))
+        elif self.opts.loras or self.opts.fuse_loras:
+            raise UnsupportedOperationError(
+                f"The {self.name!r} backend does not take LoRAs yet: leave out loras=... (the "
+                "'sdxl', 'sd' and 'sdxl-controlnet' backends take them)."
+            )
 
     def _native_size(self, pipe: Any) -> int:
         """The side of the model's native square, in pixels."""
@@ -515,6 +550,22 @@ class DiffusersBackend(Backend):
             )
         return width, height, warnings
 
+    @property
+    def lora_adapters(self) -> LoraAdapters | None:
+        self._check_open()
+        return self._adapters
+
+    def _with_lora_triggers(self, request: GenerationRequest) -> GenerationRequest:
+        """``request`` with the trigger words of the LoRAs it uses (those it does not remove)."""
+        if self._adapters is None:
+            return request
+        words = self._adapters.trigger_words(self._adapters.resolve(request.loras))
+        removed = {w.strip().lower() for w in request.remove_words}
+        words = [w for w in words if w.strip().lower() not in removed]
+        if not words:
+            return request
+        return request.model_copy(update={"trigger_words": [*request.trigger_words, *words]})
+
     def prompt_encoders(self) -> list[tuple[TextEncoderSpec, Any]]:
         """The loaded pipeline's CLIP encoders with their own tokenizers and limits."""
         pipe = self._txt2img
@@ -530,6 +581,7 @@ class DiffusersBackend(Backend):
         return encoders
 
     def plan_prompt(self, request: GenerationRequest) -> PromptPlan:
+        request = self._with_lora_triggers(request)
         # the pipeline's tokenizers are shared: every use of them holds the encode lock
         with self._encode_lock:
             return super().plan_prompt(request)
@@ -569,6 +621,8 @@ class DiffusersBackend(Backend):
         guidance = (
             request.guidance_scale if request.guidance_scale is not None else self.guidance_default
         )
+        adapters = self._adapters
+        lora_weights = adapters.resolve(request.loras) if adapters is not None else None
         resolved = request.model_copy(
             update={
                 "width": width,
@@ -576,6 +630,7 @@ class DiffusersBackend(Backend):
                 "guidance_scale": guidance,
                 "steps": steps,
                 "strength": strength if photo is not None else request.strength,
+                "loras": lora_weights,
             }
         )
         template = self._img2img if mode == "img2img" else self._txt2img
@@ -611,7 +666,12 @@ class DiffusersBackend(Backend):
             resolved = resolved.model_copy(update=inputs.request_update)
             conditioned = time.perf_counter()
             whole = self._request_lock or contextlib.nullcontext()
-            with whole:
+            adapter_state = (
+                adapters.using(lora_weights)
+                if adapters is not None and lora_weights is not None
+                else contextlib.nullcontext()
+            )
+            with whole, adapter_state:
                 try:
                     with self._encode_lock, torch.no_grad():
                         call.update(self.encode_prompt(pipe, job.prompt, do_cfg=do_cfg))
@@ -680,6 +740,7 @@ class DiffusersBackend(Backend):
             warnings=warnings + inputs.warnings,
             controls=inputs.controls,
             control_images=inputs.control_images,
+            loras=adapters.used(lora_weights) if adapters and lora_weights else [],
         )
 
     def _after_request(self) -> None:
@@ -708,6 +769,7 @@ class DiffusersBackend(Backend):
         if self._closed:
             return
         self._closed = True
+        self._adapters = None
         self._txt2img = None
         self._img2img = None
         free_accelerator_memory(self._device)

@@ -112,6 +112,8 @@ def _edition_from_name(model: str) -> Edition | None:
 class HiDreamBackend(DiffusersBackend):
     """HiDream-I1 text-to-image (``HiDreamImagePipeline``), four text encoders."""
 
+    takes_loras: ClassVar[bool] = False
+
     description: ClassVar[str] = (
         "HiDream-I1 Full/Dev/Fast (diffusers): long prompts, quantized encoders, text only"
     )
