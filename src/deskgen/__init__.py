@@ -13,6 +13,7 @@ that needs them is created.
 """
 
 from ._controls import Control
+from ._dataset import DatasetPlan, DatasetReport, DeskGrid, generate_dataset
 from ._exceptions import (
     AuthenticationError,
     BackendError,
@@ -63,8 +64,11 @@ __all__ = [
     "ConfigError",
     "ContentPolicyError",
     "Control",
+    "DatasetPlan",
+    "DatasetReport",
     "DeskDescription",
     "DeskGenerator",
+    "DeskGrid",
     "DeskItem",
     "DeskSpec",
     "DeskgenError",
@@ -100,6 +104,7 @@ __all__ = [
     "UnknownBackendError",
     "UnsupportedOperationError",
     "__version__",
+    "generate_dataset",
     "inspect_lora",
     "list_backends",
     "load_image",
