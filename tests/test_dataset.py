@@ -45,10 +45,13 @@ def test_plan_items() -> None:
     spec_item = items[2]
     assert "industrial style" in spec_item.prompt and spec_item.negative_prompt  # rendered
     assert {i.prompt for i in items[4:]} == {
-        s.render(backend="sdxl").prompt for s in PLAN.grid.specs()  # type: ignore[union-attr]
+        s.render(backend="sdxl").prompt
+        for s in PLAN.grid.specs()  # type: ignore[union-attr]
     }
     # a key is what makes the image: the same in another plan that holds the same prompt
-    again = DatasetPlan(prompts=["a walnut desk"], images_per_prompt=1, seed=10, request={"steps": 2})
+    again = DatasetPlan(
+        prompts=["a walnut desk"], images_per_prompt=1, seed=10, request={"steps": 2}
+    )
     assert again.items(backend="sdxl")[0].key == items[0].key
 
 

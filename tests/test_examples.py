@@ -144,3 +144,31 @@ def test_describe_then_generate_example(tmp_path: Path) -> None:
     assert "Janus says:" in proc.stdout and "clutter:" in proc.stdout
     assert "CLIP tokens)" in proc.stdout and "janus drew 16x16" in proc.stdout
     assert "sdxl img2img" in proc.stdout and out.is_file()
+
+
+@pytest.mark.slow
+def test_lora_example(tmp_path: Path) -> None:
+    out = tmp_path / "lora.png"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "lora_makeover.py"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "inspected walnut-desk.safetensors: safetensors, kohya layout, for sdxl, rank 4, "
+        "trigger words ['walnut desk', 'warm light']"
+    ) in proc.stdout
+    assert "loaded walnut-desk at 0.8 into text_encoder, text_encoder_2, unet" in proc.stdout
+    assert "prompt as encoded: walnut desk, warm light, a tidy minimalist desk" in proc.stdout
+    change = float(proc.stdout.split("mean pixel difference ")[1].split()[0])
+    assert change > 2  # the LoRA changes the image; loras={} leaves it out
+    assert "stacked: [('walnut-desk', 0.8), ('topview', 0.5)]" in proc.stdout
+    assert "custom: [('walnut-desk', 0.4), ('topview', 1.0)]" in proc.stdout
+    assert "fused vs stacked: max pixel difference" in proc.stdout
+    assert "<lora:walnut-desk:0.8> <lora:topview:0.5>" in proc.stdout
+    assert "'file': 'walnut-desk.safetensors'" in proc.stdout
+    for name in ("styled", "plain", "stacked", "custom", "fused"):
+        assert (tmp_path / f"lora-{name}.png").is_file()

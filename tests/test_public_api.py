@@ -34,6 +34,7 @@ EXPECTED = {
     "LoraFile",
     "LoraMismatchError",
     "LoraSpec",
+    "LoraTrainingConfig",
     "LongPromptMode",
     "MissingDependencyError",
     "ModelLoadError",
@@ -50,6 +51,8 @@ EXPECTED = {
     "ServiceTimeoutError",
     "StepProgress",
     "Timings",
+    "TrainingProgress",
+    "TrainingResult",
     "UnknownBackendError",
     "UnsupportedOperationError",
     "__version__",
@@ -59,6 +62,7 @@ EXPECTED = {
     "load_image",
     "read_record",
     "register_backend",
+    "train_lora",
 }
 
 

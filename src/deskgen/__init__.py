@@ -52,6 +52,7 @@ from ._models import (
 )
 from ._record import read_record
 from ._registry import BackendInfo, list_backends, register_backend
+from ._training import LoraTrainingConfig, TrainingProgress, TrainingResult, train_lora
 from ._version import __version__
 from .prompts._description import DeskDescription
 from .prompts._report import LongPromptMode, PromptReport
@@ -86,6 +87,7 @@ __all__ = [
     "LoraFile",
     "LoraMismatchError",
     "LoraSpec",
+    "LoraTrainingConfig",
     "MissingDependencyError",
     "ModelLoadError",
     "ModelMismatchError",
@@ -101,6 +103,8 @@ __all__ = [
     "ServiceTimeoutError",
     "StepProgress",
     "Timings",
+    "TrainingProgress",
+    "TrainingResult",
     "UnknownBackendError",
     "UnsupportedOperationError",
     "__version__",
@@ -110,4 +114,5 @@ __all__ = [
     "load_image",
     "read_record",
     "register_backend",
+    "train_lora",
 ]

@@ -1,0 +1,201 @@
+"""LoRA training on tiny models: the loss goes down, the LoRA reloads (in deskgen and in plain
+diffusers) and changes the output, an interrupted run resumes exactly, SD and text encoders."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from deskgen import (
+    ConfigError,
+    DeskGenerator,
+    LoraSpec,
+    LoraTrainingConfig,
+    TrainingProgress,
+    train_lora,
+)
+from deskgen._training import _buckets, _nearest_bucket, _prepare
+
+
+def _desk(size: tuple[int, int], seed: int) -> Image.Image:
+    rng = random.Random(seed)
+    image = Image.new("RGB", size, (200, 190, 170))
+    draw = ImageDraw.Draw(image)
+    w, h = size
+    draw.rectangle((0, h * 2 // 3, w, h), fill=(120, 80, 40))  # the desk
+    x = rng.randrange(w // 2)
+    draw.rectangle((x, h // 4, x + w // 3, h // 2), fill=(20, 20, 30))  # a monitor
+    return image
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six desks in three aspect ratios, as an imagefolder."""
+    root = tmp_path_factory.mktemp("desks")
+    (root / "train").mkdir()
+    lines = []
+    for i, size in enumerate([(64, 64), (64, 64), (96, 64), (96, 64), (64, 96), (48, 48)]):
+        name = f"desk{i}.png"
+        _desk(size, i).save(root / "train" / name)
+        lines.append(json.dumps({"file_name": name, "caption": f"dskgn, a desk number {i}"}))
+    (root / "train" / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _config(model: Path, data: Path, out: Path, **fields: Any) -> LoraTrainingConfig:
+    base: dict[str, Any] = {
+        "model": str(model),
+        "data": str(data),
+        "out": str(out),
+        "rank": 4,
+        "learning_rate": 5e-3,
+        "batch_size": 2,
+        "max_steps": 4,
+        "checkpoint_every": 2,
+        "trigger_words": ["dskgn"],
+        "device": "cpu",
+    }
+    return LoraTrainingConfig(**(base | fields))
+
+
+def test_buckets_and_crops() -> None:
+    buckets = _buckets(1024, 64)
+    assert (1024, 1024) in buckets and (1216, 832) in buckets and (832, 1216) in buckets
+    assert all(w % 64 == 0 and h % 64 == 0 and w * h <= 1024 * 1024 for w, h in buckets)
+    assert _nearest_bucket((4000, 3000), buckets) == (1152, 896)
+    assert _nearest_bucket((1000, 1000), buckets) == (1024, 1024)
+    crop, original, top_left = _prepare(
+        Image.new("RGB", (200, 100)), (64, 64), center=True, flip=False, rng=random.Random(0)
+    )
+    assert crop.size == (64, 64) and original == (100, 200) and top_left == (0, 32)
+
+
+@pytest.mark.slow
+def test_training_lowers_the_loss_and_the_lora_loads(
+    tiny_sdxl_path: Path, data: Path, tmp_path: Path
+) -> None:
+    seen: list[TrainingProgress] = []
+    result = train_lora(
+        _config(tiny_sdxl_path, data, tmp_path / "out", max_steps=12, checkpoint_every=None),
+        progress=False,
+        on_step=seen.append,
+    )
+    assert result.steps == 12 and result.images == 6 and result.resumed_from is None
+    assert result.loss_after < result.loss_before
+    assert [p.step for p in seen] == list(range(1, 13))
+    log = [json.loads(line) for line in result.loss_log.read_text().splitlines()]
+    assert [row["step"] for row in log] == list(range(1, 13))
+    assert [c.name for c in result.checkpoints] == ["step-000012"]
+
+    with safe_open(str(result.lora), framework="pt") as fh:
+        metadata = fh.metadata()
+    assert metadata["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
+    assert metadata["modelspec.trigger_phrase"] == "dskgn"
+    assert metadata["ss_network_dim"] == "4"
+    assert json.loads(metadata["deskgen.training"])["learning_rate"] == 5e-3
+    assert str(tmp_path) not in json.dumps(metadata)  # no local paths
+
+    with DeskGenerator("sdxl", model=str(tiny_sdxl_path), device="cpu") as gen:
+        base = np.asarray(gen.generate(prompt="a desk", seed=1, steps=3).image, dtype=np.int16)
+        lora = gen.load_lora(LoraSpec(path=str(result.lora)))
+        assert (lora.layout, lora.base, lora.rank) == ("diffusers", "sdxl", 4)
+        assert lora.trigger_words == ["dskgn"]
+        ours = gen.generate(prompt="a desk", seed=1, steps=3)
+    assert ours.prompt_report is not None and ours.prompt_report.prompt == "dskgn, a desk"
+    mine = np.asarray(ours.image, dtype=np.int16)
+    assert np.abs(mine - base).mean() > 0.5
+
+    # plain diffusers loads it too, to the same pixels
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_path)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(result.lora))
+    theirs = pipe(
+        "dskgn, a desk",
+        num_inference_steps=3,
+        guidance_scale=5.0,
+        generator=torch.Generator().manual_seed(1),
+    ).images[0]
+    assert np.abs(np.asarray(theirs, dtype=np.int16) - mine).max() <= 1
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_exactly(
+    tiny_sdxl_path: Path, data: Path, tmp_path: Path
+) -> None:
+    whole = train_lora(_config(tiny_sdxl_path, data, tmp_path / "whole"), progress=False)
+
+    def stop_at_three(progress: TrainingProgress) -> None:
+        if progress.step == 3:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        train_lora(_config(tiny_sdxl_path, data, out), progress=False, on_step=stop_at_three)
+    assert [c.name for c in (out / "checkpoints").iterdir()] == ["step-000002"]
+    assert len((out / "loss.jsonl").read_text().splitlines()) == 3
+    resumed = train_lora(_config(tiny_sdxl_path, data, out), progress=False)
+    assert resumed.resumed_from == 2 and resumed.steps == 4
+    assert resumed.loss_before == whole.loss_before
+    assert resumed.loss_after == pytest.approx(whole.loss_after, abs=1e-6)
+    a, b = load_file(str(whole.lora)), load_file(str(resumed.lora))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+    losses = [json.loads(x)["loss"] for x in whole.loss_log.read_text().splitlines()]
+    again = [json.loads(x)["loss"] for x in resumed.loss_log.read_text().splitlines()]
+    assert again == pytest.approx(losses, abs=1e-6)
+
+    # resuming with other settings is refused; resume=False starts over
+    with pytest.raises(ConfigError, match="other settings"):
+        train_lora(_config(tiny_sdxl_path, data, out, rank=8), progress=False)
+    fresh = train_lora(
+        _config(tiny_sdxl_path, data, out, max_steps=2, resume=False), progress=False
+    )
+    assert fresh.resumed_from is None and fresh.steps == 2
+
+
+@pytest.mark.slow
+def test_sd_with_text_encoders_and_accumulation(
+    tiny_sd_path: Path, data: Path, tmp_path: Path
+) -> None:
+    result = train_lora(
+        _config(
+            tiny_sd_path,
+            data,
+            tmp_path / "sd",
+            train_text_encoders=True,
+            gradient_accumulation_steps=2,
+            buckets=False,
+            random_flip=True,
+            center_crop=False,
+            max_steps=None,
+            epochs=2,
+            lr_scheduler="cosine",
+        ),
+        progress=False,
+    )
+    # 6 images in batches of 2 (one bucket): 3 batches, 2 optimizer steps an epoch
+    assert (result.steps, result.epochs) == (4, 2)
+    with DeskGenerator("sd", model=str(tiny_sd_path), device="cpu") as gen:
+        lora = gen.load_lora(str(result.lora))
+    assert lora.components == ["text_encoder", "unet"] and lora.base == "sd1"
+
+
+def test_bad_runs(tiny_sdxl_path: Path, data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"No metadata\.jsonl"):
+        train_lora(_config(tiny_sdxl_path, tmp_path, tmp_path / "o"), progress=False)
+    with pytest.raises(ConfigError, match="needs a CUDA GPU"):
+        train_lora(_config(tiny_sdxl_path, data, tmp_path / "o", mixed_precision="fp16"))
+    with pytest.raises(ValueError, match="name"):
+        _config(tiny_sdxl_path, data, tmp_path, name="../escape")
