@@ -176,6 +176,9 @@ def test_usage_errors_exit_2() -> None:
         ),
         ("demo", ["--backend", "--model", "--out", "--image", "--prompt", "20 on the tiny model"]),
         ("record", ["--parameters"]),
+        ("dataset", ["--plan", "--prompts-file", "--caption-prefix", "--lora", "--out"]),
+        ("train-lora", ["--config", "--rank", "--mixed-precision", "--no-resume", "--data"]),
+        ("generate", ["--lora", "PATH[:WEIGHT]", "--fuse-loras"]),
     ],
 )
 def test_help_is_complete(
@@ -445,3 +448,62 @@ def test_controlnet_from_the_cli_saves_the_control_images(
     request = read_record(out)
     assert request.control_scale == [0.4, 0.4]
     assert request.control_image_sha256 is not None and request.control_image_sha256[0] is None
+
+
+def test_lora_flag(
+    tiny_sdxl_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from deskgen.testing import make_tiny_lora
+
+    lora = make_tiny_lora(tiny_sdxl_path, tmp_path / "desk top-view.safetensors")
+    out = tmp_path / "o.png"
+    argv = ["generate", "a desk", "--model", str(tiny_sdxl_path), "--device", "cpu"]
+    argv += ["--steps", "2", "--seed", "1", "--out", str(out), "--no-progress"]
+    assert main([*argv, "--lora", f"{lora}:0.6"]) == 0
+    text = capsys.readouterr().out
+    assert "<lora:desk_top-view:0.6>" in text and "Lora hashes:" in text
+    assert read_record(out).loras == {"desk_top-view": 0.6}
+    assert main([*argv, "--lora", str(tmp_path / "missing.safetensors")]) == 1
+    assert "No LoRA file or folder" in capsys.readouterr().err
+
+
+def test_lora_specs_from_the_flag() -> None:
+    from deskgen.cli import _lora_specs
+
+    local, hub, plain = _lora_specs(
+        ["./a.safetensors:0.5", "user/repo/desk.safetensors:-1", "b.safetensors"],
+        allow_pickle=False,
+    )
+    assert (local.path, local.weight) == ("./a.safetensors", 0.5)
+    assert (hub.path, hub.weight_name, hub.weight) == ("user/repo", "desk.safetensors", -1.0)
+    assert (plain.path, plain.weight) == ("b.safetensors", 1.0)
+
+
+@pytest.mark.slow
+def test_dataset_then_train_lora(
+    tiny_sdxl_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, out = tmp_path / "data", tmp_path / "lora"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a walnut desk\n\na corner desk with a lamp\n")
+    argv = ["dataset", "--model", str(tiny_sdxl_path), "--device", "cpu", "--out", str(data)]
+    argv += ["--prompts-file", str(prompts), "--images-per-prompt", "2", "--steps", "2"]
+    argv += ["--caption-prefix", "dskgn", "--no-progress"]
+    assert main(argv) == 0
+    assert "4 generated, 0 already there, 0 failed, of 4" in capsys.readouterr().out
+    assert main(argv) == 0
+    assert "0 generated, 4 already there" in capsys.readouterr().out
+
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps({"rank": 4, "learning_rate": 1e-3, "batch_size": 2}))
+    argv = ["train-lora", "--config", str(config), "--model", str(tiny_sdxl_path)]
+    argv += ["--data", str(data), "--out", str(out), "--max-steps", "3", "--device", "cpu"]
+    argv += ["--trigger-word", "dskgn", "--name", "mine", "--no-progress"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "3 steps on 4 images" in text and "mine.safetensors" in text
+    assert (out / "mine.safetensors").is_file()
+    assert main([*argv, "--rank", "8"]) == 1  # the checkpoint was made with rank 4
+    assert "other settings" in capsys.readouterr().err
+    assert main(["train-lora", "--model", "x", "--data", str(data)]) == 1  # no --out
+    assert "out: Field required" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""The ``deskgen`` command line: generate, demo, prompt, describe, backends, record.
+"""The ``deskgen`` command line: generate, demo, prompt, describe, dataset, train-lora, backends,
+record.
 
 Run ``deskgen --help`` or ``deskgen COMMAND --help``. Exit codes: 0 success, 1 a deskgen error
 (its message says how to fix it), 2 bad command-line usage, 130 interrupted.
@@ -15,6 +16,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
 
 from ._exceptions import ConfigError, DeskgenError, MissingDependencyError
 from ._version import __version__
@@ -61,7 +64,18 @@ def _add_model_options(parser: argparse.ArgumentParser, *, backend: str | None) 
     group.add_argument(
         "--allow-pickle",
         action="store_true",
-        help="also load pickle weights (.bin/.ckpt); only for checkpoints you trust",
+        help="also load pickle weights (.bin/.ckpt) and LoRAs; only for files you trust",
+    )
+    group.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="PATH[:WEIGHT]",
+        help="a LoRA .safetensors file (or hub REPO/FILE) to apply, with its weight "
+        "(default 1.0), e.g. desk.safetensors:0.8 (repeatable; sd, sdxl, sdxl-controlnet)",
+    )
+    group.add_argument(
+        "--fuse-loras", action="store_true", help="fuse the LoRAs into the weights: faster steps"
     )
 
 
@@ -144,6 +158,42 @@ def _add_output_options(parser: argparse.ArgumentParser, *, out: str) -> None:
     )
 
 
+# train-lora's flags: LoraTrainingConfig's fields (dest: the field name)
+_TRAIN_FLAGS: list[tuple[str, Any, str]] = [
+    ("--model", str, "base pipeline: hub id or folder (SDXL, SD 1.x/2.x)"),
+    ("--data", str, "imagefolder with metadata.jsonl (file_name, caption)"),
+    ("--out", str, "output folder"),
+    ("--name", str, "LoRA file stem and adapter name (default: deskgen_lora)"),
+    ("--rank", int, "LoRA rank (default: 16)"),
+    ("--alpha", float, "LoRA alpha (default: the rank)"),
+    ("--learning-rate", float, "learning rate (default: 1e-4)"),
+    ("--text-encoder-learning-rate", float, "text encoders' learning rate"),
+    ("--lr-scheduler", str, "constant, constant_with_warmup, linear, cosine..."),
+    ("--lr-warmup-steps", int, "warm-up steps"),
+    ("--max-steps", int, "optimizer steps in all (default: --epochs passes)"),
+    ("--epochs", int, "passes over the data (default: 1)"),
+    ("--batch-size", int, "images per batch (default: 1)"),
+    ("--gradient-accumulation-steps", int, "batches per optimizer step (default: 1)"),
+    ("--resolution", int, "training side in pixels (default: the model's native)"),
+    ("--no-buckets", bool, "square crops instead of aspect-ratio buckets"),
+    ("--random-crop", bool, "random instead of centre crops"),
+    ("--random-flip", bool, "mirror half the images"),
+    ("--seed", int, "seed (default: 0)"),
+    ("--mixed-precision", str, "auto, no, fp16, bf16 (default: auto)"),
+    ("--device", str, "auto, cpu, cuda, cuda:N (default: auto)"),
+    ("--train-text-encoders", bool, "also train LoRAs of the CLIP text encoders"),
+    ("--snr-gamma", float, "min-SNR loss weighting, e.g. 5.0"),
+    ("--noise-offset", float, "noise offset, e.g. 0.05"),
+    ("--trigger-word", list, "a trigger word recorded in the LoRA (repeatable)"),
+    ("--gradient-checkpointing", bool, "less memory, slower steps"),
+    ("--checkpoint-every", int, "steps between checkpoints (default: 500)"),
+    ("--keep-checkpoints", int, "checkpoints to keep (default: 3)"),
+    ("--no-resume", bool, "start over instead of resuming the latest checkpoint"),
+    ("--variant", str, "weight variant, e.g. fp16"),
+    ("--vae", str, "a VAE to use instead of the model's"),
+]
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deskgen",
@@ -211,6 +261,58 @@ def _parser() -> argparse.ArgumentParser:
     )
     describe.add_argument("--json", action="store_true", help="print the description as JSON")
 
+    dataset = sub.add_parser(
+        "dataset",
+        help="generate a dataset of desk images (an imagefolder) for LoRA training",
+        description=(
+            "Generate images for every prompt of a plan into OUT/train/ with a metadata.jsonl "
+            "(a Hugging Face imagefolder). Reruns skip finished images; failed ones are listed "
+            "in OUT/failures.jsonl and retried by the next run."
+        ),
+    )
+    source = dataset.add_argument_group("plan")
+    source.add_argument(
+        "--plan", help="a DatasetPlan as JSON (prompts, grid, images_per_prompt, request...)"
+    )
+    source.add_argument(
+        "--prompt", action="append", default=[], help="a prompt to generate (repeatable)"
+    )
+    source.add_argument("--prompts-file", help="a text file of prompts, one per line")
+    source.add_argument("--images-per-prompt", type=int, help="images of each prompt")
+    source.add_argument("--seed", type=int, help="seed of each prompt's first image")
+    source.add_argument(
+        "--caption-prefix", help="put before every caption, e.g. the new LoRA's trigger word"
+    )
+    source.add_argument("--steps", type=int, help="denoising steps of every image")
+    source.add_argument("--guidance-scale", type=float, help="guidance of every image")
+    source.add_argument("--negative-prompt", help="negative prompt of every image")
+    source.add_argument("--width", type=int, help="width of every image")
+    source.add_argument("--height", type=int, help="height of every image")
+    _add_model_options(dataset, backend="sdxl")
+    dataset.add_argument("--out", required=True, help="the dataset folder")
+    dataset.add_argument("--no-progress", action="store_true", help="no progress bar")
+    dataset.add_argument("--verbose", action="store_true", help="show the libraries' chatter")
+
+    train = sub.add_parser(
+        "train-lora",
+        help="train a LoRA of SDXL or SD on an imagefolder (e.g. from `deskgen dataset`)",
+        description=(
+            "Fine-tune a LoRA of the base model's UNet (and optionally its text encoders) on "
+            "the images and captions of DATA, writing OUT/NAME.safetensors, OUT/loss.jsonl and "
+            "checkpoints; a rerun resumes from the latest checkpoint. Flags override --config."
+        ),
+    )
+    train.add_argument("--config", help="a LoraTrainingConfig as JSON")
+    for flag, kind, text in _TRAIN_FLAGS:
+        if kind is bool:
+            train.add_argument(flag, action="store_true", default=None, help=text)
+        elif kind is list:
+            train.add_argument(flag, action="append", help=text)
+        else:
+            train.add_argument(flag, type=kind, help=text)
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--verbose", action="store_true", help="show the libraries' chatter")
+
     backends = sub.add_parser("backends", help="list backends and whether they are installed")
     backends.add_argument("--json", action="store_true", help="print JSON")
 
@@ -251,6 +353,51 @@ def _parse_options(items: list[str]) -> dict[str, Any]:
     return options
 
 
+def _lora_specs(items: list[str], *, allow_pickle: bool) -> list[Any]:
+    """``PATH[:WEIGHT]`` items as `LoraSpec` s (a hub file as ``REPO/NAME/FILE``)."""
+    from ._lora import LoraSpec
+
+    specs = []
+    for item in items:
+        path, sep, weight_text = item.rpartition(":")
+        weight = 1.0
+        if sep and path and not weight_text.startswith(("/", "\\")):
+            try:
+                weight = float(weight_text)
+            except ValueError:
+                path = item
+        else:
+            path = item
+        local = Path(os.path.expanduser(path))
+        parts = path.split("/")
+        if not local.exists() and len(parts) == 3 and not path.startswith((".", "~", "/")):
+            spec = LoraSpec(
+                path="/".join(parts[:2]),
+                weight_name=parts[2],
+                weight=weight,
+                allow_pickle=allow_pickle,
+            )
+        else:
+            spec = LoraSpec(path=path, weight=weight, allow_pickle=allow_pickle)
+        specs.append(spec)
+    return specs
+
+
+def _generator_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The DeskGenerator options the model flags give."""
+    options: dict[str, Any] = {}
+    for name in ("variant", "revision", "vae", "cache_dir"):
+        if getattr(args, name):
+            options[name] = getattr(args, name)
+    for flag in ("allow_pickle", "local_files_only", "fuse_loras"):
+        if getattr(args, flag):
+            options[flag] = True
+    if args.lora:
+        options["loras"] = _lora_specs(args.lora, allow_pickle=args.allow_pickle)
+    options.update(_parse_options(args.option))
+    return options
+
+
 def _check_output(path: Path) -> None:
     folder = path.resolve().parent
     while not folder.exists():
@@ -270,14 +417,7 @@ def _run_generation(
 
     _check_output(png_path(Path(args.out)))  # before spending minutes generating
 
-    options: dict[str, Any] = {}
-    for name in ("variant", "revision", "vae", "cache_dir"):
-        if getattr(args, name):
-            options[name] = getattr(args, name)
-    for flag in ("allow_pickle", "local_files_only"):
-        if getattr(args, flag):
-            options[flag] = True
-    options.update(_parse_options(args.option))
+    options = _generator_options(args)
     fields: dict[str, Any] = {
         "prompt": prompt,
         "image": args.image,
@@ -406,6 +546,94 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _run_generation(args, prompt=args.prompt or DEMO_PROMPT, model=model, show_record=True)
 
 
+def _cmd_dataset(args: argparse.Namespace) -> int:
+    from ._dataset import DatasetPlan, generate_dataset
+    from ._generator import DeskGenerator, _format_validation_error
+
+    data: dict[str, Any] = {}
+    if args.plan:
+        data = _read_json(args.plan, "dataset plan")
+    prompts = list(data.get("prompts", [])) + args.prompt
+    if args.prompts_file:
+        lines = Path(args.prompts_file).read_text(encoding="utf-8").splitlines()
+        prompts += [line.strip() for line in lines if line.strip()]
+    data["prompts"] = prompts
+    for name in ("images_per_prompt", "seed", "caption_prefix"):
+        if getattr(args, name) is not None:
+            data[name] = getattr(args, name)
+    request = dict(data.get("request", {}))
+    for name in ("steps", "guidance_scale", "negative_prompt", "width", "height"):
+        if getattr(args, name) is not None:
+            request[name] = getattr(args, name)
+    data["request"] = request
+    try:
+        plan = DatasetPlan.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"Invalid dataset plan: {_format_validation_error(exc)}.") from exc
+    print(f"Loading {args.backend} ({args.model or 'default model'})...", file=sys.stderr)
+    with DeskGenerator(
+        args.backend,
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        **_generator_options(args),
+    ) as gen:
+        report = generate_dataset(gen, plan, args.out, progress=not args.no_progress)
+    print(
+        f"{report.generated} generated, {report.skipped} already there, "
+        f"{len(report.failures)} failed, of {report.planned} in {report.out}"
+    )
+    for failure in report.failures:
+        print(f"failed: seed {failure.seed} {failure.prompt!r}: {failure.message}", file=sys.stderr)
+    return 0 if not report.failures else 1
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ._generator import _format_validation_error
+    from ._training import LoraTrainingConfig, train_lora
+
+    data: dict[str, Any] = {}
+    if args.config:
+        data = _read_json(args.config, "training config")
+    for flag, _kind, _help in _TRAIN_FLAGS:
+        name = flag.removeprefix("--").replace("-", "_")
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if name == "no_buckets":
+            data["buckets"] = False
+        elif name == "random_crop":
+            data["center_crop"] = False
+        elif name == "no_resume":
+            data["resume"] = False
+        elif name == "trigger_word":
+            data["trigger_words"] = value
+        else:
+            data[name] = value
+    try:
+        config = LoraTrainingConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"Invalid training settings: {_format_validation_error(exc)}.") from exc
+    result = train_lora(config, progress=not args.no_progress)
+    print(
+        f"{result.steps} steps on {result.images} images"
+        + (f" (resumed at step {result.resumed_from})" if result.resumed_from else "")
+        + f": fixed-noise loss {result.loss_before:.4f} -> {result.loss_after:.4f}"
+    )
+    print(f"wrote {result.lora}")
+    return 0
+
+
+def _read_json(path: str, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path!r} is not valid JSON ({exc}): fix the {what} file.") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path!r} holds no JSON object: write the {what} as {{...}}.")
+    return data
+
+
 def _preset_names() -> list[str]:
     from .prompts import list_negative_presets
 
@@ -498,9 +726,8 @@ def _cmd_record(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``deskgen`` command; returns the exit code."""
     args = _parser().parse_args(argv)
-    if args.command in ("generate", "demo", "prompt", "describe") and not getattr(
-        args, "verbose", False
-    ):
+    quiet = ("generate", "demo", "prompt", "describe", "dataset", "train-lora")
+    if args.command in quiet and not getattr(args, "verbose", False):
         _quiet_libraries()
     try:
         if args.command == "generate":
@@ -513,6 +740,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_prompt(args)
         if args.command == "describe":
             return _cmd_describe(args)
+        if args.command == "dataset":
+            return _cmd_dataset(args)
+        if args.command == "train-lora":
+            return _cmd_train(args)
         return _cmd_record(args)
     except DeskgenError as exc:
         print(f"error: {exc}", file=sys.stderr)
