@@ -199,3 +199,42 @@ def test_bad_runs(tiny_sdxl_path: Path, data: Path, tmp_path: Path) -> None:
         train_lora(_config(tiny_sdxl_path, data, tmp_path / "o", mixed_precision="fp16"))
     with pytest.raises(ValueError, match="name"):
         _config(tiny_sdxl_path, data, tmp_path, name="../escape")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_cuda(
+    tiny_sdxl_path: Path, data: Path, tmp_path: Path, precision: str
+) -> None:
+    config = _config(
+        tiny_sdxl_path,
+        data,
+        tmp_path / precision,
+        device="cuda",
+        mixed_precision=precision,
+        max_steps=12,
+        checkpoint_every=6,
+        train_text_encoders=True,
+    )
+    result = train_lora(config, progress=False)
+    assert result.loss_after < result.loss_before
+    tensors = load_file(str(result.lora))
+    assert all(t.dtype == torch.float32 for t in tensors.values())  # trained in float32
+    with DeskGenerator("sdxl", model=str(tiny_sdxl_path), device="cuda") as gen:
+        base = np.asarray(gen.generate(prompt="a desk", seed=1, steps=3).image, dtype=np.int16)
+        gen.load_lora(str(result.lora))
+        mine = np.asarray(gen.generate(prompt="a desk", seed=1, steps=3).image, dtype=np.int16)
+    assert np.abs(mine - base).mean() > 0.5
+    # an interrupted GPU run resumes to (nearly) the same LoRA
+    out = tmp_path / f"{precision}-resumed"
+
+    def stop(progress: TrainingProgress) -> None:
+        if progress.step == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_lora(config.model_copy(update={"out": str(out)}), progress=False, on_step=stop)
+    resumed = train_lora(config.model_copy(update={"out": str(out)}), progress=False)
+    assert resumed.resumed_from == 6
+    for key, value in load_file(str(resumed.lora)).items():
+        torch.testing.assert_close(value, tensors[key], rtol=1e-3, atol=1e-4)

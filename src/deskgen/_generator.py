@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import threading
 import time
@@ -27,7 +26,7 @@ from ._exceptions import (
     UnsupportedOperationError,
 )
 from ._images import ImageInfo, ImageInput, load_image
-from ._lora import LoadedLora, LoraSpec, as_lora_spec
+from ._lora import LoadedLora, LoraSource, as_lora_spec
 from ._models import (
     MAX_SEED,
     CancelFlag,
@@ -62,6 +61,7 @@ class RequestFields(TypedDict, total=False):
     trigger_words: list[str]
     remove_words: list[str]
     loras: dict[str, float] | None
+    lora_sha256: dict[str, str] | None
     image: ImageInput | None
     mask: ImageInput | None
     mask_sha256: str | None
@@ -261,8 +261,10 @@ class DeskGenerator:
         adapters = self._require_open().lora_adapters
         return adapters.loaded if adapters is not None else []
 
-    def load_lora(self, spec: LoraSpec | str | os.PathLike[str], /) -> LoadedLora:
+    def load_lora(self, spec: LoraSource, /) -> LoadedLora:
         """Check a LoRA against the loaded model and apply it as a new adapter.
+
+        ``spec``: a `LoraSpec`, a file path, or a hub file as ``"user/repo/file.safetensors"``.
 
         The file's format is checked by its bytes (pickle only with ``allow_pickle=True``); its
         keys (kohya or diffusers/peft layout) must all name modules of this model with the

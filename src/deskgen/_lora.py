@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LoadedLora",
     "LoraFile",
+    "LoraSource",
     "LoraSpec",
     "as_lora_spec",
     "inspect_lora",
@@ -35,7 +36,8 @@ __all__ = [
     "sniff_format",
 ]
 
-LoraLayout = Literal["kohya", "diffusers", "peft"]
+LoraLayout = Literal["kohya", "diffusers", "peft", "unknown"]
+"""``unknown``: a pickle file, until its tensors are read."""
 LoraBase = Literal["sdxl", "sd1", "sd2", "unknown"]
 
 _MAX_HEADER = 100 * 2**20
@@ -105,13 +107,26 @@ class LoadedLora(BaseModel):
     """The pipeline modules it changes, e.g. ``["unet", "text_encoder"]``."""
 
 
-def as_lora_spec(value: LoraSpec | str | os.PathLike[str] | dict[str, Any]) -> LoraSpec:
-    """A `LoraSpec` from itself, a path (or hub ``repo/file.safetensors``), or its fields."""
+LoraSource = LoraSpec | str | os.PathLike[str] | dict[str, Any]
+"""A `LoraSpec`, a path, a hub file as ``"user/repo/file.safetensors"``, or LoraSpec's fields."""
+
+
+def as_lora_spec(value: LoraSource) -> LoraSpec:
+    """A `LoraSpec` from any `LoraSource`."""
     if isinstance(value, LoraSpec):
         return value
     if isinstance(value, dict):
         return LoraSpec.model_validate(value)
-    return LoraSpec(path=os.fspath(value))
+    path = os.fspath(value)
+    parts = path.split("/")
+    if (
+        len(parts) == 3
+        and all(re.fullmatch(r"[\w.-]+", part) for part in parts)
+        and not path.startswith((".", "~"))
+        and not Path(path).exists()
+    ):
+        return LoraSpec(path="/".join(parts[:2]), weight_name=parts[2])
+    return LoraSpec(path=path)
 
 
 def sniff_format(path: Path) -> Literal["safetensors", "pickle", "unknown"]:
@@ -239,7 +254,7 @@ def _rank(keys: dict[str, list[int]]) -> int | None:
     return None
 
 
-def inspect_lora(spec: LoraSpec) -> LoraFile:
+def inspect_lora(spec: LoraSource) -> LoraFile:
     """Find and read the header of the LoRA ``spec`` names; nothing is loaded into a model.
 
     Raises:
@@ -247,6 +262,7 @@ def inspect_lora(spec: LoraSpec) -> LoraFile:
         ModelLoadError: a pickle file without ``allow_pickle=True`` (whatever its name), or a
             file that is neither safetensors nor pickle, or a damaged header.
     """
+    spec = as_lora_spec(spec)
     path = _resolve(spec)
     kind = sniff_format(path)
     if kind == "unknown":
@@ -262,7 +278,7 @@ def inspect_lora(spec: LoraSpec) -> LoraFile:
                 ".safetensors version of this LoRA, or pass LoraSpec(..., allow_pickle=True) if "
                 "you trust the file."
             )
-        return LoraFile(path=path, format="pickle", layout="kohya", base="unknown", keys={})
+        return LoraFile(path=path, format="pickle", layout="unknown", base="unknown", keys={})
     keys, metadata = _header(path)
     if not keys:
         raise ModelLoadError(f"{str(path)!r} holds no tensors: it is not a LoRA.")

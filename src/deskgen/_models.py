@@ -64,6 +64,9 @@ class GenerationRequest(BaseModel):
     """LoRA adapters to use, by adapter name, with their weights; adapters left out are off
     (``{}``: none). ``None`` is every adapter loaded into the generator at its own weight.
     Results record the weights used."""
+    lora_sha256: dict[str, str] | None = None
+    """Digests of the LoRA files a request was made with, by adapter name (set in results and
+    records): a replay warns when an adapter of that name is now another file."""
     image: SkipValidation[ImageInput | None] = Field(default=None, exclude=True, repr=False)
     """The user's desk photo (path, bytes, binary file or PIL image): img2img when given.
 
@@ -123,6 +126,14 @@ class GenerationRequest(BaseModel):
         for scale in scales:
             if not 0.0 <= scale <= 2.0:
                 raise ValueError(f"control scale {scale} is outside 0..2")
+        return value
+
+    @field_validator("lora_sha256")
+    @classmethod
+    def _lora_digests(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for digest in (value or {}).values():
+            if not _SHA256.fullmatch(digest):
+                raise ValueError(f"{digest!r} is not a SHA-256 hex digest")
         return value
 
     @field_validator("loras")

@@ -354,32 +354,21 @@ def _parse_options(items: list[str]) -> dict[str, Any]:
 
 
 def _lora_specs(items: list[str], *, allow_pickle: bool) -> list[Any]:
-    """``PATH[:WEIGHT]`` items as `LoraSpec` s (a hub file as ``REPO/NAME/FILE``)."""
-    from ._lora import LoraSpec
+    """``PATH[:WEIGHT]`` items as `LoraSpec` s (a hub file as ``USER/REPO/FILE``)."""
+    from ._lora import LoraSpec, as_lora_spec
 
     specs = []
     for item in items:
         path, sep, weight_text = item.rpartition(":")
         weight = 1.0
-        if sep and path and not weight_text.startswith(("/", "\\")):
-            try:
-                weight = float(weight_text)
-            except ValueError:
-                path = item
-        else:
+        try:
+            weight = float(weight_text) if sep and path else weight
+        except ValueError:
             path = item
-        local = Path(os.path.expanduser(path))
-        parts = path.split("/")
-        if not local.exists() and len(parts) == 3 and not path.startswith((".", "~", "/")):
-            spec = LoraSpec(
-                path="/".join(parts[:2]),
-                weight_name=parts[2],
-                weight=weight,
-                allow_pickle=allow_pickle,
-            )
         else:
-            spec = LoraSpec(path=path, weight=weight, allow_pickle=allow_pickle)
-        specs.append(spec)
+            path = path if sep and path else item
+        fields = as_lora_spec(path).model_dump() | {"weight": weight, "allow_pickle": allow_pickle}
+        specs.append(LoraSpec.model_validate(fields))
     return specs
 
 

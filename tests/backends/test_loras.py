@@ -388,3 +388,91 @@ def test_sd_takes_loras_too(tiny_sd_path: Path, tmp_path: Path) -> None:
         _by_hand(by_hand, _peft_deltas(path, 0.5))
         assert np.abs(_pixels(by_hand) - with_lora).max() <= 1
     assert np.abs(with_lora - base).mean() > 2
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_on_cuda(tiny_sdxl_path: Path, lora_dir: Path, dtype: str) -> None:
+    path = lora_dir / "office3d.safetensors"
+    options: dict[str, Any] = {"model": str(tiny_sdxl_path), "device": "cuda", "dtype": dtype}
+    with DeskGenerator("sdxl", **options) as gen:
+        base = _pixels(gen)
+        gen.load_lora(LoraSpec(path=str(path), weight=0.8, trigger_words=[]))
+        pipe = gen.backend.pipeline  # type: ignore[attr-defined]
+        lora_params = [p for n, p in pipe.unet.named_parameters() if "lora_" in n]
+        assert lora_params and all(p.device.type == "cuda" for p in lora_params)
+        with_lora = _pixels(gen)
+        off = _pixels(gen, loras={})
+        gen.fuse_loras()
+        fused = _pixels(gen)
+    with DeskGenerator("sdxl", **options) as by_hand:
+        _by_hand(by_hand, [(c, m, d.cuda()) for c, m, d in _kohya_deltas(path, 0.8)])
+        expected = _pixels(by_hand)
+    effect = np.abs(with_lora - base).mean()
+    assert effect > 2
+    assert np.array_equal(off, base)
+    if dtype == "float32":
+        assert np.abs(with_lora - expected).max() <= 1
+        assert np.abs(fused - with_lora).max() <= 1
+    else:
+        # half precision rounds weights merged by hand or fused differently from the LoRA
+        # path's separate low-rank product: close (a fraction of a level), not equal
+        assert np.abs(with_lora - expected).mean() < effect / 4
+        assert np.abs(fused - with_lora).mean() < effect / 4
+
+
+class TestOrderAndRecords:
+    def test_loading_order_decides_triggers_fused_or_not(
+        self, gen: DeskGenerator, lora_dir: Path, tiny_sdxl_path: Path, tmp_path: Path
+    ) -> None:
+        second = make_tiny_lora(
+            tiny_sdxl_path, tmp_path / "b.safetensors", seed=7, trigger_words=("bright",)
+        )
+        gen.load_lora(LoraSpec(path=str(lora_dir / "walnut.safetensors"), weight=0.3))
+        gen.load_lora(LoraSpec(path=str(second), weight=0.2))
+        expected = f"walnut, bright, {PROMPT}"
+        assert gen.check_prompt(prompt=PROMPT).prompt == expected
+        reordered = {"b": 0.2, "walnut": 0.3}
+        assert gen.check_prompt(prompt=PROMPT, loras=reordered).prompt == expected
+        unfused = gen.generate(prompt=PROMPT, seed=3, steps=4, loras=reordered)
+        assert list(unfused.request.loras or {}) == ["walnut", "b"]
+        gen.fuse_loras()
+        fused = gen.generate(prompt=PROMPT, seed=3, steps=4)
+        assert fused.prompt_report and fused.prompt_report.prompt == expected
+        assert fused.request.loras == unfused.request.loras
+        a, b = (np.asarray(r.image, dtype=np.int16) for r in (unfused, fused))
+        assert np.abs(a - b).max() <= 1
+
+    def test_zero_weight_is_not_used(self, gen: DeskGenerator, lora_dir: Path) -> None:
+        gen.load_lora(lora_dir / "walnut.safetensors")
+        result = gen.generate(prompt=PROMPT, seed=3, steps=2, loras={"walnut": 0.0})
+        assert result.loras == [] and result.request.lora_sha256 is None
+        assert result.request.loras == {"walnut": 0.0}
+
+    def test_replay_with_another_file_under_the_name_warns(
+        self, gen: DeskGenerator, lora_dir: Path, tiny_sdxl_path: Path, tmp_path: Path
+    ) -> None:
+        lora = gen.load_lora(lora_dir / "walnut.safetensors")
+        result = gen.generate(prompt=PROMPT, seed=3, steps=2)
+        assert result.request.lora_sha256 == {"walnut": lora.sha256}
+        [saved] = result.save(tmp_path / "r.png")
+        gen.unload_lora("walnut")
+        other = make_tiny_lora(tiny_sdxl_path, tmp_path / "other.safetensors", seed=9)
+        gen.load_lora(LoraSpec(path=str(other), adapter_name="walnut"))
+        replay = gen.generate(read_record(saved))
+        assert any("'walnut' is another file" in w for w in replay.warnings)
+
+
+def test_sources_and_refusals_before_loading(tmp_path: Path, lora_dir: Path) -> None:
+    from deskgen import inspect_lora
+    from deskgen._lora import as_lora_spec
+
+    assert inspect_lora(str(lora_dir / "walnut.safetensors")).trigger_words == ["walnut"]
+    spec = as_lora_spec("someone/desk-loras/topview.safetensors")
+    assert (spec.path, spec.weight_name) == ("someone/desk-loras", "topview.safetensors")
+    with pytest.raises(UnsupportedOperationError, match="does not take LoRAs"):
+        # refused before the (missing) weights are even looked at
+        DeskGenerator("hidream", model=str(tmp_path / "none"), loras=["x.safetensors"])

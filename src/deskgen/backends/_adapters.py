@@ -106,17 +106,22 @@ class _Gate:
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """Silence what loading an adapter says that is no news: transformers' load report (every
-    base weight "MISSING" from the LoRA) and peft's warning about a second adapter."""
+    base weight "MISSING" from the LoRA), diffusers' note on encoders a LoRA leaves alone, and
+    peft's warning about a second adapter."""
+    from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging
 
     level = logging.get_verbosity()
+    diffusers_level = diffusers_logging.get_verbosity()
     logging.set_verbosity_error()
+    diffusers_logging.set_verbosity_error()  # "No LoRA keys associated to CLIPTextModel..."
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
             yield
     finally:
         logging.set_verbosity(level)
+        diffusers_logging.set_verbosity(diffusers_level)
 
 
 def _model_base(pipe: Any) -> LoraBase:
@@ -159,36 +164,34 @@ class LoraAdapters:
         return dict(self._fused) if self._fused is not None else None
 
     def resolve(self, requested: dict[str, float] | None) -> dict[str, float]:
-        """The adapter weights a request runs with: ``None`` is every loaded adapter at its own
-        weight (the fused ones while fused); names must be loaded."""
+        """The adapter weights a request runs with, in loading order (which orders trigger
+        words and records, whatever order a request names them in): ``None`` is every loaded
+        adapter at its own weight (the fused ones while fused); names must be loaded."""
         if requested is None:
             if self._fused is not None:
-                return dict(self._fused)
+                fused = dict(self._fused)
+                return {name: fused[name] for name in self._loaded if name in fused}
             return {name: lora.weight for name, lora in self._loaded.items()}
         unknown = sorted(set(requested) - set(self._loaded))
         if unknown:
-            have = ", ".join(sorted(self._loaded)) or "none"
+            have = ", ".join(self._loaded) or "none"
             raise InvalidRequestError(
                 f"loras names adapters that are not loaded: {', '.join(unknown)} (loaded: "
                 f"{have}). Load them first with gen.load_lora(LoraSpec(...)), or leave them out."
             )
-        return dict(requested)
+        return {name: requested[name] for name in self._loaded if name in requested}
 
     def trigger_words(self, weights: dict[str, float]) -> list[str]:
         """The trigger words of the adapters a request uses (weight other than 0)."""
-        words: list[str] = []
-        for name, weight in weights.items():
-            lora = self._loaded.get(name)
-            if lora is not None and weight != 0:
-                words.extend(lora.trigger_words)
-        return words
+        return [word for lora in self.used(weights) for word in lora.trigger_words]
 
     def used(self, weights: dict[str, float]) -> list[LoadedLora]:
-        """The loaded adapters as a request used them (its weights)."""
+        """The adapters a request uses (weight other than 0), in loading order, each with the
+        request's weight."""
         return [
-            self._loaded[name].model_copy(update={"weight": weight})
-            for name, weight in weights.items()
-            if name in self._loaded
+            lora.model_copy(update={"weight": weights[name]})
+            for name, lora in self._loaded.items()
+            if weights.get(name, 0) != 0
         ]
 
     # -- per request -------------------------------------------------------------------------

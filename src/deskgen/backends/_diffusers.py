@@ -206,6 +206,11 @@ class DiffusersBackend(Backend):
         super().__init__(options)
         assert isinstance(options, DiffusersOptions)
         self.opts: DiffusersOptions = options
+        if not self.takes_loras and (options.loras or options.fuse_loras):
+            raise UnsupportedOperationError(
+                f"The {self.name!r} backend does not take LoRAs yet: leave out loras=... (the "
+                "'sdxl', 'sd' and 'sdxl-controlnet' backends take them)."
+            )
         import torch
 
         self._device = resolve_device(options.device)
@@ -243,11 +248,6 @@ class DiffusersBackend(Backend):
                 self._adapters.load(spec)
             if self.opts.fuse_loras and self._adapters.loaded:
                 self._adapters.fuse(self._adapters.resolve(None))
-        elif self.opts.loras or self.opts.fuse_loras:
-            raise UnsupportedOperationError(
-                f"The {self.name!r} backend does not take LoRAs yet: leave out loras=... (the "
-                "'sdxl', 'sd' and 'sdxl-controlnet' backends take them)."
-            )
 
     def _native_size(self, pipe: Any) -> int:
         """The side of the model's native square, in pixels."""
@@ -623,6 +623,14 @@ class DiffusersBackend(Backend):
         )
         adapters = self._adapters
         lora_weights = adapters.resolve(request.loras) if adapters is not None else None
+        used = adapters.used(lora_weights) if adapters is not None and lora_weights else []
+        digests = {lora.name: lora.sha256 for lora in used}
+        for name, digest in (request.lora_sha256 or {}).items():
+            if digests.get(name, digest) != digest:
+                warnings.append(
+                    f"The LoRA {name!r} is another file than the one this request was recorded "
+                    f"with (sha256 {digests[name][:12]}... instead of {digest[:12]}...)."
+                )
         resolved = request.model_copy(
             update={
                 "width": width,
@@ -631,6 +639,7 @@ class DiffusersBackend(Backend):
                 "steps": steps,
                 "strength": strength if photo is not None else request.strength,
                 "loras": lora_weights,
+                "lora_sha256": digests or None,
             }
         )
         template = self._img2img if mode == "img2img" else self._txt2img
@@ -740,7 +749,7 @@ class DiffusersBackend(Backend):
             warnings=warnings + inputs.warnings,
             controls=inputs.controls,
             control_images=inputs.control_images,
-            loras=adapters.used(lora_weights) if adapters and lora_weights else [],
+            loras=used,
         )
 
     def _after_request(self) -> None:
