@@ -160,3 +160,34 @@ def test_tiny_sdxl_with_a_lora_reads_as_an_imagefolder(
     assert loaded.num_rows == 4
     assert sorted(loaded["caption"]) == sorted(r["caption"] for r in rows)
     assert loaded[0]["image"].size == (64, 64)
+
+
+def test_openai_backend_through_the_fake_service(tmp_path: Path) -> None:
+    """The seed's first source of images: OpenAI's model, a refused prompt recorded."""
+    pytest.importorskip("openai")
+    from deskgen.testing import FakeAnswer, FakeOpenAIServer
+
+    plan = DatasetPlan(
+        prompts=["a walnut desk", DeskSpec(style="japandi", add=["a paper lamp"])],
+        request={"width": 1024, "height": 1024},
+        caption_prefix="dskgn",
+    )
+    with FakeOpenAIServer() as server:
+        blocked = {"error": {"message": "blocked", "code": "moderation_blocked"}}
+        server.answers += [FakeAnswer(200), FakeAnswer(400, blocked)]
+        with DeskGenerator(
+            "openai", model="gpt-image-1", api_key="sk-test", base_url=server.base_url
+        ) as gen:
+            report = generate_dataset(gen, plan, tmp_path / "data", progress=False)
+            assert (report.generated, [f.error for f in report.failures]) == (
+                1,
+                ["ContentPolicyError"],
+            )
+            report = generate_dataset(gen, plan, tmp_path / "data", progress=False)
+            assert (report.skipped, report.generated, report.complete) == (1, 1, True)
+        sent = [r.json for r in server.received if r.json]
+    assert sent[0]["prompt"] == "a walnut desk"
+    assert "japandi style" in sent[-1]["prompt"]  # the spec rendered for the openai backend
+    rows = read_metadata(tmp_path / "data")
+    assert sorted(r["caption"].split(", ")[0] for r in rows) == ["dskgn", "dskgn"]
+    assert json.loads(rows[0]["record"])["backend"] == "openai"
