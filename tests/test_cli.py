@@ -461,7 +461,7 @@ def test_lora_flag(
     argv += ["--steps", "2", "--seed", "1", "--out", str(out), "--no-progress"]
     assert main([*argv, "--lora", f"{lora}:0.6"]) == 0
     text = capsys.readouterr().out
-    assert "<lora:desk_top-view:0.6>" in text and "Lora hashes:" in text
+    assert "<lora:desk top-view:0.6>" in text and "Lora hashes:" in text
     assert read_record(out).loras == {"desk_top-view": 0.6}
     assert main([*argv, "--lora", str(tmp_path / "missing.safetensors")]) == 1
     assert "No LoRA file or folder" in capsys.readouterr().err

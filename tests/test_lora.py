@@ -26,14 +26,26 @@ def _kohya(path: Path, *, width: int = 2048, metadata: dict[str, str] | None = N
 
 
 def test_kohya_sdxl_with_tag_frequency(tmp_path: Path) -> None:
-    tags = {"10_desk": {"desk topview": 12, "photo": 30, "3D 0ff1c3": 2}, "5_more": {"photo": 1}}
+    tags = {"10_desk": {"desk topview": 12, "photo": 10, "3D 0ff1c3": 2}, "5_more": {"photo": 1}}
+    dirs = {"10_desk": {"n_repeats": 10, "img_count": 12}, "5_more": {"img_count": 3}}
     path = _kohya(
         tmp_path / "desk.safetensors",
-        metadata={"ss_base_model_version": "sdxl_base_v1-0", "ss_tag_frequency": json.dumps(tags)},
+        metadata={
+            "ss_base_model_version": "sdxl_base_v1-0",
+            "ss_tag_frequency": json.dumps(tags),
+            "ss_dataset_dirs": json.dumps(dirs),
+        },
     )
     info = inspect_lora(LoraSpec(path=str(path)))
     assert (info.format, info.layout, info.base, info.rank) == ("safetensors", "kohya", "sdxl", 4)
-    assert info.trigger_words == ["photo", "desk topview", "3D 0ff1c3"]
+    # in every caption of its folder: a trigger word; the most frequent: only suggested
+    assert info.trigger_words == ("desk topview",)
+    assert info.suggested_trigger_words == ("desk topview", "photo", "3D 0ff1c3")
+    without_counts = _kohya(
+        tmp_path / "nodirs.safetensors", metadata={"ss_tag_frequency": json.dumps(tags)}
+    )
+    info = inspect_lora(LoraSpec(path=str(without_counts)))
+    assert info.trigger_words == () and info.suggested_trigger_words[0] == "desk topview"
     down = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight"
     assert info.keys[down] == [4, 2048]
 
@@ -53,7 +65,7 @@ def test_peft_layout_and_trigger_phrase(tmp_path: Path) -> None:
     )
     info = inspect_lora(LoraSpec(path=str(tmp_path)))  # the folder's only .safetensors file
     assert (info.layout, info.base, info.rank) == ("peft", "sd1", 8)
-    assert info.trigger_words == ["walnut desk", "warm light"]
+    assert info.trigger_words == ("walnut desk", "warm light")
 
 
 def test_pickle_refused_even_when_renamed(tmp_path: Path) -> None:

@@ -108,7 +108,7 @@ def test_training_lowers_the_loss_and_the_lora_loads(
         base = np.asarray(gen.generate(prompt="a desk", seed=1, steps=3).image, dtype=np.int16)
         lora = gen.load_lora(LoraSpec(path=str(result.lora)))
         assert (lora.layout, lora.base, lora.rank) == ("diffusers", "sdxl", 4)
-        assert lora.trigger_words == ["dskgn"]
+        assert lora.trigger_words == ("dskgn",)
         ours = gen.generate(prompt="a desk", seed=1, steps=3)
     assert ours.prompt_report is not None and ours.prompt_report.prompt == "dskgn, a desk"
     mine = np.asarray(ours.image, dtype=np.int16)
@@ -189,7 +189,7 @@ def test_sd_with_text_encoders_and_accumulation(
     assert (result.steps, result.epochs) == (4, 2)
     with DeskGenerator("sd", model=str(tiny_sd_path), device="cpu") as gen:
         lora = gen.load_lora(str(result.lora))
-    assert lora.components == ["text_encoder", "unet"] and lora.base == "sd1"
+    assert lora.components == ("text_encoder", "unet") and lora.base == "sd1"
 
 
 def test_bad_runs(tiny_sdxl_path: Path, data: Path, tmp_path: Path) -> None:

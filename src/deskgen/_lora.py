@@ -58,8 +58,9 @@ class LoraSpec(BaseModel):
     """How strongly it applies (diffusers' adapter weight; 0 turns it off)."""
     adapter_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
     """The adapter's name in the pipeline; ``None``: the file's stem."""
-    trigger_words: list[str] | None = None
-    """Words that call the LoRA's style; ``None``: those its metadata records."""
+    trigger_words: tuple[str, ...] | None = None
+    """Words that call the LoRA's style, put at the front of prompts that use it; ``None``: those
+    its metadata names (`LoraFile.trigger_words`), ``()``: none."""
     allow_pickle: bool = False
     """Also accept a pickle file (``.ckpt``, ``.pt``, ``.bin``): it can run code when loaded.
     Only for files you trust."""
@@ -78,9 +79,14 @@ class LoraFile(BaseModel):
     keys: dict[str, list[int]]
     """Tensor name -> shape (safetensors only; empty for pickle files until loaded)."""
     metadata: dict[str, str] = Field(default_factory=dict)
-    trigger_words: list[str] = Field(default_factory=list)
-    """From the metadata: ``modelspec.trigger_phrase``, ``ss_trigger_words``, or the most
-    frequent tags of kohya's ``ss_tag_frequency`` (at most 3)."""
+    trigger_words: tuple[str, ...] = ()
+    """What the metadata names as trigger words: ``modelspec.trigger_phrase`` or
+    ``ss_trigger_words``; else, from kohya's ``ss_tag_frequency``, the tags that are in every
+    caption of a training folder (``ss_dataset_dirs`` gives the folders' image counts)."""
+    suggested_trigger_words: tuple[str, ...] = ()
+    """The most frequent tags of ``ss_tag_frequency`` (at most 3), never added by themselves:
+    often generic caption words, sometimes the real trigger. Pass them as
+    ``LoraSpec(trigger_words=...)`` if they are."""
     rank: int | None = None
 
 
@@ -96,14 +102,17 @@ class LoadedLora(BaseModel):
     weight: float
     """Its weight: the default for requests that leave ``loras`` unset (in a result: the weight
     that request used)."""
-    trigger_words: list[str]
+    trigger_words: tuple[str, ...]
     """Put at the front of the prompt of requests that use it with a weight other than 0."""
     sha256: str
     """The file's SHA-256: which LoRA made an image, whatever it is called."""
+    tensor_sha256: str | None = None
+    """SHA-256 of the tensor data after the safetensors header: the LoRA hash A1111 writes in
+    "Lora hashes" and civitai looks up (AutoV3); ``None`` for pickle files."""
     layout: LoraLayout
     base: LoraBase
     rank: int | None = None
-    components: list[str]
+    components: tuple[str, ...]
     """The pipeline modules it changes, e.g. ``["unet", "text_encoder"]``."""
 
 
@@ -139,7 +148,9 @@ def sniff_format(path: Path) -> Literal["safetensors", "pickle", "unknown"]:
         if 0 < length <= _MAX_HEADER and length <= path.stat().st_size - 8:
             return "safetensors"
     # torch.save's zip, or a raw pickle (PROTO opcode, protocol 2 to 5)
-    if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05"):
+    if head[:4] == b"PK\x03\x04" or (
+        len(head) >= 2 and head[0] == 0x80 and head[1] in (2, 3, 4, 5)
+    ):
         return "pickle"
     return "unknown"
 
@@ -189,7 +200,11 @@ def _header(path: Path) -> tuple[dict[str, list[int]], dict[str, str]]:
             raise ModelLoadError(
                 f"{str(path)!r} has a damaged safetensors header ({exc}): download it again."
             ) from exc
+    if not isinstance(header, dict):
+        raise ModelLoadError(f"{str(path)!r} has a damaged safetensors header: download it again.")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(e, dict) for e in header.values()):
+        raise ModelLoadError(f"{str(path)!r} has a damaged safetensors header: download it again.")
     keys = {name: list(entry.get("shape", [])) for name, entry in header.items()}
     return keys, {str(k): str(v) for k, v in metadata.items()}
 
@@ -229,22 +244,34 @@ def _base(keys: dict[str, list[int]], metadata: dict[str, str]) -> LoraBase:
     return "unknown"
 
 
-def _trigger_words(metadata: dict[str, str]) -> list[str]:
+def _trigger_words(metadata: dict[str, str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(trigger words, suggested trigger words) from the metadata."""
     for key in ("modelspec.trigger_phrase", "ss_trigger_words", "trigger_words"):
         if metadata.get(key, "").strip():
-            return [w.strip() for w in metadata[key].split(",") if w.strip()]
-    frequency = metadata.get("ss_tag_frequency")
-    if not frequency:
-        return []
+            return tuple(w.strip() for w in metadata[key].split(",") if w.strip()), ()
     try:
-        folders = json.loads(frequency)
+        folders = json.loads(metadata.get("ss_tag_frequency") or "{}")
+        dirs = json.loads(metadata.get("ss_dataset_dirs") or "{}")
     except json.JSONDecodeError:
-        return []
+        return (), ()
+    if not isinstance(folders, dict) or not isinstance(dirs, dict):
+        return (), ()
     counts: Counter[str] = Counter()
-    for tags in folders.values() if isinstance(folders, dict) else []:
-        if isinstance(tags, dict):
-            counts.update({str(t).strip(): int(n) for t, n in tags.items() if str(t).strip()})
-    return [tag for tag, _ in counts.most_common(3)]
+    everywhere: Counter[str] = Counter()
+    for folder, tags in folders.items():
+        if not isinstance(tags, dict):
+            continue
+        images = (
+            dirs.get(folder, {}).get("img_count") if isinstance(dirs.get(folder), dict) else None
+        )
+        for tag, count in tags.items():
+            if not str(tag).strip() or not isinstance(count, int):
+                continue
+            counts[str(tag).strip()] += count
+            if isinstance(images, int) and images > 0 and count >= images:
+                everywhere[str(tag).strip()] += count
+    triggers = tuple(tag for tag, _ in everywhere.most_common())
+    return triggers, tuple(tag for tag, _ in counts.most_common(3))
 
 
 def _rank(keys: dict[str, list[int]]) -> int | None:
@@ -280,6 +307,7 @@ def inspect_lora(spec: LoraSource) -> LoraFile:
             )
         return LoraFile(path=path, format="pickle", layout="unknown", base="unknown", keys={})
     keys, metadata = _header(path)
+    triggers, suggested = _trigger_words(metadata)
     if not keys:
         raise ModelLoadError(f"{str(path)!r} holds no tensors: it is not a LoRA.")
     return LoraFile(
@@ -289,14 +317,18 @@ def inspect_lora(spec: LoraSource) -> LoraFile:
         base=_base(keys, metadata),
         keys=keys,
         metadata=metadata,
-        trigger_words=_trigger_words(metadata),
+        trigger_words=triggers,
+        suggested_trigger_words=suggested,
         rank=_rank(keys),
     )
 
 
-def read_lora_tensors(info: LoraFile) -> tuple[dict[str, torch.Tensor], str, LoraFile]:
-    """The tensors of an inspected LoRA file (on the CPU), the file's SHA-256, and ``info``
-    completed from the tensors (a pickle file's layout, base and rank are known only now).
+def read_lora_tensors(
+    info: LoraFile,
+) -> tuple[dict[str, torch.Tensor], tuple[str, str | None], LoraFile]:
+    """The tensors of an inspected LoRA file (on the CPU); the file's SHA-256 and that of its
+    tensor data (A1111's LoRA hash; ``None`` for pickle files); and ``info`` completed from the
+    tensors (a pickle file's layout, base and rank are known only now).
 
     A pickle file (only inspected with ``allow_pickle=True``) is read with
     ``torch.load(weights_only=True)``, which refuses anything but tensors and plain containers.
@@ -308,6 +340,10 @@ def read_lora_tensors(info: LoraFile) -> tuple[dict[str, torch.Tensor], str, Lor
 
     data = info.path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
+    tensor_digest = None
+    if info.format == "safetensors":  # A1111's addnet hash: the bytes after the header
+        (length,) = struct.unpack("<Q", data[:8])
+        tensor_digest = hashlib.sha256(data[8 + length :]).hexdigest()
     try:
         if info.format == "safetensors":
             from safetensors.torch import load as load_safetensors
@@ -344,4 +380,4 @@ def read_lora_tensors(info: LoraFile) -> tuple[dict[str, torch.Tensor], str, Lor
                 "rank": _rank(keys),
             }
         )
-    return kept, digest, info
+    return kept, (digest, tensor_digest), info

@@ -155,7 +155,8 @@ def build_record(result: GenerationResult, index: int) -> dict[str, Any]:
                 "file": Path(lora.path).name,
                 "weight": lora.weight,
                 "sha256": lora.sha256,
-                "trigger_words": lora.trigger_words,
+                "tensor_sha256": lora.tensor_sha256,
+                "trigger_words": list(lora.trigger_words),
             }
             for lora in result.loras
         ],
@@ -175,8 +176,8 @@ def a1111_parameters(result: GenerationResult, index: int) -> str:
     report = result.prompt_report
     prompt = report.prompt if report is not None else req.prompt
     negative = report.negative_prompt if report is not None else req.negative_prompt
-    # A1111 writes the LoRAs used into the prompt as <lora:name:weight> tags
-    tags = " ".join(f"<lora:{lora.name}:{lora.weight:g}>" for lora in result.loras)
+    # A1111 writes the LoRAs used into the prompt as <lora:FILE STEM:weight> tags
+    tags = " ".join(f"<lora:{Path(lora.path).stem}:{lora.weight:g}>" for lora in result.loras)
     lines = [f"{prompt} {tags}" if tags else prompt]
     if negative:
         lines.append(f"Negative prompt: {negative}")
@@ -201,10 +202,13 @@ def a1111_parameters(result: GenerationResult, index: int) -> str:
             )
         )
     if result.loras:
-        # A1111's "Lora hashes": the first 12 hex digits of each file's SHA-256
-        fields.append(
-            ("Lora hashes", ", ".join(f"{lora.name}: {lora.sha256[:12]}" for lora in result.loras))
+        # A1111's "Lora hashes": file stem and the first 12 hex digits of the tensor data's
+        # SHA-256 (A1111's addnet hash, civitai's AutoV3)
+        hashes = ", ".join(
+            f"{Path(lora.path).stem}: {(lora.tensor_sha256 or lora.sha256)[:12]}"
+            for lora in result.loras
         )
+        fields.append(("Lora hashes", hashes))
     fields.append(("Version", f"deskgen {result.deskgen_version}"))
     lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in fields))
     return "\n".join(lines)

@@ -570,7 +570,8 @@ def make_tiny_lora(
             metadata ``ss_base_model_version`` and ``ss_tag_frequency``) or ``"peft"`` (diffusers'
             ``unet.<module>.lora_A.weight`` keys, as `deskgen.train_lora` writes).
         alpha: the kohya alpha (scale ``alpha / rank``); ``None``: equal to the rank.
-        trigger_words: recorded in the metadata as kohya does (``ss_tag_frequency``).
+        trigger_words: recorded in the metadata as kohya does (``ss_tag_frequency``: tags in
+            every caption of a folder, ``ss_dataset_dirs``: its image count).
     """
     _require_local()
     import torch
@@ -617,9 +618,10 @@ def make_tiny_lora(
     metadata = {"ss_network_dim": str(rank), "ss_network_alpha": str(alpha)}
     if layout == "kohya":
         metadata["ss_base_model_version"] = "sdxl_base_v1-0" if xl else "sd_v1"
-        if trigger_words:
-            tags = {word: 10 - i for i, word in enumerate(trigger_words)}
+        if trigger_words:  # in every one of 10 captions, beside a generic tag
+            tags = {word: 10 for word in trigger_words} | {"photo": 4}
             metadata["ss_tag_frequency"] = json.dumps({"10_desk": tags})
+            metadata["ss_dataset_dirs"] = json.dumps({"10_desk": {"n_repeats": 10, "img_count": 10}})
     elif trigger_words:
         metadata["modelspec.trigger_phrase"] = ", ".join(trigger_words)
     target = Path(path)

@@ -21,7 +21,7 @@ import contextlib
 import re
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,8 +47,11 @@ _BASE_NAMES = {"sdxl": "SDXL", "sd1": "SD 1.x", "sd2": "SD 2.x", "unknown": "an 
 
 
 class _Gate:
-    """Admits users in arrival order; users with the same key share, another key waits until
-    they leave, then ``switch(key)`` runs; ``exclusive`` waits for everyone."""
+    """Admits users in arrival order. Users with the same key share; one with another key waits
+    until they leave. ``admit(key, current)`` runs under the gate's lock when a user is let in,
+    with the key the pipeline is in (``None``: unknown), and returns the key it is in now (it
+    switches, or raises to refuse the user). ``exclusive`` waits for everyone; afterwards the
+    pipeline's key is unknown. A waiter interrupted (e.g. Ctrl-C) gives up its turn."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -57,12 +60,28 @@ class _Gate:
         self._exclusive = False
         self._next_ticket = 0
         self._serving = 0
+        self._abandoned: set[int] = set()
+
+    def _take_ticket(self) -> int:
+        ticket = self._next_ticket
+        self._next_ticket += 1
+        return ticket
+
+    def _done_waiting(self, ticket: int) -> None:
+        """``ticket`` leaves the queue (admitted, refused or interrupted); under the lock."""
+        if ticket == self._serving:
+            self._serving += 1
+            while self._serving in self._abandoned:
+                self._abandoned.discard(self._serving)
+                self._serving += 1
+        else:
+            self._abandoned.add(ticket)
+        self._cond.notify_all()
 
     @contextlib.contextmanager
-    def shared(self, key: Any, switch: Any) -> Iterator[None]:
+    def shared(self, key: Any, admit: Callable[[Any, Any], Any]) -> Iterator[None]:
         with self._cond:
-            ticket = self._next_ticket
-            self._next_ticket += 1
+            ticket = self._take_ticket()
             try:
                 while not (
                     ticket == self._serving
@@ -70,14 +89,11 @@ class _Gate:
                     and (self._users == 0 or self._key == key)
                 ):
                     self._cond.wait()
-                if self._key != key:
-                    self._key = None  # unknown if the switch fails half-way
-                    switch(key)
-                    self._key = key
+                current, self._key = self._key, None  # unknown if admit fails half-way
+                self._key = admit(key, current)
                 self._users += 1
             finally:
-                self._serving = max(self._serving, ticket + 1)
-                self._cond.notify_all()
+                self._done_waiting(ticket)
         try:
             yield
         finally:
@@ -88,12 +104,13 @@ class _Gate:
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
         with self._cond:
-            ticket = self._next_ticket
-            self._next_ticket += 1
-            while not (ticket == self._serving and not self._exclusive and self._users == 0):
-                self._cond.wait()
-            self._exclusive = True
-            self._serving += 1
+            ticket = self._take_ticket()
+            try:
+                while not (ticket == self._serving and not self._exclusive and self._users == 0):
+                    self._cond.wait()
+                self._exclusive = True
+            finally:
+                self._done_waiting(ticket)
         try:
             yield
         finally:
@@ -198,8 +215,21 @@ class LoraAdapters:
 
     @contextlib.contextmanager
     def using(self, weights: dict[str, float]) -> Iterator[None]:
-        """Hold the pipeline's adapters at ``weights`` while the body runs."""
+        """Hold the pipeline's adapters at ``weights`` while the body runs. Whether the LoRAs
+        are fused, and which are loaded, is checked once the request is let in: loading,
+        unloading and fusing happen only while no request runs."""
         key: Weights = tuple(sorted((n, float(w)) for n, w in weights.items() if w != 0))
+        with self._gate.shared(key, self._admit):
+            yield
+
+    def _admit(self, key: Weights, current: Weights | None) -> Weights:
+        """Put the pipeline in ``key``'s state for a request let in (under the gate's lock)."""
+        missing = [name for name, _ in key if name not in self._loaded]
+        if missing:
+            raise InvalidRequestError(
+                f"The LoRA(s) {', '.join(missing)} were unloaded while this request waited: "
+                "load them again, or leave them out of loras."
+            )
         if self._fused is not None:
             fused = tuple(sorted((n, w) for n, w in self._fused if w != 0))
             if key != fused:
@@ -208,14 +238,10 @@ class LoraAdapters:
                     f"{dict(key) or 'none'}. Leave loras unset, or call gen.unfuse_loras() "
                     "first to choose adapters per request."
                 )
-            with self._gate.shared(("fused", key), lambda _key: None):
-                yield
-            return
-        if not self._loaded:
-            yield
-            return
-        with self._gate.shared(key, self._switch):
-            yield
+            return key  # the fused weights are the state; adapters must not be touched
+        if key != current and self._loaded:
+            self._switch(key)
+        return key
 
     def _switch(self, key: Weights) -> None:
         pipe = self._pipe
@@ -238,7 +264,7 @@ class LoraAdapters:
         """
         info = inspect_lora(spec)
         name = _adapter_name(spec, info.path)
-        tensors, digest, info = read_lora_tensors(info)
+        tensors, (digest, tensor_digest), info = read_lora_tensors(info)
         expected = self._check(tensors, info.base, info.path)
         with self._gate.exclusive():
             if name in self._loaded:
@@ -257,15 +283,14 @@ class LoraAdapters:
                 path=str(info.path),
                 weight=spec.weight,
                 trigger_words=(
-                    list(spec.trigger_words)
-                    if spec.trigger_words is not None
-                    else list(info.trigger_words)
+                    spec.trigger_words if spec.trigger_words is not None else info.trigger_words
                 ),
                 sha256=digest,
+                tensor_sha256=tensor_digest,
                 layout=info.layout,
                 base=info.base,
                 rank=info.rank,
-                components=sorted(expected),
+                components=tuple(sorted(expected)),
             )
             self._loaded[name] = lora
         return lora
