@@ -98,7 +98,7 @@ def test_layout_resume_and_failures(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         # as if the process died while appending a line, and after writing an image
         with (out / "train" / "metadata.jsonl").open("a") as fh:
             fh.write('{"file_name": "cut-sh')
-        items = PLAN.items(backend="fake")
+        items = PLAN.items_for(gen)
         orphan = out / "train" / f"{items[5].key}.png"
         Image.new("RGB", (4, 4)).save(orphan)
 
@@ -120,8 +120,8 @@ def test_layout_resume_and_failures(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert read_record(out / "train" / row["file_name"]).prompt == "a walnut desk"
     failures = _lines(out / "failures.jsonl")
     assert [f["message"] for f in failures] == ["refused by the service"] * 2
-    info = json.loads((out / "dataset.json").read_text())
-    assert info["backend"] == "fake" and info["plan"]["images_per_prompt"] == 2
+    [run] = json.loads((out / "dataset.json").read_text())["runs"][1:]
+    assert run["backend"] == "fake" and run["plan"]["images_per_prompt"] == 2
     assert not list(out.rglob("*.tmp"))
 
     # the failed items are retried by the next run
@@ -129,6 +129,35 @@ def test_layout_resume_and_failures(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         report = generate_dataset(gen, PLAN, out, progress=False)
     assert (report.skipped, report.generated, report.failures) == (10, 2, [])
     assert report.complete
+    assert (out / "failures.jsonl").read_text() == ""  # nothing missing any more
+    assert len(json.loads((out / "dataset.json").read_text())["runs"]) == 3
+
+
+def test_what_makes_an_image_decides_what_is_done(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    plan = DatasetPlan(prompts=["a desk", "a desk", "a lamp"], request={"steps": 1})
+    with DeskGenerator("fake") as gen:
+        assert len(plan.items_for(gen)) == 2  # the same prompt twice: its image once
+        assert generate_dataset(gen, plan, out, progress=False).generated == 2
+    with DeskGenerator("fake", model="fake/other") as other:
+        report = generate_dataset(other, plan, out, progress=False)
+    assert (report.skipped, report.generated) == (0, 2)  # another model: its own images
+    assert len(read_metadata(out)) == 4
+
+
+def test_metadata_cannot_point_outside_the_dataset(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    (out / "train").mkdir(parents=True)
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (4, 4)).save(secret)
+    Image.new("RGB", (4, 4)).save(out / "train" / "ok.png")
+    rows = [
+        {"file_name": "../../secret.png", "caption": "x"},
+        {"file_name": str(secret), "caption": "x"},
+        {"file_name": "ok.png", "caption": "y"},
+    ]
+    (out / "train" / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [r["file_name"] for r in read_metadata(out)] == ["ok.png"]
 
 
 def test_tiny_sdxl_with_a_lora_reads_as_an_imagefolder(

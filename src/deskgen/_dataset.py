@@ -5,16 +5,19 @@ images of each, seeds fixed by the plan) through any `DeskGenerator` and writes 
 ``imagefolder``::
 
     OUT/
-      dataset.json          the plan and the generator, for the record
+      dataset.json          each run's plan and generator (model, dtype, LoRAs), for the record
       train/
         metadata.jsonl      one line per image: file_name, caption, prompt, seed, record
         3f2a...e1.png       each PNG also carries its generation record
-      failures.jsonl        items that failed: what and why (retried by the next run)
+      failures.jsonl        the last run's failed items: what and why (retried by the next run)
 
 ``datasets.load_dataset("imagefolder", data_dir=OUT)`` reads it, and so does
-`deskgen.train_lora`. Every image's name is a digest of what makes it (prompt, request, seed),
-so a rerun skips what is done, also after the plan grew; images are written atomically and
-their metadata line only after the image, so an interrupted run leaves nothing half-made.
+`deskgen.train_lora`. Every image's name is a digest of what makes it (prompt, request, seed,
+and the generator's model, dtype and LoRA files), so a rerun skips what is done, also after the
+plan grew, and a rerun with another model or LoRA adds its own images; images are written
+atomically and their metadata line only after the image, so an interrupted run leaves nothing
+half-made. Captions are written with their image: a new ``caption_prefix`` applies to new
+images only.
 """
 
 from __future__ import annotations
@@ -151,8 +154,10 @@ class DatasetPlan(BaseModel):
             raise ValueError("give prompts, a grid, or both")
         return self
 
-    def items(self, *, backend: str) -> list[DatasetItem]:
-        """Every image of the plan, in order, its prompts rendered for ``backend``."""
+    def items(self, *, backend: str, generator_key: str = "") -> list[DatasetItem]:
+        """Every image of the plan, in order, its prompts rendered for ``backend``; the same
+        prompt twice gives its images once. ``generator_key`` names what else makes the images
+        (model, dtype, LoRA files): part of every item's key."""
         texts: list[tuple[str, str | None]] = []
         for entry in [*self.prompts, *(self.grid.specs() if self.grid else [])]:
             if isinstance(entry, DeskSpec):
@@ -161,20 +166,32 @@ class DatasetPlan(BaseModel):
             else:
                 texts.append((entry, None))
         shared = json.dumps(self.request, sort_keys=True, default=str)
-        items = []
+        items: list[DatasetItem] = []
+        seen: set[str] = set()
         for prompt, spec_negative in texts:
             negative = self.request.get("negative_prompt", spec_negative)
             caption = f"{self.caption_prefix}, {prompt}" if self.caption_prefix else prompt
             for k in range(self.images_per_prompt):
                 seed = self.seed + k
-                identity = json.dumps([backend, prompt, negative, shared, seed])
+                identity = json.dumps([backend, generator_key, prompt, negative, shared, seed])
                 key = hashlib.sha256(identity.encode()).hexdigest()[:20]
+                if key in seen:
+                    continue
+                seen.add(key)
                 items.append(
                     DatasetItem(
                         key=key, prompt=prompt, negative_prompt=negative, seed=seed, caption=caption
                     )
                 )
         return items
+
+
+    def items_for(self, generator: DeskGenerator) -> list[DatasetItem]:
+        """The plan's images as ``generator`` makes them: keyed by its backend, model, dtype and
+        loaded LoRAs (file digests and weights) too."""
+        loras = [[lora.name, lora.sha256, lora.weight] for lora in generator.loras]
+        generator_key = json.dumps([generator.model, generator.dtype, loras])
+        return self.items(backend=generator.backend_name, generator_key=generator_key)
 
 
 class DatasetFailure(BaseModel):
@@ -208,9 +225,19 @@ def read_metadata(out: str | os.PathLike[str]) -> list[dict[str, Any]]:
     folder = Path(out) / SPLIT
     rows = []
     for row in _read_lines(folder / METADATA):
-        if (folder / str(row.get("file_name", ""))).is_file():
+        path = inside(folder, str(row.get("file_name", "")))
+        if path is not None and path.is_file():
             rows.append(row)
     return rows
+
+
+def inside(folder: Path, name: str) -> Path | None:
+    """``folder / name`` if that stays inside ``folder`` (a metadata line can't point at other
+    files on the disk with ``../`` or an absolute path), else ``None``."""
+    if not name:
+        return None
+    path = (folder / name).resolve()
+    return path if path.is_relative_to(folder.resolve()) else None
 
 
 def _read_lines(path: Path) -> Iterator[dict[str, Any]]:
@@ -224,6 +251,14 @@ def _read_lines(path: Path) -> Iterator[dict[str, Any]]:
                 continue  # the last line of an interrupted run
             if isinstance(row, dict):
                 yield row
+
+
+def _previous_runs(path: Path) -> list[dict[str, Any]]:
+    try:
+        runs = json.loads(path.read_text(encoding="utf-8")).get("runs", [])
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return []
+    return [run for run in runs if isinstance(run, dict)] if isinstance(runs, list) else []
 
 
 def _write_all(fh: IO[bytes], data: bytes) -> None:
@@ -268,16 +303,24 @@ def generate_dataset(
     started = time.perf_counter()
     folder = Path(out) / SPLIT
     folder.mkdir(parents=True, exist_ok=True)
-    items = plan.items(backend=generator.backend_name)
-    info = {
+    items = plan.items_for(generator)
+    run = {
         "deskgen_version": __version__,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "backend": generator.backend_name,
         "model": public_model_name(generator.model),
-        "loras": [lora.model_dump(mode="json", exclude={"path"}) for lora in generator.loras],
+        "dtype": generator.dtype,
+        "loras": [
+            lora.model_dump(mode="json", include={"name", "weight", "sha256", "trigger_words"})
+            | {"file": Path(lora.path).name}
+            for lora in generator.loras
+        ],
         "plan": plan.model_dump(mode="json"),
     }
-    text = json.dumps(info, indent=2, ensure_ascii=False).encode("utf-8")
-    atomic_write(Path(out) / "dataset.json", lambda fh: _write_all(fh, text))
+    info_path = Path(out) / "dataset.json"
+    runs = [*_previous_runs(info_path), run]  # a folder may hold images of several runs
+    text = json.dumps({"runs": runs}, indent=2, ensure_ascii=False).encode("utf-8")
+    atomic_write(info_path, lambda fh: _write_all(fh, text))
     done = {row["file_name"] for row in read_metadata(out)}
     todo = [item for item in items if f"{item.key}.png" not in done]
     skipped = len(items) - len(todo)
@@ -308,6 +351,11 @@ def generate_dataset(
             bar.update(1)
             if on_item is not None:
                 on_item(item, error)
+    # failures.jsonl lists what is still missing: this run's failures (appended as they came,
+    # for a crash; now rewritten so that items done since are gone)
+    lines = "".join(json.dumps(f.model_dump(mode="json")) + "\n" for f in failures)
+    data = lines.encode("utf-8")
+    atomic_write(Path(out) / "failures.jsonl", lambda fh: _write_all(fh, data))
     return DatasetReport(
         out=Path(out),
         planned=len(items),

@@ -619,9 +619,11 @@ def make_tiny_lora(
     if layout == "kohya":
         metadata["ss_base_model_version"] = "sdxl_base_v1-0" if xl else "sd_v1"
         if trigger_words:  # in every one of 10 captions, beside a generic tag
-            tags = {word: 10 for word in trigger_words} | {"photo": 4}
+            tags = dict.fromkeys(trigger_words, 10) | {"photo": 4}
             metadata["ss_tag_frequency"] = json.dumps({"10_desk": tags})
-            metadata["ss_dataset_dirs"] = json.dumps({"10_desk": {"n_repeats": 10, "img_count": 10}})
+            metadata["ss_dataset_dirs"] = json.dumps(
+                {"10_desk": {"n_repeats": 10, "img_count": 10}}
+            )
     elif trigger_words:
         metadata["modelspec.trigger_phrase"] = ", ".join(trigger_words)
     target = Path(path)
