@@ -238,3 +238,49 @@ def test_mixed_precision_on_cuda(
     assert resumed.resumed_from == 6
     for key, value in load_file(str(resumed.lora)).items():
         torch.testing.assert_close(value, tensors[key], rtol=1e-3, atol=1e-4)
+
+
+def test_data_and_length_changes_refuse_a_resume(
+    tiny_sdxl_path: Path, data: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    out = tmp_path / "out"
+    before = torch.random.get_rng_state()
+    train_lora(_config(tiny_sdxl_path, copy, out, max_steps=2), progress=False)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's RNG untouched
+    cosine = _config(tiny_sdxl_path, copy, tmp_path / "cos", max_steps=2, lr_scheduler="cosine")
+    train_lora(cosine, progress=False)
+    with pytest.raises(ConfigError, match="depends on the length"):
+        train_lora(cosine.model_copy(update={"max_steps": 4}), progress=False)
+    # a new name or trigger word resumes; more steps on a constant schedule too
+    renamed = _config(tiny_sdxl_path, copy, out, max_steps=4, name="renamed", trigger_words=[])
+    assert train_lora(renamed, progress=False).resumed_from == 2
+    with (copy / "train" / "metadata.jsonl").open("a") as fh:
+        fh.write(json.dumps({"file_name": "desk0.png", "caption": "another caption"}) + "\n")
+    with pytest.raises(ConfigError, match="data changed"):
+        train_lora(_config(tiny_sdxl_path, copy, out, max_steps=6), progress=False)
+    # a fresh start keeps the old checkpoints until it has one of its own
+    fresh = _config(tiny_sdxl_path, copy, out, max_steps=2, resume=False, checkpoint_every=None)
+    result = train_lora(fresh, progress=False)
+    assert [c.name for c in result.checkpoints] == ["step-000002"]
+
+
+def test_captions_outside_the_folder_or_too_long(
+    tiny_sdxl_path: Path, data: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    metadata = copy / "train" / "metadata.jsonl"
+    lines = metadata.read_text().splitlines()
+    long = json.loads(lines[0]) | {"caption": "a desk " * 60}
+    metadata.write_text("\n".join([json.dumps(long), *lines[1:]]) + "\n")
+    result = train_lora(_config(tiny_sdxl_path, copy, tmp_path / "o", max_steps=1), progress=False)
+    assert result.warnings and "1 of 6 captions are longer" in result.warnings[0]
+    metadata.write_text(json.dumps({"file_name": "../../x.png", "caption": "x"}) + "\n")
+    with pytest.raises(ConfigError, match="outside the dataset folder"):
+        train_lora(_config(tiny_sdxl_path, copy, tmp_path / "o2"), progress=False)

@@ -185,7 +185,6 @@ class DatasetPlan(BaseModel):
                 )
         return items
 
-
     def items_for(self, generator: DeskGenerator) -> list[DatasetItem]:
         """The plan's images as ``generator`` makes them: keyed by its backend, model, dtype and
         loaded LoRAs (file digests and weights) too."""

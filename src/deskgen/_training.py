@@ -8,12 +8,14 @@ top-left, target size; penultimate hidden states of both encoders, pooled output
 the MSE to the noise (or to the velocity for v-prediction models), optional min-SNR weighting
 and noise offset, AdamW, gradient clipping, diffusers' learning-rate schedules.
 
-Around it, what a long run needs: aspect-ratio buckets, latents and caption embeddings computed
-once, gradient accumulation, mixed precision on GPUs (bf16/fp16 autocast, fp32 LoRA weights,
-gradient scaling for fp16), checkpoints that resume exactly (LoRA, optimizer, schedule, scaler,
-random state, position in the data), a JSON-lines loss log, a fixed-noise loss before and after,
-and a ``.safetensors`` LoRA that diffusers' ``load_lora_weights`` and `DeskGenerator.load_lora`
-load, with metadata (base model, rank, trigger words, the training arguments).
+Around it, what a long run needs: aspect-ratio buckets, latents (one posterior sample per
+image, seeded) and caption embeddings computed once and kept in RAM, gradient accumulation,
+mixed precision on GPUs (bf16/fp16 autocast, fp32 LoRA weights, gradient scaling for fp16),
+checkpoints that resume exactly (LoRA, optimizer, schedule, scaler, random state, position in
+the data; refused when the data or the settings changed), a JSON-lines loss log, a fixed-noise
+loss before and after, and a ``.safetensors`` LoRA that diffusers' ``load_lora_weights`` and
+`DeskGenerator.load_lora` load, with metadata (base model, rank, trigger words, the training
+arguments).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -31,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ._dataset import METADATA, SPLIT
+from ._dataset import METADATA, SPLIT, inside
 from ._exceptions import ConfigError, DeskgenError, ModelLoadError
 from ._record import atomic_write
 
@@ -148,6 +151,7 @@ class TrainingResult(BaseModel):
     loss_log: Path
     checkpoints: list[Path]
     seconds: float
+    warnings: list[str] = Field(default_factory=list)
 
 
 @dataclass
@@ -186,7 +190,12 @@ def _read_data(config: LoraTrainingConfig) -> list[_Sample]:
                     f"{folder / METADATA}:{number} has no file_name or no "
                     f"{config.caption_column!r} text: every line needs both."
                 )
-            path = folder / name
+            path = inside(folder, name)
+            if path is None:
+                raise ConfigError(
+                    f"{folder / METADATA}:{number} names {name!r}, outside the dataset folder: "
+                    "file_name must be a path inside it."
+                )
             if not path.is_file():
                 continue  # an image the dataset run did not finish
             image, _ = load_image(path)  # as training will see it: EXIF-rotated, RGB
@@ -266,6 +275,15 @@ class _Trainer:
         ]
         self.samples = _read_data(config)
         self._load_model()
+        self.warnings: list[str] = []
+        limit = int(self.tokenizers[0].model_max_length)
+        long = sum(len(self.tokenizers[0](s.caption).input_ids) > limit for s in self.samples)
+        if long:
+            self.warnings.append(
+                f"{long} of {len(self.samples)} captions are longer than the text encoders' "
+                f"{limit} tokens and were cut there, as diffusers' training script does: "
+                "shorten them (prompts rendered from a DeskSpec fit)."
+            )
         self._latents: dict[tuple[int, bool], tuple[Any, Any]] = {}
         self._embeds: dict[str, tuple[Any, Any]] = {}
 
@@ -370,6 +388,13 @@ class _Trainer:
             for sample in self.samples:
                 sample.bucket = (resolution, resolution)
 
+    def data_digest(self) -> str:
+        """What the data is, for resuming: every image's file, size and caption, in order."""
+        import hashlib
+
+        rows = [[s.path.name, list(s.size), s.caption] for s in self.samples]
+        return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         """The batches of one epoch: same-bucket images, shuffled by ``(seed, epoch)``."""
         rng = random.Random(f"{self.config.seed}-{epoch}")
@@ -413,8 +438,8 @@ class _Trainer:
         time_ids = torch.tensor(
             [*original, *top_left, sample.bucket[1], sample.bucket[0]], dtype=torch.float32
         )
-        if cache:
-            self._latents[(index, flip)] = (latents, time_ids)
+        if cache:  # kept in RAM, not on the GPU: a big dataset's latents add up
+            self._latents[(index, flip)] = (latents.cpu(), time_ids)
         return latents, time_ids
 
     def _encode(self, captions: list[str], *, train: bool) -> tuple[Any, Any]:
@@ -432,12 +457,17 @@ class _Trainer:
                     continue
                 with torch.set_grad_enabled(train):
                     pair = self._encode_one(caption)
-                if cacheable:
+                if cacheable:  # in RAM (an SDXL caption is 77 x 2048 floats)
                     pair = (pair[0].detach(), None if pair[1] is None else pair[1].detach())
-                    self._embeds[caption] = pair
+                    self._embeds[caption] = (
+                        pair[0].cpu(),
+                        None if pair[1] is None else pair[1].cpu(),
+                    )
                 pairs.append(pair)
-        embeds = torch.stack([p[0] for p in pairs])
-        pooled = torch.stack([p[1] for p in pairs]) if pairs[0][1] is not None else None
+        embeds = torch.stack([p[0].to(self.device) for p in pairs])
+        pooled = (
+            torch.stack([p[1].to(self.device) for p in pairs]) if pairs[0][1] is not None else None
+        )
         return embeds, pooled
 
     def _encode_one(self, caption: str) -> tuple[Any, Any]:
@@ -598,6 +628,12 @@ def _write_all(fh: Any, data: bytes) -> None:
     fh.write(data)
 
 
+def _device_of(config: LoraTrainingConfig) -> str:
+    from ._device import resolve_device
+
+    return resolve_device(config.device)
+
+
 def _family(config: LoraTrainingConfig) -> Literal["sdxl", "sd"]:
     """Whether ``config.model`` is an SDXL or an SD 1.x/2.x pipeline, from its model index."""
     from .backends._diffusers import _is_local, missing_hub_message
@@ -656,6 +692,8 @@ def _config_digest(config: LoraTrainingConfig) -> str:
             "keep_checkpoints",
             "device",
             "local_files_only",
+            "name",
+            "trigger_words",
         }
     )
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
@@ -665,7 +703,7 @@ def _checkpoints(out: Path) -> list[Path]:
     folder = out / "checkpoints"
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step-")]
+    found = [p for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"step-\d+", p.name)]
     return sorted(found, key=lambda p: int(p.name.removeprefix("step-")))
 
 
@@ -720,8 +758,10 @@ def _train(
     started = time.perf_counter()
     out = Path(os.path.expanduser(config.out))
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)  # the LoRA's gaussian initialisation
-    trainer = _Trainer(config)
+    devices = [torch.device(d).index or 0 for d in [_device_of(config)] if d.startswith("cuda")]
+    with torch.random.fork_rng(devices=devices):  # the caller's random state stays as it was
+        torch.manual_seed(config.seed)  # the LoRA's gaussian initialisation
+        trainer = _Trainer(config)
     trainer.assign_buckets()
 
     batches_per_epoch = len(trainer.epoch_batches(0))
@@ -752,6 +792,7 @@ def _train(
     generator = torch.Generator().manual_seed(config.seed)
     rng = random.Random(config.seed)
     digest = _config_digest(config)
+    data_digest = trainer.data_digest()
 
     step, epoch, next_batch, resumed_from = 0, 0, 0, None
     existing = _checkpoints(out) if config.resume else []
@@ -760,9 +801,22 @@ def _train(
         state = torch.load(latest / "state.pt", map_location="cpu", weights_only=True)
         if state.get("format") != _FORMAT or state.get("config") != digest:
             raise ConfigError(
-                f"The checkpoint {str(latest)!r} was made with other settings (model, data, "
-                "rank, learning rate...): train into another out folder, or pass resume=False "
-                "to start over (its checkpoints are then replaced)."
+                f"The checkpoint {str(latest)!r} was made with other settings (model, rank, "
+                "learning rate...): train into another out folder, or pass resume=False to "
+                "start over (its checkpoints are then replaced)."
+            )
+        if state.get("data") != data_digest:
+            raise ConfigError(
+                f"The data changed since the checkpoint {str(latest)!r} (images or captions "
+                "added, removed or edited), so its place in the data means nothing now: train "
+                "into another out folder, or pass resume=False to start over."
+            )
+        shaped = config.lr_scheduler not in ("constant", "constant_with_warmup")
+        if shaped and state.get("total_steps") != total_steps:
+            raise ConfigError(
+                f"The checkpoint was made for {state.get('total_steps')} steps and this run asks "
+                f"for {total_steps}: a {config.lr_scheduler!r} schedule depends on the length. "
+                "Keep max_steps/epochs as they were, or use a constant schedule."
             )
         from safetensors.torch import load_file
 
@@ -774,8 +828,8 @@ def _train(
         rng.setstate(_as_random_state(state["rng"]))
         step, epoch, next_batch = state["step"], state["epoch"], state["next_batch"]
         resumed_from = step
-    elif not config.resume:
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    # a fresh start replaces the old checkpoints, but only once it has one of its own
+    stale = [] if resumed_from is not None else _checkpoints(out)
     log_path = out / "loss.jsonl"
     if resumed_from is None:
         log_path.unlink(missing_ok=True)
@@ -796,6 +850,9 @@ def _train(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         flat = {f"{c}.{k}": v for c, part in trainer.lora_state().items() for k, v in part.items()}
+        for old in stale:
+            shutil.rmtree(old, ignore_errors=True)
+        stale.clear()
         save_file(flat, str(tmp / "adapter.safetensors"))
         torch.save(
             {
@@ -810,6 +867,8 @@ def _train(
                 "generator": generator.get_state(),
                 "rng": _plain_random_state(rng.getstate()),
                 "loss_before": loss_before,
+                "data": data_digest,
+                "total_steps": total_steps,
             },
             tmp / "state.pt",
         )
@@ -883,6 +942,7 @@ def _train(
         loss_log=log_path,
         checkpoints=_checkpoints(out),
         seconds=time.perf_counter() - started,
+        warnings=trainer.warnings,
     )
 
 
@@ -906,6 +966,8 @@ def _metadata(
     alpha = config.alpha if config.alpha is not None else config.rank
     args = config.model_dump(mode="json", exclude={"data", "out"})
     args["model"] = public_model_name(config.model)
+    if config.vae is not None:
+        args["vae"] = public_model_name(config.vae)
     metadata = {
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": trainer.base_architecture,
