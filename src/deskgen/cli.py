@@ -189,7 +189,13 @@ _TRAIN_FLAGS: list[tuple[str, Any, str]] = [
     ("--checkpoint-every", int, "steps between checkpoints (default: 500)"),
     ("--keep-checkpoints", int, "checkpoints to keep (default: 3)"),
     ("--no-resume", bool, "start over instead of resuming the latest checkpoint"),
+    ("--target-module", list, "a UNet module to adapt (repeatable; default: to_q/k/v/out.0)"),
+    ("--caption-column", str, "the metadata field holding captions (default: caption)"),
+    ("--max-grad-norm", float, "gradient clipping (default: 1.0)"),
+    ("--prediction-type", str, "epsilon or v_prediction (default: the model's)"),
     ("--variant", str, "weight variant, e.g. fp16"),
+    ("--revision", str, "hub branch, tag or commit"),
+    ("--local-files-only", bool, "never contact the Hugging Face Hub"),
     ("--vae", str, "a VAE to use instead of the model's"),
 ]
 
@@ -597,6 +603,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             data["resume"] = False
         elif name == "trigger_word":
             data["trigger_words"] = value
+        elif name == "target_module":
+            data["target_modules"] = value
         else:
             data[name] = value
     try:
