@@ -66,13 +66,13 @@ def main() -> None:
             model, folder / "topview.safetensors", layout="peft", seed=2, text_encoders=False
         )
         first = LoraSpec(path=str(walnut), weight=0.8)
-        second = LoraSpec(path=str(topview), weight=0.5, trigger_words=["desk topview"])
+        second = LoraSpec(path=str(topview), weight=0.5, trigger_words=("desk topview",))
 
     # what the file is, read from its header without loading it
     info = inspect_lora(first)
     print(
         f"inspected {info.path.name}: {info.format}, {info.layout} layout, for {info.base}, "
-        f"rank {info.rank}, trigger words {info.trigger_words}"
+        f"rank {info.rank}, trigger words {list(info.trigger_words)}"
     )
 
     out = Path(args.out)

@@ -116,3 +116,20 @@ def test_where_the_file_is(tmp_path: Path) -> None:
         inspect_lora(LoraSpec(path="./missing/lora.safetensors"))
     with pytest.raises(ModelNotFoundError, match=r"hf download user/desk-lora desk\.safetensors"):
         inspect_lora(LoraSpec(path="user/desk-lora", weight_name="desk.safetensors"))  # offline
+
+
+def test_canonical_safetensors_gives_the_same_bytes(tmp_path: Path) -> None:
+    from safetensors.torch import load, save
+
+    from deskgen._lora import canonical_safetensors
+
+    tensors = {"b": torch.arange(3.0), "a": torch.ones(2, 2)}
+    metadata = {f"key{i}": str(i) for i in range(20)}
+    files = {canonical_safetensors(save(tensors, metadata=metadata)) for _ in range(5)}
+    assert len(files) == 1
+    [data] = files
+    assert all(torch.equal(load(data)[k], v) for k, v in tensors.items())
+    path = tmp_path / "c.safetensors"
+    path.write_bytes(data)
+    assert sniff_format(path) == "safetensors" and int.from_bytes(data[:8], "little") % 8 == 0
+    assert inspect_lora(LoraSpec(path=str(path))).metadata == metadata

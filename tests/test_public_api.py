@@ -13,6 +13,8 @@ EXPECTED = {
     "ConfigError",
     "ContentPolicyError",
     "Control",
+    "DatasetFailure",
+    "DatasetItem",
     "DatasetPlan",
     "DatasetReport",
     "DeskDescription",

@@ -13,7 +13,14 @@ that needs them is created.
 """
 
 from ._controls import Control
-from ._dataset import DatasetPlan, DatasetReport, DeskGrid, generate_dataset
+from ._dataset import (
+    DatasetFailure,
+    DatasetItem,
+    DatasetPlan,
+    DatasetReport,
+    DeskGrid,
+    generate_dataset,
+)
 from ._exceptions import (
     AuthenticationError,
     BackendError,
@@ -65,6 +72,8 @@ __all__ = [
     "ConfigError",
     "ContentPolicyError",
     "Control",
+    "DatasetFailure",
+    "DatasetItem",
     "DatasetPlan",
     "DatasetReport",
     "DeskDescription",

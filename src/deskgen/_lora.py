@@ -31,6 +31,7 @@ __all__ = [
     "LoraSource",
     "LoraSpec",
     "as_lora_spec",
+    "canonical_safetensors",
     "inspect_lora",
     "read_lora_tensors",
     "sniff_format",
@@ -321,6 +322,17 @@ def inspect_lora(spec: LoraSource) -> LoraFile:
         suggested_trigger_words=suggested,
         rank=_rank(keys),
     )
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """``data`` (a safetensors file) with its header's JSON in sorted key order: safetensors
+    writes the metadata in an order that changes from run to run, so the same tensors and
+    metadata would otherwise give files of other SHA-256 digests."""
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # safetensors aligns the data to 8 bytes
+    return struct.pack("<Q", len(text)) + text + data[8 + length :]
 
 
 def read_lora_tensors(

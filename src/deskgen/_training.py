@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ._dataset import METADATA, SPLIT, inside
 from ._exceptions import ConfigError, DeskgenError, ModelLoadError
+from ._lora import canonical_safetensors
 from ._record import atomic_write
 
 if TYPE_CHECKING:
@@ -455,7 +456,7 @@ class _Trainer:
                 if cacheable and caption in self._embeds:
                     pairs.append(self._embeds[caption])
                     continue
-                with torch.set_grad_enabled(train):
+                with torch.set_grad_enabled(train and torch.is_grad_enabled()):
                     pair = self._encode_one(caption)
                 if cacheable:  # in RAM (an SDXL caption is 77 x 2048 floats)
                     pair = (pair[0].detach(), None if pair[1] is None else pair[1].detach())
@@ -620,7 +621,7 @@ class _Trainer:
             with safe_open(str(written), framework="pt") as fh:
                 merged = dict(fh.metadata() or {})
         merged.update(metadata)
-        data = save(tensors, metadata=merged)
+        data = canonical_safetensors(save(tensors, metadata=merged))
         atomic_write(path, lambda fh: _write_all(fh, data))
 
 
@@ -660,10 +661,13 @@ def _family(config: LoraTrainingConfig) -> Literal["sdxl", "sd"]:
             from ._exceptions import ModelNotFoundError
 
             raise ModelNotFoundError(missing_hub_message(config.model, exc)) from exc
+    from .backends.sd import SDBackend
+    from .backends.sdxl import SDXLBackend
+
     name = str(index.get("_class_name", ""))
-    if name.startswith("StableDiffusionXL"):
+    if name in SDXLBackend.accepted_pipelines:
         return "sdxl"
-    if name.startswith("StableDiffusion"):
+    if name in SDBackend.accepted_pipelines:
         return "sd"
     raise ModelLoadError(
         f"{config.model!r} is a {name or 'non-diffusers'} model: train_lora trains LoRAs for SDXL "
@@ -674,8 +678,11 @@ def _family(config: LoraTrainingConfig) -> Literal["sdxl", "sd"]:
 def _architecture(pipe: Any, family: str) -> str:
     if family == "sdxl":
         return "stable-diffusion-xl-v1-base/lora"
-    width = getattr(pipe.unet.config, "cross_attention_dim", 768)
-    return "stable-diffusion-v2-768-v/lora" if width == 1024 else "stable-diffusion-v1/lora"
+    if getattr(pipe.unet.config, "cross_attention_dim", 768) != 1024:
+        return "stable-diffusion-v1/lora"
+    if pipe.scheduler.config.get("prediction_type") == "v_prediction":
+        return "stable-diffusion-v2-768-v/lora"
+    return "stable-diffusion-v2-512/lora"
 
 
 def _config_digest(config: LoraTrainingConfig) -> str:

@@ -612,6 +612,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         raise ConfigError(f"Invalid training settings: {_format_validation_error(exc)}.") from exc
     result = train_lora(config, progress=not args.no_progress)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(
         f"{result.steps} steps on {result.images} images"
         + (f" (resumed at step {result.resumed_from})" if result.resumed_from else "")

@@ -575,7 +575,9 @@ def make_tiny_lora(
     """
     _require_local()
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from ._lora import canonical_safetensors
 
     folder = Path(model)
     index = json.loads((folder / "model_index.json").read_text())
@@ -628,7 +630,7 @@ def make_tiny_lora(
         metadata["modelspec.trigger_phrase"] = ", ".join(trigger_words)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(target), metadata=metadata)
+    target.write_bytes(canonical_safetensors(save(tensors, metadata=metadata)))
     return target
 
 
