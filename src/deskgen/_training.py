@@ -506,7 +506,7 @@ class _Trainer:
         for index in batch:
             flip = config.random_flip and rng.random() < 0.5
             pairs.append(self._latent(index, flip, rng))
-        latents = torch.stack([p[0] for p in pairs]).to(self.device)
+        latents = torch.stack([p[0].to(self.device) for p in pairs])  # cached ones are in RAM
         noise = torch.randn(latents.shape, generator=generator).to(self.device)
         if config.noise_offset:
             offset = torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=generator)
