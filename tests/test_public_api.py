@@ -37,6 +37,7 @@ EXPECTED = {
     "LoraMismatchError",
     "LoraSpec",
     "LoraTrainingConfig",
+    "MemoryReport",
     "LongPromptMode",
     "MissingDependencyError",
     "ModelLoadError",
@@ -45,6 +46,7 @@ EXPECTED = {
     "PeakMemory",
     "PromptReport",
     "PromptTooLongError",
+    "QuantConfig",
     "RateLimitedError",
     "RecordError",
     "RequestFields",
@@ -79,7 +81,10 @@ def test_public_names_come_from_private_modules() -> None:
     for name in deskgen.__all__:
         obj = getattr(deskgen, name)
         module = getattr(obj, "__module__", "deskgen._version")
-        assert module.startswith(("deskgen._", "deskgen.prompts._")), (name, module)
+        assert module.startswith(("deskgen._", "deskgen.prompts._", "deskgen.quant._")), (
+            name,
+            module,
+        )
 
 
 def test_import_is_light() -> None:

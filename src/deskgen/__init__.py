@@ -64,6 +64,7 @@ from ._version import __version__
 from .prompts._description import DeskDescription
 from .prompts._report import LongPromptMode, PromptReport
 from .prompts._spec import DeskItem, DeskSpec
+from .quant._config import MemoryReport, QuantConfig
 
 __all__ = [
     "AuthenticationError",
@@ -97,6 +98,7 @@ __all__ = [
     "LoraMismatchError",
     "LoraSpec",
     "LoraTrainingConfig",
+    "MemoryReport",
     "MissingDependencyError",
     "ModelLoadError",
     "ModelMismatchError",
@@ -104,6 +106,7 @@ __all__ = [
     "PeakMemory",
     "PromptReport",
     "PromptTooLongError",
+    "QuantConfig",
     "RateLimitedError",
     "RecordError",
     "RequestFields",

@@ -42,6 +42,7 @@ from ._version import __version__
 from .backends._base import Job
 from .prompts._description import DESCRIBE_INSTRUCTION, DeskDescription
 from .prompts._report import LongPromptMode, PromptReport
+from .quant._config import MemoryReport
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -149,9 +150,13 @@ class DeskGenerator:
                 f"Accepted options: {accepted}."
             ) from exc
         started = time.perf_counter()
-        with _backend_boundary(ModelLoadError, f"The {backend!r} backend failed to load {model!r}"):
+        with (
+            _backend_boundary(ModelLoadError, f"The {backend!r} backend failed to load {model!r}"),
+            PeakMemorySampler(_sampled_device(device, cls.requirements)) as memory,
+        ):
             self._backend: Backend | None = cls(opts)
         self.load_seconds: float = time.perf_counter() - started
+        self._load_peak = PeakMemory(bytes=memory.peak_bytes, kind=memory.kind)
         self.backend_name = backend
         self.model = model
         self._device = self._backend.device
@@ -242,6 +247,25 @@ class DeskGenerator:
         photo, _ = load_image(image)
         with _backend_boundary(BackendError, f"The {self.backend_name!r} backend failed"):
             return backend.describe(photo, instruction=instruction or DESCRIBE_INSTRUCTION)
+
+    def memory_report(self) -> MemoryReport:
+        """What each component's weights occupy (quantized ones by what they really store, with
+        their size before quantization), and the peak memory while the generator loaded."""
+        from .quant._config import ComponentMemory
+
+        backend = self._require_open()
+        components: dict[str, ComponentMemory] = {}
+        sizes = getattr(backend, "component_bytes", None)
+        if callable(sizes):
+            quantized = getattr(backend, "quantized_components", {})
+            for name, size in sizes().items():
+                known = quantized.get(name)
+                components[name] = ComponentMemory(
+                    bytes=size,
+                    bytes_before=known.bytes_before if known else None,
+                    quantization=known.quantization if known else None,
+                )
+        return MemoryReport(components=components, load_peak=self._load_peak)
 
     # -- LoRA adapters -----------------------------------------------------------------------
 
@@ -586,6 +610,16 @@ def _backend_boundary(error: type[DeskgenError], what: str) -> Iterator[None]:
         raise
     except Exception as exc:
         raise error(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+def _sampled_device(device: str, requirements: tuple[str, ...]) -> str:
+    """The device whose memory a backend's loading fills: ``auto`` resolved only for backends
+    that run on torch (an API backend's process never imports it)."""
+    if device == "auto" and "torch" in requirements:
+        from ._device import resolve_device
+
+        return resolve_device(device)
+    return device if device.startswith("cuda") else "cpu"
 
 
 def _since(start: float) -> float:

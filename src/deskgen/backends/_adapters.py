@@ -30,6 +30,7 @@ from .._exceptions import (
     InvalidRequestError,
     LoraMismatchError,
     ModelLoadError,
+    UnsupportedOperationError,
 )
 from .._lora import LoadedLora, LoraBase, LoraSpec, inspect_lora, read_lora_tensors
 
@@ -157,9 +158,10 @@ def _adapter_name(spec: LoraSpec, path: Path) -> str:
 class LoraAdapters:
     """The LoRA adapters of one pipeline (its modules are shared by every pipeline view)."""
 
-    def __init__(self, pipe: Any, *, backend: str) -> None:
+    def __init__(self, pipe: Any, *, backend: str, quantized: list[str] | None = None) -> None:
         self._pipe = pipe
         self._backend = backend
+        self._quantized = quantized or []
         self._loaded: dict[str, LoadedLora] = {}
         self._fused: Weights | None = None
         self._gate = _Gate()
@@ -262,6 +264,12 @@ class LoraAdapters:
                 model lacks; nothing was applied.
             InvalidRequestError: the adapter name is taken, or LoRAs are fused.
         """
+        if self._quantized:
+            raise UnsupportedOperationError(
+                f"This generator's {', '.join(self._quantized)} weights are quantized, and LoRAs "
+                "can't be applied to quantized weights: load the model without quantization=... "
+                "to use LoRAs."
+            )
         info = inspect_lora(spec)
         name = _adapter_name(spec, info.path)
         tensors, (digest, tensor_digest), info = read_lora_tensors(info)

@@ -40,6 +40,7 @@ from pydantic import Field, field_validator
 from .._device import dtype_name, free_accelerator_memory, resolve_device, resolve_dtype
 from .._exceptions import (
     BackendError,
+    ConfigError,
     DeskgenError,
     GeneratorClosedError,
     InvalidOutputError,
@@ -52,6 +53,7 @@ from .._exceptions import (
 from .._images import fit_size, prepare_image
 from .._lora import LoraSpec, as_lora_spec
 from ..prompts import PromptPlan, TextEncoderSpec
+from ..quant._config import ComponentMemory, QuantConfig
 from ._base import Backend, BackendOptions, BackendOutput, Job
 
 if TYPE_CHECKING:
@@ -97,6 +99,9 @@ class DiffusersOptions(BackendOptions):
     fuse_loras: bool = False
     """Fuse the LoRAs into the weights once loaded (each at its weight): faster steps, but every
     request then uses exactly them until `DeskGenerator.unfuse_loras`."""
+    quantization: QuantConfig | None = None
+    """Quantize components as they load (`QuantConfig`): each is read in full precision,
+    quantized, then the next; ``None``: none."""
 
     @field_validator("loras", mode="before")
     @classmethod
@@ -201,6 +206,10 @@ class DiffusersBackend(Backend):
     backends choose it from the loaded model)."""
     takes_loras: ClassVar[bool] = True
     """Whether LoRAs load into this backend's UNet and CLIP text encoders."""
+    takes_quantization: ClassVar[bool] = True
+    """Whether ``quantization=QuantConfig(...)`` is taken (components quantized as they load)."""
+    default_quantized: ClassVar[tuple[str, ...]] = ("unet",)
+    """The components `QuantConfig.components` = ``None`` means."""
 
     def __init__(self, options: BackendOptions) -> None:
         super().__init__(options)
@@ -211,6 +220,9 @@ class DiffusersBackend(Backend):
                 f"The {self.name!r} backend does not take LoRAs yet: leave out loras=... (the "
                 "'sdxl', 'sd' and 'sdxl-controlnet' backends take them)."
             )
+        self.quantized_components: dict[str, ComponentMemory] = {}
+        """Components quantized at load: their bytes before and after."""
+        self._check_quantization_config(options.quantization, loras=bool(options.loras))
         import torch
 
         self._device = resolve_device(options.device)
@@ -243,11 +255,87 @@ class DiffusersBackend(Backend):
         if self.takes_loras:
             from ._adapters import LoraAdapters
 
-            self._adapters = LoraAdapters(self._txt2img, backend=self.name)
+            self._adapters = LoraAdapters(
+                self._txt2img, backend=self.name, quantized=sorted(self.quantized_components)
+            )
             for spec in self.opts.loras:
                 self._adapters.load(spec)
             if self.opts.fuse_loras and self._adapters.loaded:
                 self._adapters.fuse(self._adapters.resolve(None))
+
+    def _check_quantization_config(self, config: QuantConfig | None, *, loras: bool) -> None:
+        """Refuse what can't work before any weight loads."""
+        if config is None:
+            return
+        if not self.takes_quantization:
+            raise UnsupportedOperationError(
+                f"The {self.name!r} backend does not take quantization=QuantConfig(...) yet: use "
+                "its own options (hidream: quantize_text_encoders=..., quantize_transformer=...)."
+            )
+        if loras:
+            raise ConfigError(
+                "LoRAs can't be applied to quantized weights (their low-rank deltas need the "
+                "full-precision layers): generate with the LoRAs unquantized, or drop "
+                "quantization=...; fusing LoRAs before quantizing is planned."
+            )
+        from ..quant._weights import check_supported
+
+        check_supported(config.weights, config.method, activations=config.activations)
+
+    def _quantize_at_load(
+        self, index: dict[str, Any], source: str, local: bool, extra: dict[str, Any]
+    ) -> None:
+        """Load each component to quantize on its own, quantize it, and add it to ``extra``
+        (components already there, e.g. ControlNets, are quantized in place): the pipeline then
+        loads the rest around them, so one full-precision component is in memory at a time."""
+        import importlib
+
+        from ..quant import module_bytes, quantize_weights
+
+        config = self.opts.quantization
+        if config is None:
+            return
+        names = config.components if config.components is not None else self.default_quantized
+        for name in names:
+            entry = index.get(name)
+            if name not in extra and not (isinstance(entry, list) and entry[0] is not None):
+                present = sorted(
+                    k for k, v in index.items() if isinstance(v, list) and v[0] is not None
+                )
+                raise ConfigError(
+                    f"QuantConfig names the component {name!r}, which this {self.family} model "
+                    f"lacks: choose from {', '.join(present)}."
+                )
+            module = extra.get(name)
+            if module is None:
+                assert isinstance(entry, list)
+                library, class_name = entry[0], entry[1]
+                cls = getattr(importlib.import_module(library), class_name)
+                with self._translating_load_errors(self.opts.model, local=local):
+                    module = cls.from_pretrained(
+                        source,
+                        subfolder=name,
+                        dtype=self._torch_dtype,
+                        use_safetensors=None if self.opts.allow_pickle else True,
+                        variant=self.opts.variant,
+                        revision=self.opts.revision,
+                        cache_dir=self.opts.cache_dir,
+                        local_files_only=self.opts.local_files_only,
+                    )
+            before = module_bytes(module)
+            used = quantize_weights(
+                module,
+                weights=config.weights,
+                backend=config.method,
+                activations=config.activations,
+                exclude=config.exclude,
+            )
+            self.quantized_components[name] = ComponentMemory(
+                bytes=module_bytes(module),
+                bytes_before=before,
+                quantization=f"{config.weights} ({used})",
+            )
+            extra[name] = module
 
     def _native_size(self, pipe: Any) -> int:
         """The side of the model's native square, in pixels."""
@@ -357,6 +445,7 @@ class DiffusersBackend(Backend):
         if self.opts.vae is not None:
             extra["vae"] = self._load_vae(self.opts.vae)
         extra.update(self._extra_components(source, index))
+        self._quantize_at_load(index, source, local, extra)
         with self._translating_load_errors(model, local=local):
             pipe = cls.from_pretrained(
                 source,

@@ -113,6 +113,7 @@ class HiDreamBackend(DiffusersBackend):
     """HiDream-I1 text-to-image (``HiDreamImagePipeline``), four text encoders."""
 
     takes_loras: ClassVar[bool] = False
+    takes_quantization: ClassVar[bool] = False  # its own quantize_* options, for now
 
     description: ClassVar[str] = (
         "HiDream-I1 Full/Dev/Fast (diffusers): long prompts, quantized encoders, text only"

@@ -1,12 +1,12 @@
-"""Quantization helpers: weight-only int8/int4 through optimum-quanto or torchao, and the real
-memory of a module's weights.
+"""Quantization: `QuantConfig` for quantizing a generator's components as they load, the memory
+report, and the helpers underneath (weight-only int8/int4/fp8 through optimum-quanto or torchao,
+and the real memory of a module's weights).
 
 ```python
-from deskgen.quant import module_bytes, quantize_weights
+from deskgen import DeskGenerator, QuantConfig
 
-before = module_bytes(llama)
-used = quantize_weights(llama, weights="int8")  # "quanto" or "torchao", whichever is installed
-print(used, before, module_bytes(llama))         # about 2x smaller for int8, 3-4x for int4
+gen = DeskGenerator("sdxl", model=..., quantization=QuantConfig(method="quanto", weights="int8"))
+print(gen.memory_report().components["unet"])  # bytes now and before, "int8 (quanto)"
 ```
 
 Nothing here imports torch, optimum-quanto or torchao before it is called.
@@ -14,6 +14,15 @@ Nothing here imports torch, optimum-quanto or torchao before it is called.
 
 from __future__ import annotations
 
+from ._config import ComponentMemory, MemoryReport, QuantConfig
 from ._weights import QuantBackend, WeightBits, module_bytes, quantize_weights
 
-__all__ = ["QuantBackend", "WeightBits", "module_bytes", "quantize_weights"]
+__all__ = [
+    "ComponentMemory",
+    "MemoryReport",
+    "QuantBackend",
+    "QuantConfig",
+    "WeightBits",
+    "module_bytes",
+    "quantize_weights",
+]

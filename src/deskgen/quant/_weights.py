@@ -9,7 +9,7 @@ from .._exceptions import ConfigError, MissingDependencyError
 
 __all__ = ["QuantBackend", "WeightBits", "check_supported", "module_bytes", "quantize_weights"]
 
-WeightBits = Literal["int8", "int4"]
+WeightBits = Literal["int8", "int4", "fp8"]
 QuantBackend = Literal["auto", "quanto", "torchao"]
 
 
@@ -39,7 +39,9 @@ def resolve_backend(backend: QuantBackend) -> Literal["quanto", "torchao"]:
     return backend
 
 
-def check_supported(weights: WeightBits, backend: QuantBackend) -> str:
+def check_supported(
+    weights: WeightBits, backend: QuantBackend, *, activations: str | None = None
+) -> str:
     """The library that will quantize to ``weights``, or the error it would end in, before any
     weight loads. deskgen quantizes weights in system memory, before moving them to the GPU:
     torchao's int4 layouts need the mslk kernels and CUDA tensors, so int4 goes to quanto.
@@ -49,6 +51,13 @@ def check_supported(weights: WeightBits, backend: QuantBackend) -> str:
         ConfigError: torchao asked for int4.
     """
     used = resolve_backend(backend)
+    if activations is not None and (used, weights, activations) != ("torchao", "int8", "int8"):
+        raise ConfigError(
+            f"Quantized activations ({activations}) with {used} {weights} weights are not "
+            "supported: torchao's dynamic int8 activations go with int8 weights "
+            "(QuantConfig(method='torchao', weights='int8', activations='int8')); quanto's "
+            "need calibration, which deskgen does not run. Leave activations=None."
+        )
     if used == "torchao" and weights == "int4":
         raise ConfigError(
             "torchao's int4 weights need its CUDA kernels (the mslk package) on GPU tensors, "
@@ -58,29 +67,62 @@ def check_supported(weights: WeightBits, backend: QuantBackend) -> str:
     return used
 
 
-def quantize_weights(module: Any, *, weights: WeightBits, backend: QuantBackend = "auto") -> str:
-    """Quantize the weights of ``module``'s linear layers in place (activations stay in the
-    module's dtype) and return the library used.
+def quantize_weights(
+    module: Any,
+    *,
+    weights: WeightBits,
+    backend: QuantBackend = "auto",
+    activations: Literal["int8"] | None = None,
+    exclude: tuple[str, ...] = (),
+) -> str:
+    """Quantize the weights of ``module``'s layers in place and return the library used.
 
-    optimum-quanto: ``quantize`` + ``freeze`` with ``qint8``/``qint4``, on any device. torchao:
-    ``Int8WeightOnlyConfig`` / ``Int4WeightOnlyConfig`` (int4 needs a CUDA GPU and its kernels).
+    optimum-quanto: ``quantize`` + ``freeze`` with ``qint8``/``qint4``/``qfloat8`` (its linear
+    and convolution layers), on any device. torchao: ``Int8WeightOnlyConfig`` /
+    ``Float8WeightOnlyConfig`` / ``Int4WeightOnlyConfig`` on linear layers (int4 needs a CUDA GPU
+    and its kernels), or ``Int8DynamicActivationInt8WeightConfig`` with ``activations="int8"``.
+    ``exclude``: module names or fnmatch patterns (``"*proj_out"``) left in full precision.
 
     Raises:
         MissingDependencyError: the library is not installed (names the extra).
         ConfigError: the library can't quantize that way here (torchao int4 without a GPU).
     """
-    used = resolve_backend(backend)
+    used = check_supported(weights, backend, activations=activations)
     if used == "quanto":
-        from optimum.quanto import freeze, qint4, qint8, quantize
+        from optimum.quanto import freeze, qfloat8, qint4, qint8, quantize
 
-        quantize(module, weights=qint8 if weights == "int8" else qint4)
+        qtype = {"int8": qint8, "int4": qint4, "fp8": qfloat8}[weights]
+        quantize(module, weights=qtype, exclude=list(exclude) or None)
         freeze(module)
         return used
-    from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+    import fnmatch
 
-    config = Int8WeightOnlyConfig() if weights == "int8" else Int4WeightOnlyConfig(group_size=128)
+    import torch
+    from torchao.quantization import (
+        Float8WeightOnlyConfig,
+        Int4WeightOnlyConfig,
+        Int8DynamicActivationInt8WeightConfig,
+        Int8WeightOnlyConfig,
+        quantize_,
+    )
+
+    config: Any
+    if activations == "int8":
+        config = Int8DynamicActivationInt8WeightConfig()
+    elif weights == "int8":
+        config = Int8WeightOnlyConfig()
+    elif weights == "fp8":
+        config = Float8WeightOnlyConfig()
+    else:
+        config = Int4WeightOnlyConfig(group_size=128)
+
+    def chosen(layer: Any, name: str) -> bool:
+        return isinstance(layer, torch.nn.Linear) and not any(
+            fnmatch.fnmatchcase(name, pattern) for pattern in exclude
+        )
+
     try:
-        quantize_(module, config)
+        quantize_(module, config, filter_fn=chosen)
     except (ImportError, NotImplementedError, RuntimeError) as exc:
         raise ConfigError(
             f"torchao could not quantize to {weights} here ({type(exc).__name__}: {exc}). "

@@ -1,0 +1,68 @@
+"""`QuantConfig`: how a generator's components are quantized as they load; what it cost."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .._models import PeakMemory
+from ._weights import WeightBits
+
+__all__ = ["ComponentMemory", "MemoryReport", "QuantConfig"]
+
+
+class QuantConfig(BaseModel):
+    """Weight quantization of a generator's components, applied as each one loads (one
+    full-precision component in memory at a time), e.g.
+    ``DeskGenerator("sdxl", model=..., quantization=QuantConfig(method="quanto", weights="int8"))``.
+
+    ``quanto`` (optimum-quanto, as the seed team asked) quantizes linear and convolution layers
+    to int8, int4 or fp8 on any device; ``torchao`` (the path diffusers maintains) quantizes
+    linear layers to int8 or fp8 (int4 needs its CUDA kernels), optionally with dynamic int8
+    activations.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Literal["quanto", "torchao"] = "torchao"
+    weights: WeightBits = "int8"
+    activations: Literal["int8"] | None = None
+    """``int8``: torchao's dynamic int8 activations with int8 weights (faster matmuls on GPUs
+    with int8 kernels); ``None``: activations stay in the model's dtype."""
+    components: tuple[str, ...] | None = None
+    """Pipeline components to quantize, e.g. ``("unet", "text_encoder_2", "controlnet")``;
+    ``None``: the denoiser (``unet``), where the compute and most of the weights are."""
+    exclude: tuple[str, ...] = ()
+    """Module names or fnmatch patterns inside a component to keep in full precision, e.g.
+    ``("*proj_out", "conv_out")`` (output projections that int4 damages most)."""
+
+
+class ComponentMemory(BaseModel):
+    """The weights of one pipeline component."""
+
+    model_config = ConfigDict(frozen=True)
+
+    bytes: int
+    """What its weights occupy now (quantized ones counted by the data and scales they hold)."""
+    bytes_before: int | None = None
+    """Before quantization (``None``: not quantized)."""
+    quantization: str | None = None
+    """e.g. ``"int8 (quanto)"``."""
+
+    @property
+    def ratio(self) -> float | None:
+        """``bytes_before / bytes``: how many times smaller quantization made it."""
+        return self.bytes_before / self.bytes if self.bytes_before else None
+
+
+class MemoryReport(BaseModel):
+    """Where a generator's memory goes (`DeskGenerator.memory_report`)."""
+
+    components: dict[str, ComponentMemory] = Field(default_factory=dict)
+    load_peak: PeakMemory | None = None
+    """Peak memory while the generator loaded (GPU allocator peak, or the process's RAM)."""
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(c.bytes for c in self.components.values())

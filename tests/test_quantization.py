@@ -1,0 +1,144 @@
+"""`QuantConfig`: components quantized as they load (each method and weight type that runs on a
+CPU), the memory report, refusals before loading, and the LoRA order rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from deskgen import (
+    ConfigError,
+    DeskGenerator,
+    QuantConfig,
+    UnsupportedOperationError,
+)
+
+pytest.importorskip("optimum.quanto")
+pytest.importorskip("torchao")
+
+
+def _pixels(gen: DeskGenerator) -> np.ndarray[Any, np.dtype[np.int16]]:
+    image = gen.generate(prompt="a tidy desk", seed=1, steps=3).image
+    return np.asarray(image, dtype=np.int16)
+
+
+@pytest.fixture(scope="module")
+def base_pixels(tiny_sdxl_path: Path) -> np.ndarray[Any, np.dtype[np.int16]]:
+    with DeskGenerator("sdxl", model=str(tiny_sdxl_path), device="cpu") as gen:
+        return _pixels(gen)
+
+
+@pytest.mark.parametrize(
+    ("method", "weights", "activations", "smaller"),
+    [
+        ("quanto", "int8", None, 3.0),  # quanto also quantizes the convolutions
+        ("quanto", "int4", None, 5.0),
+        ("quanto", "fp8", None, 3.0),
+        ("torchao", "int8", None, 1.4),  # torchao: linear layers only
+        ("torchao", "fp8", None, 1.4),
+        ("torchao", "int8", "int8", 1.4),
+    ],
+)
+def test_each_method_quantizes_at_load_and_generates(
+    tiny_sdxl_path: Path,
+    base_pixels: np.ndarray[Any, np.dtype[np.int16]],
+    method: str,
+    weights: str,
+    activations: str | None,
+    smaller: float,
+) -> None:
+    config = QuantConfig(method=method, weights=weights, activations=activations)  # type: ignore[arg-type]
+    with DeskGenerator("sdxl", model=str(tiny_sdxl_path), device="cpu", quantization=config) as gen:
+        report = gen.memory_report()
+        unet = report.components["unet"]
+        assert unet.quantization == f"{weights} ({method})"
+        assert unet.ratio is not None and unet.ratio > smaller
+        assert report.components["vae"].quantization is None
+        assert report.load_peak is not None and report.load_peak.bytes > 0
+        pixels = _pixels(gen)
+    # quantized, not broken: close to the full-precision image, not equal to it
+    difference = np.abs(pixels - base_pixels).mean()
+    assert 0 < difference < 10
+
+
+def test_components_and_exclusions(tiny_sdxl_path: Path) -> None:
+    from optimum.quanto import QLinear
+
+    config = QuantConfig(
+        method="quanto", components=("unet", "text_encoder_2"), exclude=("*attn2*",)
+    )
+    with DeskGenerator("sdxl", model=str(tiny_sdxl_path), device="cpu", quantization=config) as gen:
+        pipe = gen.backend.pipeline  # type: ignore[attr-defined]
+        block = pipe.unet.down_blocks[1].attentions[0].transformer_blocks[0]
+        assert isinstance(block.attn1.to_q, QLinear)
+        assert not isinstance(block.attn2.to_q, QLinear)  # excluded
+        assert type(block.attn2.to_q) is torch.nn.Linear
+        assert any(isinstance(m, QLinear) for m in pipe.text_encoder_2.modules())
+        assert not any(isinstance(m, QLinear) for m in pipe.text_encoder.modules())
+        assert set(gen.memory_report().components) >= {"unet", "vae", "text_encoder"}
+
+
+def test_controlnet_quantized_too(
+    tiny_sdxl_path: Path, tiny_control_paths: dict[str, Path]
+) -> None:
+    config = QuantConfig(method="quanto", components=("unet", "controlnet"))
+    with DeskGenerator(
+        "sdxl-controlnet",
+        model=str(tiny_sdxl_path),
+        controlnet=str(tiny_control_paths["canny"]),
+        control="canny",
+        device="cpu",
+        quantization=config,
+    ) as gen:
+        report = gen.memory_report()
+        assert report.components["controlnet"].quantization == "int8 (quanto)"
+        from deskgen.demo import sample_desk_photo
+
+        gen.generate(prompt="a desk", image=sample_desk_photo(), steps=2, seed=1)
+
+
+def test_refused_before_loading(tmp_path: Path, tiny_sdxl_path: Path) -> None:
+    missing = str(tmp_path / "no-model")  # would be ModelNotFoundError if loading started
+    with pytest.raises(ConfigError, match="int4 weights need its CUDA kernels"):
+        DeskGenerator("sdxl", model=missing, quantization=QuantConfig(weights="int4"))
+    with pytest.raises(ConfigError, match="activations"):
+        DeskGenerator(
+            "sdxl",
+            model=missing,
+            quantization=QuantConfig(method="quanto", weights="int8", activations="int8"),
+        )
+    with pytest.raises(ConfigError, match="LoRAs can't be applied to quantized"):
+        DeskGenerator("sdxl", model=missing, quantization=QuantConfig(), loras=["x.safetensors"])
+    with pytest.raises(UnsupportedOperationError, match="quantize_text_encoders"):
+        DeskGenerator("hidream", model=missing, quantization=QuantConfig())
+    with pytest.raises(ConfigError, match="lacks: choose from"):
+        DeskGenerator(
+            "sdxl",
+            model=str(tiny_sdxl_path),
+            device="cpu",
+            quantization=QuantConfig(components=("transformer",)),
+        )
+
+
+def test_lora_on_a_quantized_generator_is_refused(tiny_sdxl_path: Path, tmp_path: Path) -> None:
+    from deskgen.testing import make_tiny_lora
+
+    lora = make_tiny_lora(tiny_sdxl_path, tmp_path / "l.safetensors")
+    with (
+        DeskGenerator(
+            "sdxl", model=str(tiny_sdxl_path), device="cpu", quantization=QuantConfig()
+        ) as gen,
+        pytest.raises(UnsupportedOperationError, match="quantized"),
+    ):
+        gen.load_lora(lora)
+
+
+def test_memory_report_of_a_plain_generator(tiny_sdxl_path: Path) -> None:
+    with DeskGenerator("sdxl", model=str(tiny_sdxl_path), device="cpu") as gen:
+        report = gen.memory_report()
+    assert report.components["unet"].bytes_before is None
+    assert report.total_bytes == sum(c.bytes for c in report.components.values())
