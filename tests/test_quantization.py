@@ -142,3 +142,75 @@ def test_memory_report_of_a_plain_generator(tiny_sdxl_path: Path) -> None:
         report = gen.memory_report()
     assert report.components["unet"].bytes_before is None
     assert report.total_bytes == sum(c.bytes for c in report.components.values())
+
+
+@pytest.mark.parametrize(
+    ("method", "weights"),
+    [
+        ("quanto", "int8"),
+        ("quanto", "int4"),
+        ("quanto", "fp8"),
+        ("torchao", "int8"),
+        ("torchao", "fp8"),
+    ],
+)
+def test_saved_quantized_reloads_to_the_same_images(
+    tiny_sdxl_path: Path, tmp_path: Path, method: str, weights: str
+) -> None:
+    from deskgen.quant import save_quantized
+
+    config = QuantConfig(method=method, weights=weights, components=("unet", "text_encoder_2"))  # type: ignore[arg-type]
+    with DeskGenerator("sdxl", model=str(tiny_sdxl_path), device="cpu", quantization=config) as gen:
+        before = _pixels(gen)
+        sizes = {k: v.bytes for k, v in gen.memory_report().components.items()}
+        save_quantized(gen, tmp_path / "q")
+    assert (tmp_path / "q" / "unet" / "deskgen_quantization.json").is_file()
+    assert not (tmp_path / "q" / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    with DeskGenerator("sdxl", model=str(tmp_path / "q"), device="cpu") as again:
+        assert np.array_equal(_pixels(again), before)
+        report = again.memory_report()
+        assert report.components["unet"].quantization == f"{weights} ({method})"
+        assert {k: v.bytes for k, v in report.components.items()} == sizes
+    with pytest.raises(ConfigError, match="already quantized"):
+        DeskGenerator("sdxl", model=str(tmp_path / "q"), device="cpu", quantization=config)
+    with pytest.raises(ConfigError, match="dtype='float32'"):
+        DeskGenerator("sdxl", model=str(tmp_path / "q"), device="cpu", dtype="bfloat16")
+
+
+def test_save_refusals(tiny_sdxl_path: Path, tmp_path: Path) -> None:
+    from deskgen.quant import save_quantized
+
+    with (
+        DeskGenerator("sdxl", model=str(tiny_sdxl_path), device="cpu") as plain,
+        pytest.raises(ConfigError, match="no quantized component"),
+    ):
+        save_quantized(plain, tmp_path / "x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "f").write_text("x")
+    with (
+        DeskGenerator(
+            "sdxl", model=str(tiny_sdxl_path), device="cpu", quantization=QuantConfig()
+        ) as gen,
+        pytest.raises(ConfigError, match="not empty"),
+    ):
+        save_quantized(gen, tmp_path / "full")
+
+
+def test_quantize_command(
+    tiny_sdxl_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from deskgen.cli import main
+
+    out = tmp_path / "q"
+    argv = ["quantize", str(tiny_sdxl_path), "--method", "quanto", "--weights", "int4"]
+    argv += ["--component", "unet", "--exclude", "*conv_out*", "--out", str(out)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "unet:" in text and "int4 (quanto)" in text and "x smaller" in text
+    generate = ["generate", "a desk", "--model", str(out), "--device", "cpu", "--steps", "2"]
+    code = main(
+        [*generate, "--out", str(tmp_path / "g.png"), "--no-progress", "--dtype", "float32"]
+    )
+    assert code == 0
+    assert main(argv) == 1  # not empty
+    assert "not empty" in capsys.readouterr().err

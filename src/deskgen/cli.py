@@ -319,6 +319,42 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--verbose", action="store_true", help="show the libraries' chatter")
 
+    quant = sub.add_parser(
+        "quantize",
+        help="quantize a model's components and save it, to load quantized later",
+        description=(
+            "Load MODEL with its components quantized (optimum-quanto or torchao), print what "
+            "each component holds before and after, and save the pipeline to --out; "
+            "`deskgen generate --model OUT` (and DeskGenerator(model=OUT)) then load it "
+            "quantized, with the same outputs."
+        ),
+    )
+    quant.add_argument("model", help="hub id or local folder of the model to quantize")
+    quant.add_argument("--backend", default="sdxl", help="sdxl, sd or sdxl-controlnet")
+    quant.add_argument("--method", choices=["quanto", "torchao"], default="torchao")
+    quant.add_argument("--weights", choices=["int8", "int4", "fp8"], default="int8")
+    quant.add_argument("--activations", choices=["int8"], help="torchao: dynamic int8")
+    quant.add_argument(
+        "--component",
+        action="append",
+        help="a component to quantize, e.g. unet, text_encoder_2 (repeatable; default: unet)",
+    )
+    quant.add_argument(
+        "--exclude", action="append", default=[], help="module name pattern to keep as is"
+    )
+    quant.add_argument("--out", required=True, help="folder for the quantized model (new)")
+    quant.add_argument("--device", default="cpu", help="where to quantize (default: cpu)")
+    quant.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "float16", "bfloat16"],
+        help="weight dtype; load the saved model with the same",
+    )
+    quant.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE", help="a backend option"
+    )
+    quant.add_argument("--verbose", action="store_true", help="show the libraries' chatter")
+
     backends = sub.add_parser("backends", help="list backends and whether they are installed")
     backends.add_argument("--json", action="store_true", help="print JSON")
 
@@ -623,6 +659,42 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from ._generator import DeskGenerator
+    from .quant import QuantConfig, save_quantized
+
+    config = QuantConfig(
+        method=args.method,
+        weights=args.weights,
+        activations=args.activations,
+        components=tuple(args.component) if args.component else None,
+        exclude=tuple(args.exclude),
+    )
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{args.out!r} is not empty: save the quantized model to a new folder.")
+    print(f"Loading {args.backend} ({args.model}), quantizing...", file=sys.stderr)
+    with DeskGenerator(
+        args.backend,
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        quantization=config,
+        **_parse_options(args.option),
+    ) as gen:
+        report = gen.memory_report()
+        save_quantized(gen, out)
+        dtype = gen.dtype
+    for name, part in sorted(report.components.items()):
+        if part.bytes_before is not None:
+            print(
+                f"{name}: {part.bytes_before / 2**20:.1f} MiB -> {part.bytes / 2**20:.1f} MiB "
+                f"({part.quantization}, {part.ratio:.2f}x smaller)"
+            )
+    print(f"wrote {out} (load it with dtype={dtype!r})")
+    return 0
+
+
 def _read_json(path: str, what: str) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -725,7 +797,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``deskgen`` command; returns the exit code."""
     args = _parser().parse_args(argv)
-    quiet = ("generate", "demo", "prompt", "describe", "dataset", "train-lora")
+    quiet = ("generate", "demo", "prompt", "describe", "dataset", "train-lora", "quantize")
     if args.command in quiet and not getattr(args, "verbose", False):
         _quiet_libraries()
     try:
@@ -743,6 +815,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_dataset(args)
         if args.command == "train-lora":
             return _cmd_train(args)
+        if args.command == "quantize":
+            return _cmd_quantize(args)
         return _cmd_record(args)
     except DeskgenError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -337,6 +337,31 @@ class DiffusersBackend(Backend):
             )
             extra[name] = module
 
+    def _load_saved_quantized(
+        self, index: dict[str, Any], source: str, extra: dict[str, Any]
+    ) -> None:
+        """The components a folder holds quantized (`deskgen.quant.save_quantized`)."""
+        from ..quant import module_bytes
+        from ..quant._saved import load_quantized_component, quantized_folders
+
+        saved = quantized_folders(source, index)
+        if not saved:
+            return
+        if self.opts.quantization is not None:
+            raise ConfigError(
+                f"{self.opts.model!r} is already quantized ({', '.join(sorted(saved))}): load "
+                "it without quantization=..., or quantize the original model."
+            )
+        for name, record in saved.items():
+            module = load_quantized_component(
+                source, name, index[name], record, dtype=dtype_name(self._torch_dtype)
+            )
+            self.quantized_components[name] = ComponentMemory(
+                bytes=module_bytes(module),
+                quantization=f"{record['weights']} ({record['method']})",
+            )
+            extra[name] = module
+
     def _native_size(self, pipe: Any) -> int:
         """The side of the model's native square, in pixels."""
         return int(pipe.unet.config.sample_size) * self.vae_scale_factor
@@ -445,6 +470,8 @@ class DiffusersBackend(Backend):
         if self.opts.vae is not None:
             extra["vae"] = self._load_vae(self.opts.vae)
         extra.update(self._extra_components(source, index))
+        if local:
+            self._load_saved_quantized(index, source, extra)
         self._quantize_at_load(index, source, local, extra)
         with self._translating_load_errors(model, local=local):
             pipe = cls.from_pretrained(

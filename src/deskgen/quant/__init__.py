@@ -4,9 +4,11 @@ and the real memory of a module's weights).
 
 ```python
 from deskgen import DeskGenerator, QuantConfig
+from deskgen.quant import save_quantized
 
 gen = DeskGenerator("sdxl", model=..., quantization=QuantConfig(method="quanto", weights="int8"))
 print(gen.memory_report().components["unet"])  # bytes now and before, "int8 (quanto)"
+save_quantized(gen, "sdxl-int8")  # DeskGenerator("sdxl", model="sdxl-int8") loads it quantized
 ```
 
 Nothing here imports torch, optimum-quanto or torchao before it is called.
@@ -15,6 +17,7 @@ Nothing here imports torch, optimum-quanto or torchao before it is called.
 from __future__ import annotations
 
 from ._config import ComponentMemory, MemoryReport, QuantConfig
+from ._saved import save_quantized
 from ._weights import QuantBackend, WeightBits, module_bytes, quantize_weights
 
 __all__ = [
@@ -25,4 +28,5 @@ __all__ = [
     "WeightBits",
     "module_bytes",
     "quantize_weights",
+    "save_quantized",
 ]

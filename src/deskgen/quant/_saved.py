@@ -1,0 +1,183 @@
+"""Quantized pipelines saved and loaded again, so a service restarts without re-quantizing.
+
+`save_quantized` writes a diffusers pipeline folder (``model_index.json``, every component in
+its own folder as ``save_pretrained`` writes it) in which each quantized component's folder
+holds its ``config.json``, ``deskgen_quantized.safetensors`` (the quantized weights: quanto's
+data and scales, torchao's tensors flattened by torchao's own safetensors support) and
+``deskgen_quantization.json`` (method, weight type, dtype, quanto's quantization map).
+`DeskGenerator` loads such a folder like any other: those components are rebuilt empty from
+their config and given the saved weights (quanto's ``requantize``, torchao's unflatten), so the
+outputs are the same as before saving, bit for bit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from .._exceptions import ConfigError, ModelLoadError
+from .._record import atomic_write
+
+if TYPE_CHECKING:
+    from .._generator import DeskGenerator
+
+__all__ = ["QUANTIZED_RECORD", "load_quantized_component", "quantized_folders", "save_quantized"]
+
+QUANTIZED_WEIGHTS = "deskgen_quantized.safetensors"
+QUANTIZED_RECORD = "deskgen_quantization.json"
+_FORMAT = 1
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    text = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+    def write(fh: IO[bytes]) -> None:
+        fh.write(text)
+
+    atomic_write(path, write)
+
+
+def save_quantized(generator: DeskGenerator, out: str | os.PathLike[str]) -> Path:
+    """Write ``generator``'s pipeline, quantized components included, to the folder ``out``
+    (created; it must not hold another model). Load it back with ``DeskGenerator(backend,
+    model=out)``.
+
+    Raises:
+        ConfigError: the generator has no quantized component, or LoRAs are loaded, or ``out``
+            is not empty.
+        UnsupportedOperationError: the backend has no diffusers pipeline.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    backend = generator.backend
+    quantized = getattr(backend, "quantized_components", {})
+    if not quantized:
+        raise ConfigError(
+            "This generator has no quantized component: create it with "
+            "quantization=QuantConfig(...) first."
+        )
+    if generator.loras:
+        raise ConfigError("Unload the LoRAs first: a saved quantized model holds no adapters.")
+    target = Path(out)
+    if target.exists() and any(target.iterdir()):
+        raise ConfigError(f"{str(target)!r} is not empty: save a quantized model to a new folder.")
+    config = backend.options.quantization  # type: ignore[attr-defined]
+    pipe = backend.pipeline  # type: ignore[attr-defined]
+    target.mkdir(parents=True, exist_ok=True)
+    pipe.save_config(target)  # model_index.json
+    for name, module in pipe.components.items():
+        if module is None:
+            continue
+        folder = target / name
+        if name not in quantized:
+            module.save_pretrained(folder)
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        if hasattr(module, "save_config"):  # diffusers models
+            module.save_config(folder)
+        else:  # transformers models
+            module.config.save_pretrained(folder)
+        state = module.state_dict()
+        record: dict[str, Any] = {
+            "format": _FORMAT,
+            "method": config.method,
+            "weights": config.weights,
+            "activations": config.activations,
+            "exclude": list(config.exclude),
+            "dtype": generator.dtype,
+            "class": [type(module).__module__.split(".")[0], type(module).__name__],
+        }
+        metadata: dict[str, str] = {}
+        if config.method == "quanto":
+            from optimum.quanto import quantization_map
+
+            record["quantization_map"] = quantization_map(module)
+            tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+        else:
+            from torchao.prototype.safetensors.safetensors_support import (
+                flatten_tensor_state_dict,
+            )
+
+            cpu = {k: v.detach().to("cpu") for k, v in state.items()}
+            tensors, metadata = flatten_tensor_state_dict(cpu)
+            tensors = {k: v.contiguous() for k, v in tensors.items()}
+        with torch.no_grad():
+            save_file(tensors, str(folder / QUANTIZED_WEIGHTS), metadata=metadata)
+        _write_json(folder / QUANTIZED_RECORD, record)
+    return target
+
+
+def quantized_folders(source: str, index: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The components of the local pipeline folder ``source`` saved quantized by deskgen, with
+    their records."""
+    found: dict[str, dict[str, Any]] = {}
+    for name in index:
+        path = Path(source) / name / QUANTIZED_RECORD
+        if path.is_file():
+            try:
+                found[name] = json.loads(path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ModelLoadError(f"{str(path)!r} is damaged ({exc}): save again.") from exc
+    return found
+
+
+def load_quantized_component(
+    source: str, name: str, entry: list[str], record: dict[str, Any], *, dtype: str
+) -> Any:
+    """Rebuild the quantized component ``name`` of the pipeline folder ``source`` (``entry``:
+    its ``[library, class]`` in the model index) with its saved weights, on the CPU."""
+    import torch
+    from accelerate import init_empty_weights
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    if record.get("format") != _FORMAT:
+        raise ModelLoadError(
+            f"{name!r} was saved quantized by another deskgen version (format "
+            f"{record.get('format')}): quantize the original model again."
+        )
+    if record.get("dtype") != dtype:
+        raise ConfigError(
+            f"{name!r} was saved quantized in {record.get('dtype')}; load this model with "
+            f"dtype={record.get('dtype')!r} (it is {dtype!r} now)."
+        )
+    folder = Path(source) / name
+    cls = getattr(importlib.import_module(entry[0]), entry[1])
+    with init_empty_weights():
+        if hasattr(cls, "from_config") and hasattr(cls, "load_config"):  # diffusers
+            module = cls.from_config(cls.load_config(folder))
+        else:  # transformers
+            from transformers import AutoConfig
+
+            module = cls._from_config(AutoConfig.from_pretrained(folder))
+    module.to(
+        dtype=getattr(torch, dtype)
+    )  # still empty: the saved dtype for what stays unquantized
+    weights = folder / QUANTIZED_WEIGHTS
+    state = load_file(str(weights))
+    if record["method"] == "quanto":
+        from optimum.quanto import requantize
+
+        requantize(module, state, record["quantization_map"], device=torch.device("cpu"))
+        expected = set(module.state_dict())
+        missing = sorted(expected - set(state))
+    else:
+        from torchao.prototype.safetensors.safetensors_support import (
+            unflatten_tensor_state_dict,
+        )
+
+        with safe_open(str(weights), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+        state, _left = unflatten_tensor_state_dict(state, metadata)
+        result = module.load_state_dict(state, assign=True, strict=False)
+        missing = sorted(result.missing_keys)
+    if missing:
+        raise ModelLoadError(
+            f"The saved quantized {name!r} lacks weights ({', '.join(missing[:3])}...): the "
+            "folder is incomplete; save it again."
+        )
+    return module.eval()
