@@ -61,8 +61,9 @@ def check_supported(
     if used == "torchao" and weights == "int4":
         raise ConfigError(
             "torchao's int4 weights need its CUDA kernels (the mslk package) on GPU tensors, "
-            "and deskgen quantizes in system memory before the move: use "
-            "quantization_backend='quanto' for int4 (pip install 'deskgen[quanto]'), or int8."
+            "and deskgen quantizes in system memory before the move: use quanto for int4 "
+            "(QuantConfig(method='quanto', weights='int4'), or quantization_backend='quanto' "
+            "for hidream; pip install 'deskgen[quanto]'), or int8/fp8 weights."
         )
     return used
 
