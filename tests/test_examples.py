@@ -203,3 +203,25 @@ def test_distill_example(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "dataset: 0 generated, 6 already there" in proc.stdout
     assert "resumed from the checkpoint at step 6" in proc.stdout
+
+
+@pytest.mark.slow
+def test_quantize_example(tmp_path: Path) -> None:
+    out, saved = tmp_path / "quantized.png", tmp_path / "saved"
+    argv = [sys.executable, str(ROOT / "examples" / "quantize_makeover.py")]
+    argv += ["--out", str(out), "--save-to", str(saved)]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=_env(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for method, smaller in (("quanto", 3.0), ("torchao", 1.4)):  # torchao: linear layers only
+        report = re.search(
+            rf"unet: [\d.]+ MiB -> [\d.]+ MiB \(int8 \({method}\), ([\d.]+)x smaller\)",
+            proc.stdout,
+        )
+        assert report is not None and float(report[1]) > smaller, method
+        assert f"(int8 ({method}), as saved)" in proc.stdout
+        assert (saved / method / "unet" / "deskgen_quantization.json").is_file()
+        assert (tmp_path / f"quantized-{method}.png").is_file()
+    assert proc.stdout.count("identical image after reload: True") == 2
+    differences = re.findall(r"mean pixel difference ([\d.]+)", proc.stdout)
+    assert len(differences) == 2 and all(0 < float(d) < 10 for d in differences)
+    assert (tmp_path / "quantized-full.png").is_file()

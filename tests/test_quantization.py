@@ -214,3 +214,22 @@ def test_quantize_command(
     assert code == 0
     assert main(argv) == 1  # not empty
     assert "not empty" in capsys.readouterr().err
+
+
+def test_quantize_a_loaded_generator(tiny_sdxl_path: Path, tmp_path: Path) -> None:
+    from deskgen.quant import quantize
+    from deskgen.testing import make_tiny_lora
+
+    with DeskGenerator("sdxl", model=str(tiny_sdxl_path), device="cpu") as gen:
+        lora = gen.load_lora(make_tiny_lora(tiny_sdxl_path, tmp_path / "l.safetensors"))
+        with pytest.raises(ConfigError, match="LoRAs are loaded"):
+            quantize(gen, QuantConfig(method="quanto"))
+        gen.unload_lora(lora.name)
+        report = quantize(gen, QuantConfig(method="quanto", components=("unet", "vae")))
+        assert report.components["unet"].quantization == "int8 (quanto)"
+        assert report.components["vae"].ratio is not None
+        with pytest.raises(ConfigError, match="quantized already"):
+            quantize(gen, QuantConfig(method="quanto"))
+        with pytest.raises(UnsupportedOperationError, match="quantized"):
+            gen.load_lora(tmp_path / "l.safetensors")
+        gen.generate(prompt="a desk", steps=2, seed=1)

@@ -255,6 +255,14 @@ class LoraAdapters:
 
     # -- changes -----------------------------------------------------------------------------
 
+    def exclusive(self) -> Any:
+        """Hold every request back while the pipeline's weights change (e.g. quantization)."""
+        return self._gate.exclusive()
+
+    def mark_quantized(self, components: list[str]) -> None:
+        """The weights of ``components`` are quantized now: LoRAs are refused from here on."""
+        self._quantized = components
+
     def load(self, spec: LoraSpec) -> LoadedLora:
         """Check a LoRA against the pipeline and apply it (see the module's docstring).
 

@@ -290,8 +290,6 @@ class DiffusersBackend(Backend):
         loads the rest around them, so one full-precision component is in memory at a time."""
         import importlib
 
-        from ..quant import module_bytes, quantize_weights
-
         config = self.opts.quantization
         if config is None:
             return
@@ -322,20 +320,53 @@ class DiffusersBackend(Backend):
                         cache_dir=self.opts.cache_dir,
                         local_files_only=self.opts.local_files_only,
                     )
-            before = module_bytes(module)
-            used = quantize_weights(
-                module,
-                weights=config.weights,
-                backend=config.method,
-                activations=config.activations,
-                exclude=config.exclude,
-            )
-            self.quantized_components[name] = ComponentMemory(
-                bytes=module_bytes(module),
-                bytes_before=before,
-                quantization=f"{config.weights} ({used})",
-            )
+            self._quantize_component(name, module, config)
             extra[name] = module
+
+    def _quantize_component(self, name: str, module: Any, config: QuantConfig) -> None:
+        """Quantize one component in place and record its bytes before and after."""
+        from ..quant import module_bytes, quantize_weights
+
+        before = module_bytes(module)
+        used = quantize_weights(
+            module,
+            weights=config.weights,
+            backend=config.method,
+            activations=config.activations,
+            exclude=config.exclude,
+        )
+        self.quantized_components[name] = ComponentMemory(
+            bytes=module_bytes(module),
+            bytes_before=before,
+            quantization=f"{config.weights} ({used})",
+        )
+
+    def quantize(self, config: QuantConfig) -> None:
+        """Quantize components of the loaded pipeline in place (`deskgen.quant.quantize`)."""
+        self._check_open()
+        self._check_quantization_config(config, loras=False)
+        adapters = self._adapters
+        if adapters is not None and adapters.loaded:
+            raise ConfigError(
+                "LoRAs are loaded, and they can't be applied to quantized weights: unload them "
+                "first (gen.unload_lora(name)), or quantize a generator without LoRAs."
+            )
+        pipe = self._txt2img
+        names = config.components if config.components is not None else self.default_quantized
+        wrong = [n for n in names if getattr(pipe, n, None) is None]
+        wrong += sorted(set(names) & set(self.quantized_components))
+        if wrong:
+            present = sorted(k for k, v in pipe.components.items() if hasattr(v, "parameters"))
+            raise ConfigError(
+                f"Can't quantize {', '.join(wrong)}: not a component of this model, or "
+                f"quantized already (components: {', '.join(present)})."
+            )
+        lock = self._gate_exclusive() if adapters is not None else contextlib.nullcontext()
+        with lock:
+            for name in names:
+                self._quantize_component(name, getattr(pipe, name), config)
+            if adapters is not None:
+                adapters.mark_quantized(sorted(self.quantized_components))
 
     def _load_saved_quantized(
         self, index: dict[str, Any], source: str, extra: dict[str, Any]
@@ -665,6 +696,11 @@ class DiffusersBackend(Backend):
                 f"aspect ratio {width}x{height}."
             )
         return width, height, warnings
+
+    def _gate_exclusive(self) -> Any:
+        """Wait for running requests, and hold new ones back, while the weights change."""
+        assert self._adapters is not None
+        return self._adapters.exclusive()
 
     @property
     def lora_adapters(self) -> LoraAdapters | None:

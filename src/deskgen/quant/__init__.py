@@ -16,7 +16,7 @@ Nothing here imports torch, optimum-quanto or torchao before it is called.
 
 from __future__ import annotations
 
-from ._config import ComponentMemory, MemoryReport, QuantConfig
+from ._config import ComponentMemory, MemoryReport, QuantConfig, quantize
 from ._saved import save_quantized
 from ._weights import QuantBackend, WeightBits, module_bytes, quantize_weights
 
@@ -27,6 +27,7 @@ __all__ = [
     "QuantConfig",
     "WeightBits",
     "module_bytes",
+    "quantize",
     "quantize_weights",
     "save_quantized",
 ]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .._models import PeakMemory
 from ._weights import WeightBits
 
-__all__ = ["ComponentMemory", "MemoryReport", "QuantConfig"]
+if TYPE_CHECKING:
+    from .._generator import DeskGenerator
+
+__all__ = ["ComponentMemory", "MemoryReport", "QuantConfig", "quantize"]
 
 
 class QuantConfig(BaseModel):
@@ -66,3 +69,28 @@ class MemoryReport(BaseModel):
     @property
     def total_bytes(self) -> int:
         return sum(c.bytes for c in self.components.values())
+
+
+def quantize(generator: DeskGenerator, config: QuantConfig | None = None, /) -> MemoryReport:
+    """Quantize the components of an already loaded generator in place (``config.components``,
+    by default the UNet), waiting for running requests; returns the memory report.
+
+    Quantizing at load (``DeskGenerator(..., quantization=config)``) keeps the memory peak
+    lower: this is for a generator you already hold.
+
+    Raises:
+        UnsupportedOperationError: the backend can't be quantized this way.
+        ConfigError: LoRAs are loaded, a component is missing or quantized already, or the
+            method can't quantize that way here.
+    """
+    from .._exceptions import UnsupportedOperationError
+
+    backend = generator.backend
+    method = getattr(backend, "quantize", None)
+    if method is None or not getattr(backend, "takes_quantization", False):
+        raise UnsupportedOperationError(
+            f"The {generator.backend_name!r} backend can't be quantized with QuantConfig: use "
+            "'sdxl', 'sd' or 'sdxl-controlnet' (hidream: its quantize_* options at load)."
+        )
+    method(config or QuantConfig())
+    return generator.memory_report()
