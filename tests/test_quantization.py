@@ -55,7 +55,8 @@ def test_each_method_quantizes_at_load_and_generates(
     with DeskGenerator("sdxl", model=str(tiny_sdxl_path), device="cpu", quantization=config) as gen:
         report = gen.memory_report()
         unet = report.components["unet"]
-        assert unet.quantization == f"{weights} ({method})"
+        label = " + int8 activations" if activations else ""
+        assert unet.quantization == f"{weights}{label} ({method})"
         assert unet.ratio is not None and unet.ratio > smaller
         assert report.components["vae"].quantization is None
         assert report.load_peak is not None and report.load_peak.bytes > 0
@@ -82,23 +83,28 @@ def test_components_and_exclusions(tiny_sdxl_path: Path) -> None:
         assert set(gen.memory_report().components) >= {"unet", "vae", "text_encoder"}
 
 
-def test_controlnet_quantized_too(
-    tiny_sdxl_path: Path, tiny_control_paths: dict[str, Path]
+@pytest.mark.parametrize("nets", [["canny"], ["canny", "depth"]])
+def test_controlnets_quantized_too(
+    tiny_sdxl_path: Path, tiny_control_paths: dict[str, Path], tmp_path: Path, nets: list[str]
 ) -> None:
+    from deskgen.demo import sample_desk_photo
+    from deskgen.quant import save_quantized
+
     config = QuantConfig(method="quanto", components=("unet", "controlnet"))
     with DeskGenerator(
         "sdxl-controlnet",
         model=str(tiny_sdxl_path),
-        controlnet=str(tiny_control_paths["canny"]),
-        control="canny",
+        controlnet=[str(tiny_control_paths[n]) for n in nets],
+        control=["canny"] * len(nets),
         device="cpu",
         quantization=config,
     ) as gen:
         report = gen.memory_report()
         assert report.components["controlnet"].quantization == "int8 (quanto)"
-        from deskgen.demo import sample_desk_photo
-
+        assert (report.components["controlnet"].ratio or 0) > 2
         gen.generate(prompt="a desk", image=sample_desk_photo(), steps=2, seed=1)
+        with pytest.raises(ConfigError, match="save the quantized base"):
+            save_quantized(gen, tmp_path / "q")
 
 
 def test_refused_before_loading(tmp_path: Path, tiny_sdxl_path: Path) -> None:
@@ -115,6 +121,13 @@ def test_refused_before_loading(tmp_path: Path, tiny_sdxl_path: Path) -> None:
         DeskGenerator("sdxl", model=missing, quantization=QuantConfig(), loras=["x.safetensors"])
     with pytest.raises(UnsupportedOperationError, match="quantize_text_encoders"):
         DeskGenerator("hidream", model=missing, quantization=QuantConfig())
+    with pytest.raises(ConfigError, match="no weights to quantize"):
+        DeskGenerator(
+            "sdxl",
+            model=str(tiny_sdxl_path),
+            device="cpu",
+            quantization=QuantConfig(components=("tokenizer",)),
+        )
     with pytest.raises(ConfigError, match="lacks: choose from"):
         DeskGenerator(
             "sdxl",
@@ -233,3 +246,21 @@ def test_quantize_a_loaded_generator(tiny_sdxl_path: Path, tmp_path: Path) -> No
         with pytest.raises(UnsupportedOperationError, match="quantized"):
             gen.load_lora(tmp_path / "l.safetensors")
         gen.generate(prompt="a desk", steps=2, seed=1)
+
+
+def test_save_after_quantize_and_in_bfloat16(tiny_sdxl_path: Path, tmp_path: Path) -> None:
+    """Regressions: saving a generator quantized after load; int8 CPU kernels on a bfloat16
+    folder reloaded from unaligned safetensors buffers (a crash once)."""
+    from deskgen.quant import quantize, save_quantized
+
+    options: dict[str, Any] = {"model": str(tiny_sdxl_path), "device": "cpu"}
+    with DeskGenerator("sdxl", dtype="bfloat16", **options) as gen:
+        quantize(gen, QuantConfig(method="quanto"))
+        quantize(gen, QuantConfig(method="torchao", components=("text_encoder_2",)))
+        before = _pixels(gen)
+        save_quantized(gen, tmp_path / "q")
+    with DeskGenerator("sdxl", model=str(tmp_path / "q"), device="cpu", dtype="bfloat16") as again:
+        assert np.array_equal(_pixels(again), before)
+        components = again.memory_report().components
+        assert components["unet"].quantization == "int8 (quanto)"
+        assert components["text_encoder_2"].quantization == "int8 (torchao)"

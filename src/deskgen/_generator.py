@@ -615,7 +615,7 @@ def _backend_boundary(error: type[DeskgenError], what: str) -> Iterator[None]:
 def _sampled_device(device: str, requirements: tuple[str, ...]) -> str:
     """The device whose memory a backend's loading fills: ``auto`` resolved only for backends
     that run on torch (an API backend's process never imports it)."""
-    if device == "auto" and "torch" in requirements:
+    if "torch" in requirements:  # also checks the device exists (ConfigError otherwise)
         from ._device import resolve_device
 
         return resolve_device(device)

@@ -275,8 +275,8 @@ class LoraAdapters:
         if self._quantized:
             raise UnsupportedOperationError(
                 f"This generator's {', '.join(self._quantized)} weights are quantized, and LoRAs "
-                "can't be applied to quantized weights: load the model without quantization=... "
-                "to use LoRAs."
+                "can't be applied to quantized weights: to use LoRAs, load the original, "
+                "unquantized model (without quantization=..., not a saved quantized folder)."
             )
         info = inspect_lora(spec)
         name = _adapter_name(spec, info.path)

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import EllipsisType
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -102,6 +102,16 @@ class DiffusersOptions(BackendOptions):
     quantization: QuantConfig | None = None
     """Quantize components as they load (`QuantConfig`): each is read in full precision,
     quantized, then the next; ``None``: none."""
+    offload: Literal["auto", "none", "model", "sequential"] = "none"
+    """``model``: diffusers' model CPU offload, each component moved to the GPU only while it
+    runs; ``sequential``: layer by layer, the least memory and the slowest; ``auto``: ``model``
+    when the weights (as loaded, quantized or not) would leave less than a fifth of the GPU's
+    free memory for the work, else none, and none on the CPU. Offload needs a GPU; requests
+    then run one at a time."""
+    vae_tiling: bool = False
+    """Decode (and encode) the image in tiles: large images in less memory."""
+    vae_slicing: bool = False
+    """Decode a batch one image at a time: several images in less memory."""
 
     @field_validator("loras", mode="before")
     @classmethod
@@ -124,6 +134,21 @@ class ImageInputs:
     warnings: list[str] = field(default_factory=list)
     controls: list[Control] = field(default_factory=list)
     control_images: list[Image.Image] = field(default_factory=list)
+
+
+def _is_module_entry(entry: Any) -> bool:
+    """Whether a model index entry ``[library, class]`` is a torch module (has weights)."""
+    import importlib
+
+    import torch
+
+    if not (isinstance(entry, list) and len(entry) == 2 and entry[0] is not None):
+        return False
+    try:
+        cls = getattr(importlib.import_module(entry[0]), entry[1])
+    except (ImportError, AttributeError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, torch.nn.Module)
 
 
 def denoising_steps(steps: int, strength: float | None) -> int:
@@ -221,11 +246,25 @@ class DiffusersBackend(Backend):
                 "'sdxl', 'sd' and 'sdxl-controlnet' backends take them)."
             )
         self.quantized_components: dict[str, ComponentMemory] = {}
-        """Components quantized at load: their bytes before and after."""
+        """Components quantized: their bytes before and after."""
+        self.quantization_configs: dict[str, QuantConfig] = {}
+        """How each quantized component was quantized (what `save_quantized` records)."""
         self._check_quantization_config(options.quantization, loras=bool(options.loras))
         import torch
 
         self._device = resolve_device(options.device)
+        self.offload: str = options.offload
+        """The offload in effect: ``auto`` is resolved to ``none`` or ``model`` at load."""
+        on_gpu = self._device.startswith(("cuda", "xpu"))
+        if options.offload in ("model", "sequential") and not on_gpu:
+            # before the big weights load; device="auto" may have resolved to the CPU
+            raise ConfigError(
+                f"offload={options.offload!r} moves weights between the CPU and a GPU, but the "
+                f"device is {self._device!r}: use it with device='cuda' on a GPU machine, or "
+                "offload='auto'/'none'."
+            )
+        if self.offload == "auto" and not on_gpu:
+            self.offload = "none"
         self._torch_dtype = resolve_dtype(options.dtype, self._device)
         self._encode_lock = threading.Lock()
         self._closed = False
@@ -245,9 +284,11 @@ class DiffusersBackend(Backend):
             and self._torch_dtype != torch.float32
         )
         self._call_lock: threading.Lock | None = threading.Lock() if mutates_vae else None
-        self._request_lock: threading.Lock | None = None
-        """Set by backends whose requests must run one at a time as a whole (encoding included),
-        e.g. with accelerate's CPU offload hooks moving shared modules between devices."""
+        self._request_lock: threading.Lock | None = (
+            threading.Lock() if self.offload != "none" else None
+        )
+        """Whole requests (encoding included) one at a time: accelerate's CPU offload hooks
+        move shared modules between devices."""
         self.vae_scale_factor: int = int(self._txt2img.vae_scale_factor)
         self.native_size: int = self._native_size(self._txt2img)
         self._uses_cfg_embeds = self._takes_cfg_embeds(self._txt2img)
@@ -290,11 +331,14 @@ class DiffusersBackend(Backend):
         loads the rest around them, so one full-precision component is in memory at a time."""
         import importlib
 
+        import torch
+
         config = self.opts.quantization
         if config is None:
             return
         names = config.components if config.components is not None else self.default_quantized
-        for name in names:
+        # the components loaded already (ControlNets, a vae=) first: less in memory at once
+        for name in sorted(names, key=lambda n: n not in extra):
             entry = index.get(name)
             if name not in extra and not (isinstance(entry, list) and entry[0] is not None):
                 present = sorted(
@@ -308,9 +352,16 @@ class DiffusersBackend(Backend):
             if module is None:
                 assert isinstance(entry, list)
                 library, class_name = entry[0], entry[1]
-                cls = getattr(importlib.import_module(library), class_name)
+                cls: Any = getattr(importlib.import_module(library), class_name)
+                if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+                    weighted = sorted(k for k in index if _is_module_entry(index[k]))
+                    raise ConfigError(
+                        f"QuantConfig names {name!r}, which has no weights to quantize: choose "
+                        f"from {', '.join(weighted)}."
+                    )
+                loader: Any = cls  # a diffusers or transformers model class
                 with self._translating_load_errors(self.opts.model, local=local):
-                    module = cls.from_pretrained(
+                    module = loader.from_pretrained(
                         source,
                         subfolder=name,
                         dtype=self._torch_dtype,
@@ -324,22 +375,27 @@ class DiffusersBackend(Backend):
             extra[name] = module
 
     def _quantize_component(self, name: str, module: Any, config: QuantConfig) -> None:
-        """Quantize one component in place and record its bytes before and after."""
+        """Quantize one component in place (each of a list, e.g. several ControlNets) and
+        record its bytes before and after."""
         from ..quant import module_bytes, quantize_weights
 
-        before = module_bytes(module)
-        used = quantize_weights(
-            module,
-            weights=config.weights,
-            backend=config.method,
-            activations=config.activations,
-            exclude=config.exclude,
-        )
+        parts = list(module) if isinstance(module, (list, tuple)) else [module]
+        before = sum(module_bytes(part) for part in parts)
+        for part in parts:
+            used = quantize_weights(
+                part,
+                weights=config.weights,
+                backend=config.method,
+                activations=config.activations,
+                exclude=config.exclude,
+            )
+        activations = " + int8 activations" if config.activations else ""
         self.quantized_components[name] = ComponentMemory(
-            bytes=module_bytes(module),
+            bytes=sum(module_bytes(part) for part in parts),
             bytes_before=before,
-            quantization=f"{config.weights} ({used})",
+            quantization=f"{config.weights}{activations} ({used})",
         )
+        self.quantization_configs[name] = config
 
     def quantize(self, config: QuantConfig) -> None:
         """Quantize components of the loaded pipeline in place (`deskgen.quant.quantize`)."""
@@ -384,6 +440,8 @@ class DiffusersBackend(Backend):
                 "it without quantization=..., or quantize the original model."
             )
         for name, record in saved.items():
+            if name in extra:  # given as an option (a ControlNet): that one is used
+                continue
             module = load_quantized_component(
                 source, name, index[name], record, dtype=dtype_name(self._torch_dtype)
             )
@@ -528,8 +586,34 @@ class DiffusersBackend(Backend):
         return pipe
 
     def _place(self, pipe: Any) -> None:
-        """Put the loaded pipeline on its device (backends may quantize or offload here)."""
-        pipe.to(self._device)
+        """Put the loaded pipeline on its device, offloaded if asked, VAE tiled/sliced if asked
+        (backends may quantize first)."""
+        if self.offload == "auto":
+            self.offload = self._auto_offload(pipe)
+        if self.offload == "model":
+            pipe.enable_model_cpu_offload(device=self._device)
+        elif self.offload == "sequential":
+            pipe.enable_sequential_cpu_offload(device=self._device)
+        else:
+            pipe.to(self._device)
+        if self.opts.vae_tiling:
+            pipe.vae.enable_tiling()
+        if self.opts.vae_slicing:
+            pipe.vae.enable_slicing()
+
+    def _auto_offload(self, pipe: Any) -> str:
+        """``model`` when the weights would leave under a fifth of the free GPU memory."""
+        import torch
+
+        from ..quant import module_bytes
+
+        weights = sum(
+            module_bytes(module)
+            for module in pipe.components.values()
+            if hasattr(module, "parameters")
+        )
+        free, _ = torch.cuda.mem_get_info(torch.device(self._device))
+        return "model" if weights > 0.8 * free else "none"
 
     def _extra_components(self, source: str, index: dict[str, Any]) -> dict[str, Any]:
         """Components to load the pipeline with besides the model's own (e.g. ControlNets);
@@ -906,6 +990,10 @@ class DiffusersBackend(Backend):
 
     def _after_request(self) -> None:
         """Runs after every request, finished or not, still under the request lock."""
+        # a request that stopped early (cancel, error) may leave its component on the GPU:
+        # with model offload, put everything back before the next request
+        if self.offload == "model" and self._txt2img is not None:
+            self._txt2img.maybe_free_model_hooks()
 
     def _mode(self, job: Job, strength: float) -> Mode:
         """txt2img without a photo, img2img with one."""

@@ -23,14 +23,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import threading
 import warnings
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
 from .._exceptions import (
-    ConfigError,
     InvalidRequestError,
     ModelMismatchError,
     UnsupportedOperationError,
@@ -140,8 +138,6 @@ class HiDreamBackend(DiffusersBackend):
 
     def __init__(self, options: BackendOptions) -> None:
         assert isinstance(options, HiDreamOptions)
-        self.offload: str = options.offload
-        """The offload in effect: ``auto`` is resolved to ``none`` or ``model`` at load."""
         self.quantized: dict[str, str] = {}
         """Components quantized at load, e.g. ``{"text_encoder_4": "int8 (quanto)"}``."""
         super().__init__(options)
@@ -156,8 +152,6 @@ class HiDreamBackend(DiffusersBackend):
             )
         self.default_steps, self.guidance_default = EDITIONS[self.edition]
         self.sequence_cap: int = options.max_sequence_length or DEFAULT_SEQUENCE_CAP
-        if self.offload != "none":
-            self._request_lock = threading.Lock()
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -176,16 +170,6 @@ class HiDreamBackend(DiffusersBackend):
         from transformers import AutoTokenizer, LlamaForCausalLM
 
         assert isinstance(self.opts, HiDreamOptions)
-        on_gpu = self._device.startswith(("cuda", "xpu"))
-        if self.opts.offload in ("model", "sequential") and not on_gpu:
-            # before the big weights load; device="auto" may have resolved to the CPU
-            raise ConfigError(
-                f"offload={self.opts.offload!r} moves weights between the CPU and a GPU, but the "
-                f"device is {self._device!r}: use it with device='cuda' on a GPU machine, or "
-                "offload='auto'/'none'."
-            )
-        if self.offload == "auto" and not on_gpu:
-            self.offload = "none"
         self._check_quantization()
         own = index.get("text_encoder_4")
         if (
@@ -270,34 +254,7 @@ class HiDreamBackend(DiffusersBackend):
             self._quantize("text_encoder_3", pipe.text_encoder_3, self.opts.quantize_text_encoders)
         if self.opts.quantize_transformer:
             self._quantize("transformer", pipe.transformer, self.opts.quantize_transformer)
-        if self.offload == "auto":
-            self.offload = self._auto_offload(pipe)
-        if self.offload == "model":
-            pipe.enable_model_cpu_offload(device=self._device)
-        elif self.offload == "sequential":
-            pipe.enable_sequential_cpu_offload(device=self._device)
-        else:
-            pipe.to(self._device)
-
-    def _auto_offload(self, pipe: Any) -> str:
-        """``model`` when the weights would leave under a fifth of the free GPU memory."""
-        import torch
-
-        from ..quant import module_bytes
-
-        weights = sum(
-            module_bytes(module)
-            for module in pipe.components.values()
-            if hasattr(module, "parameters")
-        )
-        free, _ = torch.cuda.mem_get_info(torch.device(self._device))
-        return "model" if weights > 0.8 * free else "none"
-
-    def _after_request(self) -> None:
-        # a request that stopped early (cancel, error) may leave its component on the GPU:
-        # with model offload, put everything back before the next request
-        if self.offload == "model" and self._txt2img is not None:
-            self._txt2img.maybe_free_model_hooks()
+        super()._place(pipe)  # offload (auto: from the weights as quantized), VAE options
 
     def _view(self, template: Any) -> Any:
         # the pipeline's constructor sets the shared Llama tokenizer's pad token: not while

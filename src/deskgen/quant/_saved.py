@@ -65,7 +65,13 @@ def save_quantized(generator: DeskGenerator, out: str | os.PathLike[str]) -> Pat
     target = Path(out)
     if target.exists() and any(target.iterdir()):
         raise ConfigError(f"{str(target)!r} is not empty: save a quantized model to a new folder.")
-    config = backend.options.quantization  # type: ignore[attr-defined]
+    if generator.backend_name not in ("sd", "sdxl"):
+        raise ConfigError(
+            f"save_quantized saves 'sd' and 'sdxl' pipelines; for {generator.backend_name!r} "
+            "save the quantized base with the 'sdxl' backend and quantize the ControlNets "
+            "as they load (QuantConfig(components=(..., 'controlnet')))."
+        )
+    configs = backend.quantization_configs  # type: ignore[attr-defined]
     pipe = backend.pipeline  # type: ignore[attr-defined]
     target.mkdir(parents=True, exist_ok=True)
     pipe.save_config(target)  # model_index.json
@@ -82,6 +88,7 @@ def save_quantized(generator: DeskGenerator, out: str | os.PathLike[str]) -> Pat
         else:  # transformers models
             module.config.save_pretrained(folder)
         state = module.state_dict()
+        config = configs[name]
         record: dict[str, Any] = {
             "format": _FORMAT,
             "method": config.method,
@@ -158,7 +165,8 @@ def load_quantized_component(
         dtype=getattr(torch, dtype)
     )  # still empty: the saved dtype for what stays unquantized
     weights = folder / QUANTIZED_WEIGHTS
-    state = load_file(str(weights))
+    # cloned: safetensors' buffers can be unaligned, which int8 CPU kernels crash on
+    state = {key: value.clone() for key, value in load_file(str(weights)).items()}
     if record["method"] == "quanto":
         from optimum.quanto import requantize
 

@@ -128,7 +128,8 @@ def quantize_weights(
         raise ConfigError(
             f"torchao could not quantize to {weights} here ({type(exc).__name__}: {exc}). "
             "torchao's int4 weights need its CUDA kernels (the mslk package) on GPU tensors: "
-            "use weights='int8', or quantization_backend='quanto' (int4 on any device)."
+            "use weights='int8', or quanto for int4 on any device (QuantConfig(method='quanto'), "
+            "or quantization_backend='quanto' for hidream)."
         ) from exc
     return used
 
