@@ -43,6 +43,7 @@ from .backends._base import Job
 from .prompts._description import DESCRIBE_INSTRUCTION, DeskDescription
 from .prompts._report import LongPromptMode, PromptReport
 from .quant._config import MemoryReport
+from .quant._plan import MemoryMode, MemoryPlan
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -114,6 +115,9 @@ class DeskGenerator:
             ``"mps"``.
         dtype: ``"auto"`` (bfloat16 on CUDA GPUs that have it, float16 on other GPUs, float32 on
             CPU), ``"float32"``, ``"float16"``, ``"bfloat16"``.
+        memory: ``"auto"``, ``"low"``, ``"balanced"`` or ``"max-speed"``: let the memory planner
+            (`deskgen.quant.plan_memory`) choose dtype, quantization, offload and VAE tiling for
+            the memory at hand; options given explicitly win. ``None``: as the options say.
         **options: backend options, e.g. ``variant="fp16"``, ``revision=...``,
             ``allow_pickle=True`` for the diffusers backends (`DiffusersOptions`).
 
@@ -134,12 +138,28 @@ class DeskGenerator:
         model: str | None = None,
         device: str = "auto",
         dtype: str = "auto",
+        memory: MemoryMode | None = None,
         **options: Any,
     ) -> None:
         cls = get_backend_class(backend)
         model = model if model is not None else cls.default_model
         if model is None:
             raise ConfigError(f"The {backend!r} backend has no default model: pass model=...")
+        self.memory_plan: MemoryPlan | None = None
+        """The memory planner's plan, with ``memory=...`` (options given explicitly win)."""
+        if memory is not None:
+            from .quant._plan import plan_memory
+
+            given = {k: options[k] for k in ("controlnet",) if k in options}
+            plan = plan_memory(
+                backend, model=model, mode=memory, device=device, dtype=dtype, **given
+            )
+            for key, value in plan.options().items():
+                if key == "dtype":
+                    dtype = value if dtype == "auto" else dtype
+                else:
+                    options.setdefault(key, value)
+            self.memory_plan = plan
         try:
             opts = cls.options_class(model=model, device=device, dtype=dtype, **options)
         except ValidationError as exc:
@@ -152,11 +172,11 @@ class DeskGenerator:
         started = time.perf_counter()
         with (
             _backend_boundary(ModelLoadError, f"The {backend!r} backend failed to load {model!r}"),
-            PeakMemorySampler(_sampled_device(device, cls.requirements)) as memory,
+            PeakMemorySampler(_sampled_device(device, cls.requirements)) as sampler,
         ):
             self._backend: Backend | None = cls(opts)
         self.load_seconds: float = time.perf_counter() - started
-        self._load_peak = PeakMemory(bytes=memory.peak_bytes, kind=memory.kind)
+        self._load_peak = PeakMemory(bytes=sampler.peak_bytes, kind=sampler.kind)
         self.backend_name = backend
         self.model = model
         self._device = self._backend.device

@@ -355,6 +355,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     quant.add_argument("--verbose", action="store_true", help="show the libraries' chatter")
 
+    plan = sub.add_parser(
+        "plan",
+        help="show how a model would be loaded in the memory at hand (the memory planner)",
+        description=(
+            "Read the model's component sizes (its safetensors headers, or the published sizes "
+            "of the backend's default model), take the free GPU memory (or available RAM, or "
+            "--budget-gb) and print the dtype, quantization, offload and VAE tiling that "
+            "DeskGenerator(..., memory=MODE) would use. Nothing is loaded."
+        ),
+    )
+    plan.add_argument("--backend", default="sdxl", help="sdxl, sd, sdxl-controlnet or hidream")
+    plan.add_argument("--model", help="hub id or local folder (default: the backend's)")
+    plan.add_argument("--memory", choices=["auto", "low", "balanced", "max-speed"], default="auto")
+    plan.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    plan.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    plan.add_argument("--budget-gb", type=float, help="plan for this much memory (GiB)")
+    plan.add_argument("--method", choices=["quanto", "torchao"], default="torchao")
+    plan.add_argument(
+        "--controlnet", action="append", help="sdxl-controlnet: a ControlNet (repeatable)"
+    )
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+
     backends = sub.add_parser("backends", help="list backends and whether they are installed")
     backends.add_argument("--json", action="store_true", help="print JSON")
 
@@ -695,6 +717,25 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from .quant import plan_memory
+
+    extra: dict[str, Any] = {"controlnet": args.controlnet} if args.controlnet else {}
+    budget = int(args.budget_gb * 2**30) if args.budget_gb is not None else None
+    plan = plan_memory(
+        args.backend,
+        model=args.model,
+        mode=args.memory,
+        device=args.device,
+        dtype=args.dtype,
+        budget_bytes=budget,
+        method=args.method,
+        **extra,
+    )
+    print(plan.model_dump_json(indent=2) if args.json else plan.summary())
+    return 0 if plan.fits else 1
+
+
 def _read_json(path: str, what: str) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -817,6 +858,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_train(args)
         if args.command == "quantize":
             return _cmd_quantize(args)
+        if args.command == "plan":
+            return _cmd_plan(args)
         return _cmd_record(args)
     except DeskgenError as exc:
         print(f"error: {exc}", file=sys.stderr)

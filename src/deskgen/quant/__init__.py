@@ -17,16 +17,20 @@ Nothing here imports torch, optimum-quanto or torchao before it is called.
 from __future__ import annotations
 
 from ._config import ComponentMemory, MemoryReport, QuantConfig, quantize
+from ._plan import MemoryMode, MemoryPlan, plan_memory
 from ._saved import save_quantized
 from ._weights import QuantBackend, WeightBits, module_bytes, quantize_weights
 
 __all__ = [
     "ComponentMemory",
+    "MemoryMode",
+    "MemoryPlan",
     "MemoryReport",
     "QuantBackend",
     "QuantConfig",
     "WeightBits",
     "module_bytes",
+    "plan_memory",
     "quantize",
     "quantize_weights",
     "save_quantized",

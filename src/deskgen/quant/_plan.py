@@ -1,0 +1,359 @@
+"""The memory planner: from the memory at hand and the model's component sizes, how to load it.
+
+`plan_memory` reads the size of every component without loading a weight (the safetensors
+headers of a local folder or of the Hugging Face cache; else the published parameter counts of
+the backend's default model), takes the memory at hand (free GPU memory, or available RAM on the
+CPU, or a given budget), and chooses the dtype, quantization, CPU offload and VAE tiling/slicing
+for a mode:
+
+- ``max-speed``: nothing that slows steps (no quantization, no offload);
+- ``balanced``: the first of these that fits: as is; the denoiser in int8; every large
+  component in int8; model offload; model offload with the denoiser in int8; sequential offload;
+- ``low``: the least memory: every large component in int8, sequential offload on a GPU, VAE
+  tiling and slicing;
+- ``auto``: ``balanced``.
+
+"Fits" means the weights that must sit on the device at once (all of them, or with model
+offload the largest component) plus the backend's working memory (activations and the VAE
+decode of one 1024 px image, a published-figure estimate) within the memory at hand.
+``DeskGenerator(..., memory="auto")`` applies the plan; ``deskgen plan`` prints it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._config import QuantConfig
+
+__all__ = ["MemoryMode", "MemoryPlan", "plan_memory"]
+
+MemoryMode = Literal["auto", "low", "balanced", "max-speed"]
+Offload = Literal["none", "model", "sequential"]
+
+GiB = 2**30
+
+# published parameter counts of the default models' components (no download needed)
+KNOWN_PARAMETERS: dict[str, dict[str, int]] = {
+    "sdxl": {  # stabilityai/stable-diffusion-xl-base-1.0
+        "unet": 2_567_463_684,
+        "text_encoder": 123_060_480,
+        "text_encoder_2": 694_659_840,
+        "vae": 83_653_863,
+    },
+    "sd": {  # stable-diffusion-v1-5
+        "unet": 859_520_964,
+        "text_encoder": 123_060_480,
+        "vae": 83_653_863,
+    },
+    "hidream": {  # HiDream-ai/HiDream-I1-Full with meta-llama/Llama-3.1-8B-Instruct
+        "transformer": 17_000_000_000,
+        "text_encoder": 123_650_304,
+        "text_encoder_2": 694_659_840,
+        "text_encoder_3": 4_762_310_656,
+        "text_encoder_4": 8_030_261_248,
+        "vae": 83_819_683,
+    },
+}
+CONTROLNET_PARAMETERS = 1_251_517_440
+"""An SDXL ControlNet (diffusers/controlnet-canny-sdxl-1.0)."""
+WORK_BYTES: dict[str, int] = {
+    "sd": int(2.5 * GiB),
+    "sdxl": 4 * GiB,
+    "sdxl-controlnet": 5 * GiB,
+    "hidream": 6 * GiB,
+}
+"""Working memory of one 1024 px image (512 px for sd) in half precision, VAE decode included."""
+TILED_SAVING = 0.4
+"""Share of the working memory VAE tiling and slicing save (the decode's peak)."""
+LINEAR_SHARE = 0.87
+"""Share of a component's weights in linear layers (SDXL's UNet: 87%): what int8 halves."""
+LARGE = 500_000_000
+"""Components with more parameters than this are "large": quantized in the thrifty plans."""
+DENOISERS = ("unet", "transformer")
+
+
+class MemoryPlan(BaseModel):
+    """How to load a model in the memory at hand (`plan_memory`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    backend: str
+    model: str
+    mode: MemoryMode
+    device: str
+    dtype: str
+    budget_bytes: int
+    """The memory the plan fits in: free GPU memory, available RAM, or the given budget."""
+    budget_source: Literal["gpu", "ram", "given"]
+    sizes_from: Literal["files", "published"]
+    """``files``: the model's own safetensors headers; ``published``: known parameter counts."""
+    component_bytes: dict[str, int]
+    """Each component's weights as planned (quantized ones at their quantized size)."""
+    quantization: QuantConfig | None = None
+    offload: Offload = "none"
+    vae_tiling: bool = False
+    vae_slicing: bool = False
+    device_bytes: int
+    """What must sit on the device at once: weights (all, or the largest with offload) plus
+    the working memory estimate."""
+    fits: bool
+    notes: list[str] = Field(default_factory=list)
+
+    def options(self) -> dict[str, Any]:
+        """The `DeskGenerator` options that apply the plan."""
+        options: dict[str, Any] = {
+            "dtype": self.dtype,
+            "offload": self.offload,
+            "vae_tiling": self.vae_tiling,
+            "vae_slicing": self.vae_slicing,
+        }
+        config = self.quantization
+        if config is None:
+            return options
+        if self.backend == "hidream":  # its own options, for now
+            names = config.components or ()
+            if any(n in names for n in DENOISERS):
+                options["quantize_transformer"] = config.weights
+            if any(n.startswith("text_encoder") for n in names):
+                options["quantize_text_encoders"] = config.weights
+            options["quantization_backend"] = config.method
+        else:
+            options["quantization"] = config
+        return options
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.backend} ({self.model}) on {self.device}, {self.mode}: "
+            f"{'fits' if self.fits else 'does NOT fit'} "
+            f"({self.device_bytes / GiB:.1f} of {self.budget_bytes / GiB:.1f} GiB, "
+            f"{self.budget_source})",
+            f"  dtype {self.dtype}, offload {self.offload}, "
+            f"vae tiling {'on' if self.vae_tiling else 'off'}, "
+            f"slicing {'on' if self.vae_slicing else 'off'}",
+        ]
+        if self.quantization is not None:
+            q = self.quantization
+            lines.append(
+                f"  quantization: {q.weights} ({q.method}) of {', '.join(q.components or ())}"
+            )
+        for name, size in sorted(self.component_bytes.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {name}: {size / GiB:.2f} GiB")
+        lines += [f"  note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+def _safetensors_elements(path: Path) -> int:
+    with path.open("rb") as fh:
+        (length,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(length))
+    total = 0
+    for name, entry in header.items():
+        if name == "__metadata__" or not isinstance(entry, dict):
+            continue
+        count = 1
+        for side in entry.get("shape", []):
+            count *= int(side)
+        total += count
+    return total
+
+
+def _folder_parameters(folder: Path) -> dict[str, int]:
+    """Elements per component of a pipeline folder, from its safetensors headers."""
+    found: dict[str, int] = {}
+    for component in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = list(component.glob("*.safetensors"))
+        variants = [f for f in files if ".fp16." in f.name]
+        chosen = [f for f in files if f not in variants] or variants
+        total = sum(_safetensors_elements(f) for f in chosen)
+        if total:
+            found[component.name] = total
+    return found
+
+
+def _cached_folder(model: str) -> Path | None:
+    """The Hugging Face cache's snapshot folder of ``model``, if its index is cached."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - comes with diffusers
+        return None
+    path = try_to_load_from_cache(model, "model_index.json")
+    return Path(path).parent if isinstance(path, str) else None
+
+
+def _parameters(backend: str, model: str, options: dict[str, Any]) -> tuple[dict[str, int], str]:
+    folder = Path(os.path.expanduser(model))
+    if not (folder / "model_index.json").is_file():
+        folder = _cached_folder(model) or folder
+    sizes: dict[str, int] = {}
+    source = "published"
+    if (folder / "model_index.json").is_file():
+        sizes = _folder_parameters(folder)
+        source = "files"
+    if not sizes:
+        key = "sdxl" if backend == "sdxl-controlnet" else backend
+        sizes = dict(KNOWN_PARAMETERS.get(key, {}))
+    if backend == "sdxl-controlnet":
+        given = options.get("controlnet") or [None]
+        nets = given if isinstance(given, list) else [given]
+        total = 0
+        for net in nets:
+            net_folder = Path(os.path.expanduser(str(net))) if net else None
+            files = (
+                list(net_folder.glob("*.safetensors")) if net_folder and net_folder.is_dir() else []
+            )
+            total += sum(_safetensors_elements(f) for f in files) or CONTROLNET_PARAMETERS
+        sizes["controlnet"] = total
+    return sizes, source
+
+
+def _budget(device: str, budget_bytes: int | None) -> tuple[int, Literal["gpu", "ram", "given"]]:
+    if budget_bytes is not None:
+        return budget_bytes, "given"
+    if device.startswith("cuda"):
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return int(free), "gpu"
+    import psutil
+
+    return int(psutil.virtual_memory().available), "ram"
+
+
+def plan_memory(
+    backend: str = "sdxl",
+    *,
+    model: str | None = None,
+    mode: MemoryMode = "auto",
+    device: str = "auto",
+    dtype: str = "auto",
+    budget_bytes: int | None = None,
+    method: Literal["quanto", "torchao"] = "torchao",
+    **options: Any,
+) -> MemoryPlan:
+    """Plan how to load ``model`` on ``device`` in the memory at hand (see the module).
+
+    Args:
+        budget_bytes: the memory to fit in; ``None``: the free GPU memory, or the available RAM
+            on the CPU.
+        method: the quantization library the plan uses when it quantizes.
+        **options: the backend options that change the sizes (``controlnet=`` for
+            sdxl-controlnet).
+
+    Raises:
+        UnknownBackendError: no such backend.
+        ConfigError: a backend without known sizes or local weights (e.g. the API ones).
+    """
+    from .._device import dtype_name, resolve_device, resolve_dtype
+    from .._exceptions import ConfigError
+    from .._registry import get_backend_class
+
+    cls = get_backend_class(backend, check_installed=False)
+    model = model if model is not None else cls.default_model
+    if model is None or "torch" not in cls.requirements:
+        raise ConfigError(f"The {backend!r} backend has no local weights to plan memory for.")
+    resolved_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, resolved_device)
+    width = 4 if dtype_name(torch_dtype) == "float32" else 2
+    parameters, source = _parameters(backend, model, options)
+    if not parameters:
+        raise ConfigError(
+            f"No sizes for {model!r}: give a local pipeline folder (or cache it) so its "
+            "safetensors headers can be read."
+        )
+    budget, budget_source = _budget(resolved_device, budget_bytes)
+    on_gpu = resolved_device.startswith(("cuda", "xpu"))
+    work = WORK_BYTES.get(backend, 4 * GiB) * (2 if width == 4 else 1)
+    notes: list[str] = []
+    if source == "published":
+        notes.append(f"sizes are the published ones of {cls.default_model or backend}")
+
+    large = [n for n, p in parameters.items() if p > LARGE]
+    denoiser = [n for n in parameters if n in DENOISERS]
+
+    def quantized_bytes(name: str) -> int:
+        whole = parameters[name] * width
+        return int(whole * (1 - LINEAR_SHARE) + parameters[name] * LINEAR_SHARE * 1)
+
+    def candidate(quantize: list[str], offload: Offload, tiled: bool) -> tuple[int, dict[str, int]]:
+        sizes = {
+            n: quantized_bytes(n) if n in quantize else p * width for n, p in parameters.items()
+        }
+        if offload == "none":
+            resident = sum(sizes.values())
+        elif offload == "model":
+            resident = max(sizes.values())
+        else:  # sequential: a layer at a time
+            resident = max(sizes.values()) // 8
+        need = resident + int(work * ((1 - TILED_SAVING) if tiled else 1))
+        return need, sizes
+
+    plans: list[tuple[list[str], Offload, bool]]
+    if mode == "max-speed":
+        plans = [([], "none", False)]
+    elif mode == "low":
+        plans = [(large, "sequential" if on_gpu else "none", True)]
+    else:
+        plans = [
+            ([], "none", False),
+            (denoiser, "none", False),
+            (large, "none", True),
+        ]
+        if on_gpu:
+            plans += [
+                ([], "model", True),
+                (denoiser, "model", True),
+                (large, "model", True),
+                (large, "sequential", True),
+            ]
+    chosen = plans[-1]
+    for plan in plans:
+        need, _ = candidate(*plan)
+        if need <= budget:
+            chosen = plan
+            break
+    quantize, offload, tiled = chosen
+    need, sizes = candidate(quantize, offload, tiled)
+    fits = need <= budget
+    if not fits:
+        notes.append(
+            "even this plan does not fit: free memory, use a smaller model, or mode='low'"
+            if mode != "low"
+            else "does not fit even in 'low': free memory, or use a smaller model"
+        )
+    config = None
+    if quantize:
+        from ._weights import check_supported
+
+        try:
+            check_supported("int8", method)
+        except Exception as exc:  # the library is missing: say so, plan without it
+            notes.append(f"quantization skipped: {exc}")
+            quantize = []
+            need, sizes = candidate([], offload, tiled)
+            fits = need <= budget
+        else:
+            config = QuantConfig(method=method, weights="int8", components=tuple(quantize))
+    return MemoryPlan(
+        backend=backend,
+        model=model,
+        mode=mode,
+        device=resolved_device,
+        dtype=dtype_name(torch_dtype),
+        budget_bytes=budget,
+        budget_source=budget_source,
+        sizes_from=source,  # type: ignore[arg-type]
+        component_bytes=sizes,
+        quantization=config,
+        offload=offload,
+        vae_tiling=tiled,
+        vae_slicing=tiled,
+        device_bytes=need,
+        fits=fits,
+        notes=notes,
+    )
