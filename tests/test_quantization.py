@@ -264,3 +264,39 @@ def test_save_after_quantize_and_in_bfloat16(tiny_sdxl_path: Path, tmp_path: Pat
         components = again.memory_report().components
         assert components["unet"].quantization == "int8 (quanto)"
         assert components["text_encoder_2"].quantization == "int8 (torchao)"
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+@pytest.mark.parametrize(
+    ("method", "weights"), [("quanto", "int8"), ("torchao", "int8"), ("torchao", "fp8")]
+)
+def test_quantized_on_cuda_saves_and_reloads(
+    tiny_sdxl_path: Path, tmp_path: Path, method: str, weights: str
+) -> None:
+    from deskgen.quant import save_quantized
+
+    config = QuantConfig(method=method, weights=weights, components=("unet", "text_encoder_2"))  # type: ignore[arg-type]
+    options: dict[str, Any] = {"device": "cuda", "dtype": "bfloat16"}
+    with DeskGenerator("sdxl", model=str(tiny_sdxl_path), quantization=config, **options) as gen:
+        before = _pixels(gen)
+        assert gen.memory_report().load_peak.kind == "cuda_allocated"  # type: ignore[union-attr]
+        save_quantized(gen, tmp_path / "q")
+    with DeskGenerator("sdxl", model=str(tmp_path / "q"), **options) as again:
+        assert np.array_equal(_pixels(again), before)
+
+
+@cuda
+@pytest.mark.parametrize("offload", ["model", "sequential"])
+def test_offload_on_cuda(tiny_sdxl_path: Path, offload: str) -> None:
+    options: dict[str, Any] = {"model": str(tiny_sdxl_path), "device": "cuda", "dtype": "float32"}
+    with DeskGenerator("sdxl", **options) as plain:
+        expected = _pixels(plain)
+    with DeskGenerator("sdxl", offload=offload, vae_tiling=True, **options) as gen:
+        assert gen.backend.offload == offload  # type: ignore[attr-defined]
+        assert np.abs(_pixels(gen) - expected).max() <= 1
+    with DeskGenerator("sdxl", memory="auto", **options) as planned:
+        assert planned.memory_plan is not None and planned.memory_plan.budget_source == "gpu"
+        planned.generate(prompt="a desk", steps=2, seed=1)
