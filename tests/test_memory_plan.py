@@ -119,3 +119,12 @@ def test_plan_command(capsys: pytest.CaptureFixture[str]) -> None:
 def test_api_backends_have_no_plan() -> None:
     with pytest.raises(ConfigError, match="no local weights"):
         plan_memory("openai")
+
+
+def test_hidream_plans_quantize_its_big_components() -> None:
+    plan = plan_memory(
+        "hidream", mode="balanced", device="cpu", dtype="bfloat16", budget_bytes=40 * GiB
+    )
+    assert plan.quantization is not None and plan.fits
+    assert set(plan.quantization.components or ()) >= {"transformer", "text_encoder_4"}
+    assert plan.options()["quantization"] == plan.quantization

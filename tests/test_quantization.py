@@ -119,8 +119,6 @@ def test_refused_before_loading(tmp_path: Path, tiny_sdxl_path: Path) -> None:
         )
     with pytest.raises(ConfigError, match="LoRAs can't be applied to quantized"):
         DeskGenerator("sdxl", model=missing, quantization=QuantConfig(), loras=["x.safetensors"])
-    with pytest.raises(UnsupportedOperationError, match="quantize_text_encoders"):
-        DeskGenerator("hidream", model=missing, quantization=QuantConfig())
     with pytest.raises(ConfigError, match="no weights to quantize"):
         DeskGenerator(
             "sdxl",
@@ -300,3 +298,22 @@ def test_offload_on_cuda(tiny_sdxl_path: Path, offload: str) -> None:
     with DeskGenerator("sdxl", memory="auto", **options) as planned:
         assert planned.memory_plan is not None and planned.memory_plan.budget_source == "gpu"
         planned.generate(prompt="a desk", steps=2, seed=1)
+
+
+def test_hidream_components_quantized_as_they_load(tiny_hidream_paths: dict[str, Path]) -> None:
+    options: dict[str, Any] = {
+        "model": str(tiny_hidream_paths["pipeline"]),
+        "llama_model": str(tiny_hidream_paths["llama"]),
+        "edition": "full",
+        "device": "cpu",
+    }
+    with DeskGenerator("hidream", quantization=QuantConfig(method="quanto"), **options) as gen:
+        components = gen.memory_report().components
+        for name in ("transformer", "text_encoder_3", "text_encoder_4"):
+            assert components[name].quantization == "int8 (quanto)", name
+        assert components["vae"].quantization is None
+        gen.generate(prompt="a desk", steps=2, seed=1)
+    with pytest.raises(ConfigError, match="not both"):
+        DeskGenerator(
+            "hidream", quantization=QuantConfig(), quantize_text_encoders="int8", **options
+        )

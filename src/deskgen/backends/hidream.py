@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field
 
 from .._exceptions import (
+    ConfigError,
     InvalidRequestError,
     ModelMismatchError,
     UnsupportedOperationError,
@@ -111,7 +112,13 @@ class HiDreamBackend(DiffusersBackend):
     """HiDream-I1 text-to-image (``HiDreamImagePipeline``), four text encoders."""
 
     takes_loras: ClassVar[bool] = False
-    takes_quantization: ClassVar[bool] = False  # its own quantize_* options, for now
+    default_quantized: ClassVar[tuple[str, ...]] = (
+        "transformer",
+        "text_encoder_3",
+        "text_encoder_4",
+    )
+    """Quantized by ``QuantConfig(components=None)``: the transformer, T5 and Llama (the Llama,
+    loaded apart, first)."""
 
     description: ClassVar[str] = (
         "HiDream-I1 Full/Dev/Fast (diffusers): long prompts, quantized encoders, text only"
@@ -197,6 +204,13 @@ class HiDreamBackend(DiffusersBackend):
         from ..quant._weights import check_supported
 
         assert isinstance(self.opts, HiDreamOptions)
+        own = self.opts.quantize_text_encoders or self.opts.quantize_transformer
+        if own and self.opts.quantization is not None:
+            raise ConfigError(
+                "Give quantization=QuantConfig(...) or quantize_text_encoders/"
+                "quantize_transformer, not both: QuantConfig does what they do, as each "
+                "component loads."
+            )
         for weights in (self.opts.quantize_text_encoders, self.opts.quantize_transformer):
             if weights is not None:
                 check_supported(weights, self.opts.quantization_backend)

@@ -113,18 +113,8 @@ class MemoryPlan(BaseModel):
             "vae_tiling": self.vae_tiling,
             "vae_slicing": self.vae_slicing,
         }
-        config = self.quantization
-        if config is None:
-            return options
-        if self.backend == "hidream":  # its own options, for now
-            names = config.components or ()
-            if any(n in names for n in DENOISERS):
-                options["quantize_transformer"] = config.weights
-            if any(n.startswith("text_encoder") for n in names):
-                options["quantize_text_encoders"] = config.weights
-            options["quantization_backend"] = config.method
-        else:
-            options["quantization"] = config
+        if self.quantization is not None:
+            options["quantization"] = self.quantization
         return options
 
     def summary(self) -> str:
