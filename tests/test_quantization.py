@@ -317,3 +317,18 @@ def test_hidream_components_quantized_as_they_load(tiny_hidream_paths: dict[str,
         DeskGenerator(
             "hidream", quantization=QuantConfig(), quantize_text_encoders="int8", **options
         )
+
+
+def test_a_crafted_index_cannot_import_other_modules(tiny_sdxl_path: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from deskgen import ModelLoadError
+
+    folder = tmp_path / "crafted"
+    shutil.copytree(tiny_sdxl_path, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["unet"] = ["os", "system"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelLoadError, match="diffusers and transformers libraries only"):
+        DeskGenerator("sdxl", model=str(folder), device="cpu", quantization=QuantConfig())

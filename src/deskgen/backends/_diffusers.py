@@ -136,17 +136,37 @@ class ImageInputs:
     control_images: list[Image.Image] = field(default_factory=list)
 
 
-def _is_module_entry(entry: Any) -> bool:
-    """Whether a model index entry ``[library, class]`` is a torch module (has weights)."""
+def component_class(entry: Any, *, name: str) -> Any:
+    """The class a model index entry ``[library, class]`` names, from diffusers or transformers
+    only (a folder's JSON must not make deskgen import any module it likes).
+
+    Raises:
+        ModelLoadError: another library, or no such class in it.
+    """
     import importlib
 
+    library, class_name = [*entry, None, None][:2] if isinstance(entry, list) else (None, None)
+    if library not in ("diffusers", "transformers") or not isinstance(class_name, str):
+        raise ModelLoadError(
+            f"The model index names {entry!r} for {name!r}: deskgen loads components of the "
+            "diffusers and transformers libraries only."
+        )
+    cls = getattr(importlib.import_module(library), class_name, None)
+    if cls is None:
+        raise ModelLoadError(
+            f"{library} has no class {class_name!r} (component {name!r}): update {library}, or "
+            "the folder was saved by a newer version."
+        )
+    return cls
+
+
+def _is_module_entry(entry: Any) -> bool:
+    """Whether a model index entry ``[library, class]`` is a torch module (has weights)."""
     import torch
 
-    if not (isinstance(entry, list) and len(entry) == 2 and entry[0] is not None):
-        return False
     try:
-        cls = getattr(importlib.import_module(entry[0]), entry[1])
-    except (ImportError, AttributeError):
+        cls = component_class(entry, name="?")
+    except ModelLoadError:
         return False
     return isinstance(cls, type) and issubclass(cls, torch.nn.Module)
 
@@ -329,7 +349,6 @@ class DiffusersBackend(Backend):
         """Load each component to quantize on its own, quantize it, and add it to ``extra``
         (components already there, e.g. ControlNets, are quantized in place): the pipeline then
         loads the rest around them, so one full-precision component is in memory at a time."""
-        import importlib
 
         import torch
 
@@ -350,9 +369,7 @@ class DiffusersBackend(Backend):
                 )
             module = extra.get(name)
             if module is None:
-                assert isinstance(entry, list)
-                library, class_name = entry[0], entry[1]
-                cls: Any = getattr(importlib.import_module(library), class_name)
+                cls: Any = component_class(entry, name=name)
                 if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
                     weighted = sorted(k for k in index if _is_module_entry(index[k]))
                     raise ConfigError(

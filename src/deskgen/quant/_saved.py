@@ -12,7 +12,6 @@ outputs are the same as before saving, bit for bit.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from pathlib import Path
@@ -153,7 +152,9 @@ def load_quantized_component(
             f"dtype={record.get('dtype')!r} (it is {dtype!r} now)."
         )
     folder = Path(source) / name
-    cls = getattr(importlib.import_module(entry[0]), entry[1])
+    from ..backends._diffusers import component_class
+
+    cls = component_class(entry, name=name)
     with init_empty_weights():
         if hasattr(cls, "from_config") and hasattr(cls, "load_config"):  # diffusers
             module = cls.from_config(cls.load_config(folder))
