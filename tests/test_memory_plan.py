@@ -128,3 +128,25 @@ def test_hidream_plans_quantize_its_big_components() -> None:
     assert plan.quantization is not None and plan.fits
     assert set(plan.quantization.components or ()) >= {"transformer", "text_encoder_4"}
     assert plan.options()["quantization"] == plan.quantization
+
+
+def test_saved_quantized_folders_and_loras_plan_no_quantization(
+    tiny_sdxl_path: Path, tmp_path: Path
+) -> None:
+    from deskgen import QuantConfig
+    from deskgen.quant import save_quantized
+
+    with DeskGenerator(
+        "sdxl", model=str(tiny_sdxl_path), device="cpu", quantization=QuantConfig()
+    ) as gen:
+        save_quantized(gen, tmp_path / "q")
+    plan = plan_memory("sdxl", model=str(tmp_path / "q"), device="cpu", budget_bytes=1000)
+    assert plan.quantization is None and "saved quantized" in plan.notes[0]
+    assert (
+        plan.component_bytes["unet"]
+        == (tmp_path / "q/unet/deskgen_quantized.safetensors").stat().st_size
+    )
+    plain = plan_memory(
+        "sdxl", model=SDXL, device="cpu", budget_bytes=GiB, allow_quantization=False
+    )
+    assert plain.quantization is None and any("LoRAs" in note for note in plain.notes)

@@ -202,7 +202,7 @@ def test_save_refusals(tiny_sdxl_path: Path, tmp_path: Path) -> None:
         DeskGenerator(
             "sdxl", model=str(tiny_sdxl_path), device="cpu", quantization=QuantConfig()
         ) as gen,
-        pytest.raises(ConfigError, match="not empty"),
+        pytest.raises(ConfigError, match="not an empty folder"),
     ):
         save_quantized(gen, tmp_path / "full")
 
@@ -332,3 +332,44 @@ def test_a_crafted_index_cannot_import_other_modules(tiny_sdxl_path: Path, tmp_p
     (folder / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(ModelLoadError, match="diffusers and transformers libraries only"):
         DeskGenerator("sdxl", model=str(folder), device="cpu", quantization=QuantConfig())
+
+
+def test_a_reloaded_quantized_model_saves_again_and_saves_are_whole(
+    tiny_sdxl_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regressions: saving a generator loaded from a saved folder (KeyError once); a failed save
+    leaves no half-written folder."""
+    import deskgen.quant._saved as saved_module
+    from deskgen.quant import save_quantized
+
+    options: dict[str, Any] = {"device": "cpu"}
+    config = QuantConfig(method="quanto", weights="int4")
+    with DeskGenerator("sdxl", model=str(tiny_sdxl_path), quantization=config, **options) as gen:
+        save_quantized(gen, tmp_path / "a")
+    with DeskGenerator("sdxl", model=str(tmp_path / "a"), **options) as again:
+        before = _pixels(again)
+        save_quantized(again, tmp_path / "b")
+
+        def broken(*args: Any, **kwargs: Any) -> None:
+            raise OSError("disk full")
+
+        monkeypatch.setattr(saved_module, "_write_json", broken)
+        with pytest.raises(OSError, match="disk full"):
+            save_quantized(again, tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".c.")]
+    with DeskGenerator("sdxl", model=str(tmp_path / "b"), **options) as twice:
+        assert np.array_equal(_pixels(twice), before)
+
+
+def test_a_damaged_record_is_a_typed_error(tiny_sdxl_path: Path, tmp_path: Path) -> None:
+    from deskgen import ModelLoadError
+    from deskgen.quant import save_quantized
+
+    with DeskGenerator(
+        "sdxl", model=str(tiny_sdxl_path), device="cpu", quantization=QuantConfig()
+    ) as gen:
+        save_quantized(gen, tmp_path / "q")
+    (tmp_path / "q" / "unet" / "deskgen_quantization.json").write_text('{"format": 1}')
+    with pytest.raises(ModelLoadError, match="damaged or from another version"):
+        DeskGenerator("sdxl", model=str(tmp_path / "q"), device="cpu")

@@ -152,7 +152,13 @@ class DeskGenerator:
 
             given = {k: options[k] for k in ("controlnet",) if k in options}
             plan = plan_memory(
-                backend, model=model, mode=memory, device=device, dtype=dtype, **given
+                backend,
+                model=model,
+                mode=memory,
+                device=device,
+                dtype=dtype,
+                allow_quantization=not options.get("loras"),
+                **given,
             )
             for key, value in plan.options().items():
                 if key == "dtype":

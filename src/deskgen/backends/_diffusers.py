@@ -418,6 +418,11 @@ class DiffusersBackend(Backend):
         """Quantize components of the loaded pipeline in place (`deskgen.quant.quantize`)."""
         self._check_open()
         self._check_quantization_config(config, loras=False)
+        if self.offload == "sequential":
+            raise ConfigError(
+                "With sequential offload the weights live off the device behind accelerate's "
+                "hooks: quantize at load instead (DeskGenerator(..., quantization=...))."
+            )
         adapters = self._adapters
         if adapters is not None and adapters.loaded:
             raise ConfigError(
@@ -446,7 +451,11 @@ class DiffusersBackend(Backend):
     ) -> None:
         """The components a folder holds quantized (`deskgen.quant.save_quantized`)."""
         from ..quant import module_bytes
-        from ..quant._saved import load_quantized_component, quantized_folders
+        from ..quant._saved import (
+            SavedQuantization,
+            load_quantized_component,
+            quantized_folders,
+        )
 
         saved = quantized_folders(source, index)
         if not saved:
@@ -462,10 +471,13 @@ class DiffusersBackend(Backend):
             module = load_quantized_component(
                 source, name, index[name], record, dtype=dtype_name(self._torch_dtype)
             )
+            config = SavedQuantization.model_validate(record).config()
+            activations = " + int8 activations" if config.activations else ""
             self.quantized_components[name] = ComponentMemory(
                 bytes=module_bytes(module),
-                quantization=f"{record['weights']} ({record['method']})",
+                quantization=f"{config.weights}{activations} ({config.method})",
             )
+            self.quantization_configs[name] = config
             extra[name] = module
 
     def _native_size(self, pipe: Any) -> int:

@@ -153,10 +153,26 @@ def _safetensors_elements(path: Path) -> int:
     return total
 
 
+def _saved_quantized_bytes(folder: Path) -> dict[str, int]:
+    """The components a folder holds quantized (`save_quantized`), by their files' bytes."""
+    from ._saved import QUANTIZED_RECORD, QUANTIZED_WEIGHTS
+
+    return {
+        component.name: (component / QUANTIZED_WEIGHTS).stat().st_size
+        for component in sorted(p for p in folder.iterdir() if p.is_dir())
+        if (component / QUANTIZED_RECORD).is_file() and (component / QUANTIZED_WEIGHTS).is_file()
+    }
+
+
 def _folder_parameters(folder: Path) -> dict[str, int]:
-    """Elements per component of a pipeline folder, from its safetensors headers."""
+    """Elements per component of a pipeline folder, from its safetensors headers (components
+    saved quantized left out)."""
+    from ._saved import QUANTIZED_RECORD
+
     found: dict[str, int] = {}
     for component in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if (component / QUANTIZED_RECORD).is_file():
+            continue
         files = list(component.glob("*.safetensors"))
         variants = [f for f in files if ".fp16." in f.name]
         chosen = [f for f in files if f not in variants] or variants
@@ -176,14 +192,19 @@ def _cached_folder(model: str) -> Path | None:
     return Path(path).parent if isinstance(path, str) else None
 
 
-def _parameters(backend: str, model: str, options: dict[str, Any]) -> tuple[dict[str, int], str]:
+def _parameters(
+    backend: str, model: str, options: dict[str, Any]
+) -> tuple[dict[str, int], dict[str, int], str]:
+    """Parameters per component, bytes of components saved quantized, and where from."""
     folder = Path(os.path.expanduser(model))
     if not (folder / "model_index.json").is_file():
         folder = _cached_folder(model) or folder
     sizes: dict[str, int] = {}
+    saved: dict[str, int] = {}
     source = "published"
     if (folder / "model_index.json").is_file():
         sizes = _folder_parameters(folder)
+        saved = _saved_quantized_bytes(folder)
         source = "files"
     if not sizes:
         key = "sdxl" if backend == "sdxl-controlnet" else backend
@@ -199,7 +220,7 @@ def _parameters(backend: str, model: str, options: dict[str, Any]) -> tuple[dict
             )
             total += sum(_safetensors_elements(f) for f in files) or CONTROLNET_PARAMETERS
         sizes["controlnet"] = total
-    return sizes, source
+    return sizes, saved, source
 
 
 def _budget(device: str, budget_bytes: int | None) -> tuple[int, Literal["gpu", "ram", "given"]]:
@@ -224,6 +245,7 @@ def plan_memory(
     dtype: str = "auto",
     budget_bytes: int | None = None,
     method: Literal["quanto", "torchao"] = "torchao",
+    allow_quantization: bool = True,
     **options: Any,
 ) -> MemoryPlan:
     """Plan how to load ``model`` on ``device`` in the memory at hand (see the module).
@@ -232,6 +254,8 @@ def plan_memory(
         budget_bytes: the memory to fit in; ``None``: the free GPU memory, or the available RAM
             on the CPU.
         method: the quantization library the plan uses when it quantizes.
+        allow_quantization: whether the plan may quantize (not with LoRAs, which need full-precision
+            layers; never for a folder saved quantized).
         **options: the backend options that change the sizes (``controlnet=`` for
             sdxl-controlnet).
 
@@ -250,8 +274,13 @@ def plan_memory(
     resolved_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, resolved_device)
     width = 4 if dtype_name(torch_dtype) == "float32" else 2
-    parameters, source = _parameters(backend, model, options)
-    if not parameters:
+    parameters, saved, source = _parameters(backend, model, options)
+    if saved:
+        allow_quantization = False
+        notes_saved = [f"{', '.join(sorted(saved))} saved quantized: sized by their files"]
+    else:
+        notes_saved = []
+    if not parameters and not saved:
         raise ConfigError(
             f"No sizes for {model!r}: give a local pipeline folder (or cache it) so its "
             "safetensors headers can be read."
@@ -259,12 +288,14 @@ def plan_memory(
     budget, budget_source = _budget(resolved_device, budget_bytes)
     on_gpu = resolved_device.startswith(("cuda", "xpu"))
     work = WORK_BYTES.get(backend, 4 * GiB) * (2 if width == 4 else 1)
-    notes: list[str] = []
+    notes: list[str] = notes_saved
+    if not allow_quantization and not saved:
+        notes.append("plans without quantization (LoRAs need full-precision layers)")
     if source == "published":
         notes.append(f"sizes are the published ones of {cls.default_model or backend}")
 
-    large = [n for n, p in parameters.items() if p > LARGE]
-    denoiser = [n for n in parameters if n in DENOISERS]
+    large = [n for n, p in parameters.items() if p > LARGE] if allow_quantization else []
+    denoiser = [n for n in parameters if n in DENOISERS] if allow_quantization else []
 
     def quantized_bytes(name: str) -> int:
         whole = parameters[name] * width
@@ -273,7 +304,7 @@ def plan_memory(
     def candidate(quantize: list[str], offload: Offload, tiled: bool) -> tuple[int, dict[str, int]]:
         sizes = {
             n: quantized_bytes(n) if n in quantize else p * width for n, p in parameters.items()
-        }
+        } | saved
         if offload == "none":
             resident = sum(sizes.values())
         elif offload == "model":
@@ -312,7 +343,8 @@ def plan_memory(
     fits = need <= budget
     if not fits:
         notes.append(
-            "even this plan does not fit: free memory, use a smaller model, or mode='low'"
+            "estimates: weights from the files or published counts, working memory a rule of "
+            "thumb; even this plan does not fit: free memory, use a smaller model, or mode='low'"
             if mode != "low"
             else "does not fit even in 'low': free memory, or use a smaller model"
         )

@@ -14,16 +14,51 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .._exceptions import ConfigError, ModelLoadError
 from .._record import atomic_write
+from ._config import QuantConfig
+from ._weights import WeightBits
 
 if TYPE_CHECKING:
     from .._generator import DeskGenerator
 
-__all__ = ["QUANTIZED_RECORD", "load_quantized_component", "quantized_folders", "save_quantized"]
+__all__ = [
+    "QUANTIZED_RECORD",
+    "SavedQuantization",
+    "load_quantized_component",
+    "quantized_folders",
+    "save_quantized",
+]
+
+
+class SavedQuantization(BaseModel):
+    """What ``deskgen_quantization.json`` records of a saved quantized component."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal[1]
+    method: Literal["quanto", "torchao"]
+    weights: WeightBits
+    activations: Literal["int8"] | None = None
+    exclude: list[str] = []
+    dtype: Literal["float32", "float16", "bfloat16"]
+    quantization_map: dict[str, dict[str, str]] | None = None
+
+    def config(self) -> QuantConfig:
+        return QuantConfig(
+            method=self.method,
+            weights=self.weights,
+            activations=self.activations,
+            exclude=tuple(self.exclude),
+        )
+
 
 QUANTIZED_WEIGHTS = "deskgen_quantized.safetensors"
 QUANTIZED_RECORD = "deskgen_quantization.json"
@@ -49,8 +84,6 @@ def save_quantized(generator: DeskGenerator, out: str | os.PathLike[str]) -> Pat
             is not empty.
         UnsupportedOperationError: the backend has no diffusers pipeline.
     """
-    import torch
-    from safetensors.torch import save_file
 
     backend = generator.backend
     quantized = getattr(backend, "quantized_components", {})
@@ -62,8 +95,10 @@ def save_quantized(generator: DeskGenerator, out: str | os.PathLike[str]) -> Pat
     if generator.loras:
         raise ConfigError("Unload the LoRAs first: a saved quantized model holds no adapters.")
     target = Path(out)
-    if target.exists() and any(target.iterdir()):
-        raise ConfigError(f"{str(target)!r} is not empty: save a quantized model to a new folder.")
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise ConfigError(
+            f"{str(target)!r} is not an empty folder: save a quantized model to a new folder."
+        )
     if generator.backend_name not in ("sd", "sdxl"):
         raise ConfigError(
             f"save_quantized saves 'sd' and 'sdxl' pipelines; for {generator.backend_name!r} "
@@ -72,7 +107,26 @@ def save_quantized(generator: DeskGenerator, out: str | os.PathLike[str]) -> Pat
         )
     configs = backend.quantization_configs  # type: ignore[attr-defined]
     pipe = backend.pipeline  # type: ignore[attr-defined]
-    target.mkdir(parents=True, exist_ok=True)
+    # written beside the target, renamed into place when whole: no half-saved model folder
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        _save_into(staging, pipe, quantized, configs, dtype=generator.dtype)
+        if target.exists():
+            target.rmdir()  # empty, checked above
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _save_into(
+    target: Path, pipe: Any, quantized: dict[str, Any], configs: dict[str, Any], *, dtype: str
+) -> None:
+    import torch
+    from safetensors.torch import save_file
+
     pipe.save_config(target)  # model_index.json
     for name, module in pipe.components.items():
         if module is None:
@@ -94,8 +148,7 @@ def save_quantized(generator: DeskGenerator, out: str | os.PathLike[str]) -> Pat
             "weights": config.weights,
             "activations": config.activations,
             "exclude": list(config.exclude),
-            "dtype": generator.dtype,
-            "class": [type(module).__module__.split(".")[0], type(module).__name__],
+            "dtype": dtype,
         }
         metadata: dict[str, str] = {}
         if config.method == "quanto":
@@ -114,20 +167,25 @@ def save_quantized(generator: DeskGenerator, out: str | os.PathLike[str]) -> Pat
         with torch.no_grad():
             save_file(tensors, str(folder / QUANTIZED_WEIGHTS), metadata=metadata)
         _write_json(folder / QUANTIZED_RECORD, record)
-    return target
 
 
 def quantized_folders(source: str, index: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The components of the local pipeline folder ``source`` saved quantized by deskgen, with
     their records."""
     found: dict[str, dict[str, Any]] = {}
-    for name in index:
+    for name, entry in index.items():
+        if not (isinstance(entry, list) and name.isidentifier()):  # components only
+            continue
         path = Path(source) / name / QUANTIZED_RECORD
         if path.is_file():
             try:
-                found[name] = json.loads(path.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ModelLoadError(f"{str(path)!r} is damaged ({exc}): save again.") from exc
+                record = SavedQuantization.model_validate_json(path.read_text(encoding="utf-8"))
+            except (ValidationError, UnicodeDecodeError) as exc:
+                raise ModelLoadError(
+                    f"{str(path)!r} is damaged or from another version ({exc}): save the "
+                    "quantized model again."
+                ) from exc
+            found[name] = record.model_dump()
     return found
 
 
