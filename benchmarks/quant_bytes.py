@@ -57,6 +57,7 @@ def quantized_weight_elements(unet: Any) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--only", choices=["int8", "int4", "fp8"], help="one weight type")
     args = parser.parse_args()
     import torch
 
@@ -73,22 +74,32 @@ def main() -> None:
         "cases": {},
     }
     del unet
-    cases = [("quanto", "int8"), ("quanto", "int4"), ("quanto", "fp8"), ("torchao", "int8")]
-    cases += [("torchao", "fp8"), ("torchao", "int4")]
-    for method, weights in cases:
+    cases: list[tuple[str, str, int | None]] = [
+        ("quanto", "int8", None),
+        ("quanto", "int4", None),
+        ("quanto", "int4", 320),
+        ("quanto", "fp8", None),
+        ("torchao", "int8", None),
+        ("torchao", "fp8", None),
+        ("torchao", "int4", None),
+    ]
+    if args.only:
+        cases = [c for c in cases if c[1] == args.only]
+    for method, weights, group in cases:
+        label = f"{method} {weights}" + (f" group {group}" if group else "")
         unet = build_unet(args.device)
         started = time.perf_counter()
         try:
-            quantize_weights(unet, weights=weights, backend=method)  # type: ignore[arg-type]
+            quantize_weights(unet, weights=weights, backend=method, group_size=group)  # type: ignore[arg-type]
         except Exception as exc:  # e.g. torchao int4 without its CUDA kernels
-            results["cases"][f"{method} {weights}"] = f"refused: {type(exc).__name__}: {exc}"[:200]
+            results["cases"][label] = f"refused: {type(exc).__name__}: {exc}"[:200]
             del unet
             continue
         seconds = time.perf_counter() - started
         after = module_bytes(unet)
         quantized = quantized_weight_elements(unet)
         ideal = before - quantized * 2 + quantized * BITS[weights] // 8
-        results["cases"][f"{method} {weights}"] = {
+        results["cases"][label] = {
             "bytes": after,
             "ideal bytes": ideal,
             "over ideal": round(after / ideal - 1, 4),

@@ -373,3 +373,28 @@ def test_a_damaged_record_is_a_typed_error(tiny_sdxl_path: Path, tmp_path: Path)
     (tmp_path / "q" / "unet" / "deskgen_quantization.json").write_text('{"format": 1}')
     with pytest.raises(ModelLoadError, match="damaged or from another version"):
         DeskGenerator("sdxl", model=str(tmp_path / "q"), device="cpu")
+
+
+def test_int4_group_size(tiny_sdxl_path: Path, tmp_path: Path) -> None:
+    from deskgen.quant import save_quantized
+    from deskgen.quant._weights import group_sizes, quanto_group
+
+    assert [quanto_group(n, 320) for n in (2880, 2048, 5120, 320, 36)] == [320, 256, 320, 160, None]
+    with pytest.raises(ValueError, match="int4 weights only"):
+        QuantConfig(weights="int8", group_size=256)
+    sizes = {}
+    for group in (None, 64):
+        config = QuantConfig(method="quanto", weights="int4", group_size=group)
+        with DeskGenerator(
+            "sdxl", model=str(tiny_sdxl_path), device="cpu", quantization=config
+        ) as gen:
+            sizes[group] = gen.memory_report().components["unet"].bytes
+            if group is not None:
+                unet = gen.backend.pipeline.unet  # type: ignore[attr-defined]
+                assert 64 in group_sizes(unet).values()
+                before = _pixels(gen)
+                save_quantized(gen, tmp_path / "g64")
+    assert sizes[64] > sizes[None]  # smaller groups than the default 128: more scales
+    with DeskGenerator("sdxl", model=str(tmp_path / "g64"), device="cpu") as again:
+        assert np.array_equal(_pixels(again), before)
+        assert again.memory_report().components["unet"].bytes == sizes[64]

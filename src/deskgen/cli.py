@@ -342,6 +342,9 @@ def _parser() -> argparse.ArgumentParser:
     quant.add_argument(
         "--exclude", action="append", default=[], help="module name pattern to keep as is"
     )
+    quant.add_argument(
+        "--group-size", type=int, help="int4: weights per scale (default: the library's, 128)"
+    )
     quant.add_argument("--out", required=True, help="folder for the quantized model (new)")
     quant.add_argument("--device", default="cpu", help="where to quantize (default: cpu)")
     quant.add_argument(
@@ -691,6 +694,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         activations=args.activations,
         components=tuple(args.component) if args.component else None,
         exclude=tuple(args.exclude),
+        group_size=args.group_size,
     )
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):

@@ -405,6 +405,7 @@ class DiffusersBackend(Backend):
                 backend=config.method,
                 activations=config.activations,
                 exclude=config.exclude,
+                group_size=config.group_size,
             )
         activations = " + int8 activations" if config.activations else ""
         self.quantized_components[name] = ComponentMemory(

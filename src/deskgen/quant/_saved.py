@@ -50,6 +50,9 @@ class SavedQuantization(BaseModel):
     exclude: list[str] = []
     dtype: Literal["float32", "float16", "bfloat16"]
     quantization_map: dict[str, dict[str, str]] | None = None
+    group_size: int | None = None
+    group_sizes: dict[str, int | None] | None = None
+    """quanto's int4 layers' groups, by module name."""
 
     def config(self) -> QuantConfig:
         return QuantConfig(
@@ -57,6 +60,7 @@ class SavedQuantization(BaseModel):
             weights=self.weights,
             activations=self.activations,
             exclude=tuple(self.exclude),
+            group_size=self.group_size,
         )
 
 
@@ -149,12 +153,16 @@ def _save_into(
             "activations": config.activations,
             "exclude": list(config.exclude),
             "dtype": dtype,
+            "group_size": config.group_size,
         }
         metadata: dict[str, str] = {}
         if config.method == "quanto":
             from optimum.quanto import quantization_map
 
+            from ._weights import group_sizes
+
             record["quantization_map"] = quantization_map(module)
+            record["group_sizes"] = group_sizes(module)
             tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
         else:
             from torchao.prototype.safetensors.safetensors_support import (
@@ -229,7 +237,11 @@ def load_quantized_component(
     if record["method"] == "quanto":
         from optimum.quanto import requantize
 
-        requantize(module, state, record["quantization_map"], device=torch.device("cpu"))
+        # the layers first (empty), then their groups as saved, then the weights
+        requantize(module, {}, record["quantization_map"], device=torch.device("cpu"))
+        for layer_name, size in (record.get("group_sizes") or {}).items():
+            module.get_submodule(layer_name).weight_group_size = size
+        module.load_state_dict(state, strict=False)
         expected = set(module.state_dict())
         missing = sorted(expected - set(state))
     else:

@@ -75,6 +75,7 @@ def quantize_weights(
     backend: QuantBackend = "auto",
     activations: Literal["int8"] | None = None,
     exclude: tuple[str, ...] = (),
+    group_size: int | None = None,
 ) -> str:
     """Quantize the weights of ``module``'s layers in place and return the library used.
 
@@ -83,6 +84,7 @@ def quantize_weights(
     ``Float8WeightOnlyConfig`` / ``Int4WeightOnlyConfig`` on linear layers (int4 needs a CUDA GPU
     and its kernels), or ``Int8DynamicActivationInt8WeightConfig`` with ``activations="int8"``.
     ``exclude``: module names or fnmatch patterns (``"*proj_out"``) left in full precision.
+    ``group_size`` (int4): the most weights a scale covers (see `QuantConfig.group_size`).
 
     Raises:
         MissingDependencyError: the library is not installed (names the extra).
@@ -94,6 +96,8 @@ def quantize_weights(
 
         qtype = {"int8": qint8, "int4": qint4, "fp8": qfloat8}[weights]
         quantize(module, weights=qtype, exclude=list(exclude) or None)
+        if weights == "int4" and group_size is not None:
+            set_group_sizes(module, group_size)
         freeze(module)
         return used
     import fnmatch
@@ -115,7 +119,7 @@ def quantize_weights(
     elif weights == "fp8":
         config = Float8WeightOnlyConfig()
     else:
-        config = Int4WeightOnlyConfig(group_size=128)
+        config = Int4WeightOnlyConfig(group_size=group_size or 128)
 
     def chosen(layer: Any, name: str) -> bool:
         return isinstance(layer, torch.nn.Linear) and not any(
@@ -132,6 +136,44 @@ def quantize_weights(
             "or quantization_backend='quanto' for hidream)."
         ) from exc
     return used
+
+
+def quanto_group(in_features: int, group_size: int) -> int | None:
+    """The largest multiple of 32 up to ``group_size`` that divides ``in_features`` (``None``:
+    none does, or the layer is no wider than a group: one scale per row)."""
+    size = group_size // 32 * 32
+    while size >= 32:
+        if in_features > size and in_features % size == 0:
+            return size
+        size -= 32
+    return None
+
+
+def set_group_sizes(module: Any, group_size: int) -> dict[str, int | None]:
+    """Give each of quanto's int4 layers in ``module`` (quantized, not frozen yet) the group of
+    `quanto_group`; returns them by module name (what a saved model must restore)."""
+    from optimum.quanto import qint4
+    from optimum.quanto.nn import QModuleMixin
+
+    sizes: dict[str, int | None] = {}
+    for name, layer in module.named_modules():
+        if isinstance(layer, QModuleMixin) and layer.weight_qtype == qint4:
+            out_features = layer.weight.shape[0]
+            layer.weight_group_size = quanto_group(layer.weight.numel() // out_features, group_size)
+            sizes[name] = layer.weight_group_size
+    return sizes
+
+
+def group_sizes(module: Any) -> dict[str, int | None]:
+    """Each of quanto's int4 layers' group size, by module name."""
+    from optimum.quanto import qint4
+    from optimum.quanto.nn import QModuleMixin
+
+    return {
+        name: layer.weight_group_size
+        for name, layer in module.named_modules()
+        if isinstance(layer, QModuleMixin) and layer.weight_qtype == qint4
+    }
 
 
 def _tensor_bytes(tensor: Any) -> int:
