@@ -398,3 +398,26 @@ def test_int4_group_size(tiny_sdxl_path: Path, tmp_path: Path) -> None:
     with DeskGenerator("sdxl", model=str(tmp_path / "g64"), device="cpu") as again:
         assert np.array_equal(_pixels(again), before)
         assert again.memory_report().components["unet"].bytes == sizes[64]
+
+
+def test_hidream_saves_quantized_and_reloads(
+    tiny_hidream_paths: dict[str, Path], tmp_path: Path
+) -> None:
+    from deskgen.quant import save_quantized
+
+    with DeskGenerator(
+        "hidream",
+        model=str(tiny_hidream_paths["pipeline"]),
+        llama_model=str(tiny_hidream_paths["llama"]),
+        edition="full",
+        device="cpu",
+        quantization=QuantConfig(method="quanto"),
+    ) as gen:
+        before = np.asarray(gen.generate(prompt="a desk", seed=1, steps=2).image)
+        save_quantized(gen, tmp_path / "q")  # T5's tied embedding stored once
+    with DeskGenerator("hidream", model=str(tmp_path / "q"), edition="full", device="cpu") as again:
+        assert np.array_equal(
+            np.asarray(again.generate(prompt="a desk", seed=1, steps=2).image), before
+        )
+        quantized = {k for k, v in again.memory_report().components.items() if v.quantization}
+    assert quantized == {"transformer", "text_encoder_3", "text_encoder_4"}

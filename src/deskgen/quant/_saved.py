@@ -53,6 +53,8 @@ class SavedQuantization(BaseModel):
     group_size: int | None = None
     group_sizes: dict[str, int | None] | None = None
     """quanto's int4 layers' groups, by module name."""
+    aliases: dict[str, str] = {}
+    """Names of tied weights stored once: alias -> stored name."""
 
     def config(self) -> QuantConfig:
         return QuantConfig(
@@ -103,11 +105,11 @@ def save_quantized(generator: DeskGenerator, out: str | os.PathLike[str]) -> Pat
         raise ConfigError(
             f"{str(target)!r} is not an empty folder: save a quantized model to a new folder."
         )
-    if generator.backend_name not in ("sd", "sdxl"):
+    if generator.backend_name not in ("sd", "sdxl", "hidream"):
         raise ConfigError(
-            f"save_quantized saves 'sd' and 'sdxl' pipelines; for {generator.backend_name!r} "
-            "save the quantized base with the 'sdxl' backend and quantize the ControlNets "
-            "as they load (QuantConfig(components=(..., 'controlnet')))."
+            f"save_quantized saves 'sd', 'sdxl' and 'hidream' pipelines; for "
+            f"{generator.backend_name!r} save the quantized base with the 'sdxl' backend and "
+            "quantize the ControlNets as they load (QuantConfig(components=(..., 'controlnet')))."
         )
     configs = backend.quantization_configs  # type: ignore[attr-defined]
     pipe = backend.pipeline  # type: ignore[attr-defined]
@@ -172,6 +174,21 @@ def _save_into(
             cpu = {k: v.detach().to("cpu") for k, v in state.items()}
             tensors, metadata = flatten_tensor_state_dict(cpu)
             tensors = {k: v.contiguous() for k, v in tensors.items()}
+        # tied weights (T5's shared embedding) are stored once, their other names as aliases
+        seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
+        aliases: dict[str, str] = {}
+        for key, tensor in list(tensors.items()):
+            identity = (
+                tensor.untyped_storage().data_ptr(),
+                tensor.storage_offset(),
+                tuple(tensor.shape),
+            )
+            if identity in seen:
+                aliases[key] = seen[identity]
+                del tensors[key]
+            else:
+                seen[identity] = key
+        record["aliases"] = aliases
         with torch.no_grad():
             save_file(tensors, str(folder / QUANTIZED_WEIGHTS), metadata=metadata)
         _write_json(folder / QUANTIZED_RECORD, record)
@@ -234,6 +251,9 @@ def load_quantized_component(
     weights = folder / QUANTIZED_WEIGHTS
     # cloned: safetensors' buffers can be unaligned, which int8 CPU kernels crash on
     state = {key: value.clone() for key, value in load_file(str(weights)).items()}
+    for alias, stored in (record.get("aliases") or {}).items():
+        if stored in state:
+            state[alias] = state[stored]
     if record["method"] == "quanto":
         from optimum.quanto import requantize
 
