@@ -258,10 +258,13 @@ def load_quantized_component(
         from optimum.quanto import requantize
 
         # the layers first (empty), then their groups as saved, then the weights
+        from ._weights import contiguous_inputs
+
         requantize(module, {}, record["quantization_map"], device=torch.device("cpu"))
         for layer_name, size in (record.get("group_sizes") or {}).items():
             module.get_submodule(layer_name).weight_group_size = size
         module.load_state_dict(state, strict=False)
+        contiguous_inputs(module)
         expected = set(module.state_dict())
         missing = sorted(expected - set(state))
     else:

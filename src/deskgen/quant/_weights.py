@@ -99,6 +99,8 @@ def quantize_weights(
         if weights == "int4" and group_size is not None:
             set_group_sizes(module, group_size)
         freeze(module)
+        if weights == "int4":
+            contiguous_inputs(module)
         return used
     import fnmatch
 
@@ -162,6 +164,24 @@ def set_group_sizes(module: Any, group_size: int) -> dict[str, int | None]:
             layer.weight_group_size = quanto_group(layer.weight.numel() // out_features, group_size)
             sizes[name] = layer.weight_group_size
     return sizes
+
+
+def _contiguous(_layer: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(a.contiguous() if hasattr(a, "contiguous") else a for a in args)
+
+
+def contiguous_inputs(module: Any) -> None:
+    """Make quanto's int4 linear layers take contiguous inputs: on CUDA its TinyGemm kernel
+    (``torch._weight_int4pack_mm``) refuses the strided views SDXL's attention blocks pass
+    (seen on an H100 with quanto 0.2.7 and torch 2.11)."""
+    from optimum.quanto import qint4
+    from optimum.quanto.nn import QLinear
+
+    for layer in module.modules():
+        wanted = isinstance(layer, QLinear) and layer.weight_qtype == qint4
+        if wanted and not getattr(layer, "_deskgen_contiguous", False):
+            layer.register_forward_pre_hook(_contiguous)
+            layer._deskgen_contiguous = True
 
 
 def group_sizes(module: Any) -> dict[str, int | None]:
