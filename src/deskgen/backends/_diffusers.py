@@ -378,16 +378,7 @@ class DiffusersBackend(Backend):
                     )
                 loader: Any = cls  # a diffusers or transformers model class
                 with self._translating_load_errors(self.opts.model, local=local):
-                    module = loader.from_pretrained(
-                        source,
-                        subfolder=name,
-                        dtype=self._torch_dtype,
-                        use_safetensors=None if self.opts.allow_pickle else True,
-                        variant=self.opts.variant,
-                        revision=self.opts.revision,
-                        cache_dir=self.opts.cache_dir,
-                        local_files_only=self.opts.local_files_only,
-                    )
+                    module = loader.from_pretrained(source, subfolder=name, **self._load_kwargs())
             self._quantize_component(name, module, config)
             extra[name] = module
 
@@ -593,16 +584,7 @@ class DiffusersBackend(Backend):
             self._load_saved_quantized(index, source, extra)
         self._quantize_at_load(index, source, local, extra)
         with self._translating_load_errors(model, local=local):
-            pipe = cls.from_pretrained(
-                source,
-                **extra,
-                dtype=self._torch_dtype,
-                use_safetensors=None if self.opts.allow_pickle else True,
-                variant=self.opts.variant,
-                revision=self.opts.revision,
-                cache_dir=self.opts.cache_dir,
-                local_files_only=self.opts.local_files_only,
-            )
+            pipe = cls.from_pretrained(source, **extra, **self._load_kwargs())
         try:
             self._place(pipe)
         except DeskgenError:
@@ -614,6 +596,17 @@ class DiffusersBackend(Backend):
             ) from exc
         pipe.set_progress_bar_config(disable=True)
         return pipe
+
+    def _load_kwargs(self) -> dict[str, Any]:
+        """What every ``from_pretrained`` of the model's own files takes from the options."""
+        return {
+            "dtype": self._torch_dtype,
+            "use_safetensors": None if self.opts.allow_pickle else True,
+            "variant": self.opts.variant,
+            "revision": self.opts.revision,
+            "cache_dir": self.opts.cache_dir,
+            "local_files_only": self.opts.local_files_only,
+        }
 
     def _place(self, pipe: Any) -> None:
         """Put the loaded pipeline on its device, offloaded if asked, VAE tiled/sliced if asked
