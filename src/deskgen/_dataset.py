@@ -29,7 +29,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -40,7 +40,7 @@ from ._exceptions import (
     MissingDependencyError,
 )
 from ._models import GenerationRequest
-from ._record import atomic_write, public_model_name
+from ._record import atomic_write_bytes, public_model_name
 from ._version import __version__
 from .prompts._spec import DeskSpec
 
@@ -260,10 +260,6 @@ def _previous_runs(path: Path) -> list[dict[str, Any]]:
     return [run for run in runs if isinstance(run, dict)] if isinstance(runs, list) else []
 
 
-def _write_all(fh: IO[bytes], data: bytes) -> None:
-    fh.write(data)
-
-
 def _append_line(path: Path, row: dict[str, Any]) -> None:
     """Append one JSON line and flush it to disk; a cut-short earlier line is ended first."""
     data = json.dumps(row, ensure_ascii=False) + "\n"
@@ -319,7 +315,7 @@ def generate_dataset(
     info_path = Path(out) / "dataset.json"
     runs = [*_previous_runs(info_path), run]  # a folder may hold images of several runs
     text = json.dumps({"runs": runs}, indent=2, ensure_ascii=False).encode("utf-8")
-    atomic_write(info_path, lambda fh: _write_all(fh, text))
+    atomic_write_bytes(info_path, text)
     done = {row["file_name"] for row in read_metadata(out)}
     todo = [item for item in items if f"{item.key}.png" not in done]
     skipped = len(items) - len(todo)
@@ -354,7 +350,7 @@ def generate_dataset(
     # for a crash; now rewritten so that items done since are gone)
     lines = "".join(json.dumps(f.model_dump(mode="json")) + "\n" for f in failures)
     data = lines.encode("utf-8")
-    atomic_write(Path(out) / "failures.jsonl", lambda fh: _write_all(fh, data))
+    atomic_write_bytes(Path(out) / "failures.jsonl", data)
     return DatasetReport(
         out=Path(out),
         planned=len(items),

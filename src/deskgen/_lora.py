@@ -34,6 +34,7 @@ __all__ = [
     "canonical_safetensors",
     "inspect_lora",
     "read_lora_tensors",
+    "safetensors_header",
     "sniff_format",
 ]
 
@@ -192,7 +193,8 @@ def _resolve(spec: LoraSpec) -> Path:
         ) from exc
 
 
-def _header(path: Path) -> tuple[dict[str, list[int]], dict[str, str]]:
+def safetensors_header(path: Path) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """Tensor name -> shape, and the metadata, of a safetensors file (no weight is read)."""
     with path.open("rb") as fh:
         (length,) = struct.unpack("<Q", fh.read(8))
         try:
@@ -307,7 +309,7 @@ def inspect_lora(spec: LoraSource) -> LoraFile:
                 "you trust the file."
             )
         return LoraFile(path=path, format="pickle", layout="unknown", base="unknown", keys={})
-    keys, metadata = _header(path)
+    keys, metadata = safetensors_header(path)
     triggers, suggested = _trigger_words(metadata)
     if not keys:
         raise ModelLoadError(f"{str(path)!r} holds no tensors: it is not a LoRA.")

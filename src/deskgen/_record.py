@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RECORD_KEY",
     "atomic_write",
+    "atomic_write_bytes",
     "build_record",
     "png_path",
     "public_model_name",
@@ -85,6 +86,15 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """`atomic_write` of ``data`` as a whole."""
+
+    def write(fh: IO[bytes]) -> None:
+        fh.write(data)
+
+    atomic_write(path, write)
 
 
 def public_model_name(model: str) -> str:

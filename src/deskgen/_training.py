@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ._dataset import METADATA, SPLIT, inside
 from ._exceptions import ConfigError, DeskgenError, ModelLoadError
 from ._lora import canonical_safetensors
-from ._record import atomic_write
+from ._record import atomic_write_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -622,11 +622,7 @@ class _Trainer:
                 merged = dict(fh.metadata() or {})
         merged.update(metadata)
         data = canonical_safetensors(save(tensors, metadata=merged))
-        atomic_write(path, lambda fh: _write_all(fh, data))
-
-
-def _write_all(fh: Any, data: bytes) -> None:
-    fh.write(data)
+        atomic_write_bytes(path, data)
 
 
 def _device_of(config: LoraTrainingConfig) -> str:
@@ -1015,7 +1011,7 @@ def _truncate_log(path: Path, step: int) -> None:
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
     text = "".join(f"{line}\n" for line in kept).encode("utf-8")
-    atomic_write(path, lambda fh: _write_all(fh, text))
+    atomic_write_bytes(path, text)
 
 
 def _plain_random_state(state: Any) -> list[Any]:

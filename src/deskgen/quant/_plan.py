@@ -21,9 +21,8 @@ decode of one 1024 px image, a published-figure estimate) within the memory at h
 
 from __future__ import annotations
 
-import json
+import math
 import os
-import struct
 from pathlib import Path
 from typing import Any, Literal
 
@@ -139,18 +138,10 @@ class MemoryPlan(BaseModel):
 
 
 def _safetensors_elements(path: Path) -> int:
-    with path.open("rb") as fh:
-        (length,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(length))
-    total = 0
-    for name, entry in header.items():
-        if name == "__metadata__" or not isinstance(entry, dict):
-            continue
-        count = 1
-        for side in entry.get("shape", []):
-            count *= int(side)
-        total += count
-    return total
+    from .._lora import safetensors_header
+
+    shapes, _ = safetensors_header(path)
+    return sum(math.prod(shape) for shape in shapes.values())
 
 
 def _saved_quantized_bytes(folder: Path) -> dict[str, int]:

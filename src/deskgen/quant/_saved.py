@@ -17,12 +17,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .._exceptions import ConfigError, ModelLoadError
-from .._record import atomic_write
+from .._record import atomic_write_bytes
 from ._config import QuantConfig
 from ._weights import WeightBits
 
@@ -72,12 +72,7 @@ _FORMAT = 1
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    text = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
-
-    def write(fh: IO[bytes]) -> None:
-        fh.write(text)
-
-    atomic_write(path, write)
+    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def save_quantized(generator: DeskGenerator, out: str | os.PathLike[str]) -> Path:
