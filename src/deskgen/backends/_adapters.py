@@ -164,6 +164,7 @@ class LoraAdapters:
         self._quantized = quantized or []
         self._loaded: dict[str, LoadedLora] = {}
         self._fused: Weights | None = None
+        self._pinned: str | None = None
         self._gate = _Gate()
         self._components = [
             name
@@ -259,6 +260,15 @@ class LoraAdapters:
         """Hold every request back while the pipeline's weights change (e.g. quantization)."""
         return self._gate.exclusive()
 
+    def pin(self, reason: str) -> None:
+        """The adapters can't change from here on (loading, unloading, fusing, unfusing are
+        refused with ``reason``), e.g. once the projections they change are fused."""
+        self._pinned = reason
+
+    def _check_pinned(self) -> None:
+        if self._pinned is not None:
+            raise UnsupportedOperationError(f"LoRAs can't change now: {self._pinned}")
+
     def mark_quantized(self, components: list[str]) -> None:
         """The weights of ``components`` are quantized now: LoRAs are refused from here on."""
         self._quantized = components
@@ -272,6 +282,7 @@ class LoraAdapters:
                 model lacks; nothing was applied.
             InvalidRequestError: the adapter name is taken, or LoRAs are fused.
         """
+        self._check_pinned()
         if self._quantized:
             raise UnsupportedOperationError(
                 f"This generator's {', '.join(self._quantized)} weights are quantized, and LoRAs "
@@ -312,6 +323,7 @@ class LoraAdapters:
         return lora
 
     def unload(self, name: str) -> None:
+        self._check_pinned()
         with self._gate.exclusive():
             if name not in self._loaded:
                 have = ", ".join(sorted(self._loaded)) or "none"
@@ -324,6 +336,7 @@ class LoraAdapters:
             del self._loaded[name]
 
     def fuse(self, weights: dict[str, float]) -> None:
+        self._check_pinned()
         with self._gate.exclusive():
             if self._fused is not None:
                 raise InvalidRequestError(
@@ -351,6 +364,7 @@ class LoraAdapters:
         with self._gate.exclusive():
             if self._fused is None:
                 return
+            self._check_pinned()
             self._pipe.unfuse_lora(components=self._components)
             self._fused = None
 

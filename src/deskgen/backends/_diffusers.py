@@ -55,6 +55,7 @@ from .._lora import LoraSpec, as_lora_spec
 from ..prompts import PromptPlan, TextEncoderSpec
 from ..quant._config import ComponentMemory, QuantConfig
 from ._base import Backend, BackendOptions, BackendOutput, Job
+from ._speed import CompileMode, DistillKind, Preset, Recipe, preset_recipe
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -112,6 +113,36 @@ class DiffusersOptions(BackendOptions):
     """Decode (and encode) the image in tiles: large images in less memory."""
     vae_slicing: bool = False
     """Decode a batch one image at a time: several images in less memory."""
+    preset: Preset | None = None
+    """``quality`` (the model's scheduler, 50 steps), ``balanced`` (DPM++ 2M Karras, 25 steps)
+    or ``fast`` (a few-step ``distill_lora``, fused, with its scheduler, steps and guidance):
+    the defaults of requests that leave steps/guidance ``None``. ``None``: the backend's own
+    (30 steps, the model's scheduler). See `deskgen.backends._speed`."""
+    distill_lora: LoraSpec | None = None
+    """``preset="fast"``: an LCM, SDXL-Lightning, Hyper-SD or TCD LoRA for this model (path,
+    `LoraSpec` or hub ``user/repo/file``)."""
+    distill_kind: DistillKind | None = None
+    """Which distillation ``distill_lora`` is; ``None``: told from its file name."""
+    compile: bool = False
+    """``torch.compile`` the denoiser (in place): slow first requests, faster steps after; new
+    sizes and LoRA weight changes recompile."""
+    compile_mode: CompileMode = "default"
+    """``torch.compile`` mode, e.g. ``max-autotune`` (longest compile, fastest on GPUs)."""
+    channels_last: bool = False
+    """The UNet and VAE in channels-last memory format (faster convolutions on GPUs)."""
+    fuse_qkv: bool = False
+    """Fuse the attention's query/key/value projections into one matmul (diffusers'
+    ``fuse_qkv_projections``). LoRAs must then be fused, and can't change afterwards."""
+    attention: Literal["sdpa", "eager"] = "sdpa"
+    """``sdpa``: PyTorch's scaled-dot-product attention (diffusers' default); ``eager``: the
+    classic matmul-softmax attention, to measure what SDPA gains."""
+
+    @field_validator("distill_lora", mode="before")
+    @classmethod
+    def _distill_spec(cls, value: Any) -> Any:
+        if isinstance(value, (str, os.PathLike)):
+            return as_lora_spec(value).model_copy(update={"adapter_name": "distill"})
+        return value
 
     @field_validator("loras", mode="before")
     @classmethod
@@ -255,6 +286,14 @@ class DiffusersBackend(Backend):
     """Whether ``quantization=QuantConfig(...)`` is taken (components quantized as they load)."""
     default_quantized: ClassVar[tuple[str, ...]] = ("unet",)
     """The components `QuantConfig.components` = ``None`` means."""
+    takes_presets: ClassVar[bool] = True
+    """Whether ``preset=`` (quality/balanced/fast) is taken."""
+    speed_options: ClassVar[frozenset[str]] = frozenset(
+        {"compile", "channels_last", "fuse_qkv", "attention"}
+    )
+    """The speed options this backend takes (the others are refused when set)."""
+    denoiser: ClassVar[str] = "unet"
+    """The pipeline component that runs every step (what ``compile`` compiles)."""
 
     def __init__(self, options: BackendOptions) -> None:
         super().__init__(options)
@@ -269,7 +308,18 @@ class DiffusersBackend(Backend):
         """Components quantized: their bytes before and after."""
         self.quantization_configs: dict[str, QuantConfig] = {}
         """How each quantized component was quantized (what `save_quantized` records)."""
-        self._check_quantization_config(options.quantization, loras=bool(options.loras))
+        self._check_quantization_config(
+            options.quantization, loras=bool(options.loras or options.distill_lora)
+        )
+        recipe = self._check_speed_options(options)
+        fuse = options.fuse_loras or (
+            options.preset == "fast" and "fuse_loras" not in options.model_fields_set
+        )
+        if options.fuse_qkv and (options.loras or options.distill_lora) and not fuse:
+            raise ConfigError(
+                "fuse_qkv=True merges the attention projections that LoRAs change: fuse the "
+                "LoRAs too (fuse_loras=True), or leave fuse_qkv off."
+            )
         import torch
 
         self._device = resolve_device(options.device)
@@ -289,6 +339,10 @@ class DiffusersBackend(Backend):
         self._encode_lock = threading.Lock()
         self._closed = False
         self._txt2img: Any = self._load()
+        if recipe is not None:
+            from ._speed import use_scheduler
+
+            use_scheduler(self._txt2img, recipe)
         self._img2img: Any = (
             self._construct(self._pipeline_class(self.img2img_class), self._txt2img)
             if self.img2img_class is not None
@@ -296,6 +350,16 @@ class DiffusersBackend(Backend):
         )
         self.guidance_default: float = self.default_guidance
         """Guidance scale when the request leaves it ``None``."""
+        self._call_extras: dict[str, Any] = {}
+        """Pipeline call arguments the preset adds (e.g. TCD's ``eta``)."""
+        self.performance: list[str] = []
+        """The preset and speed options in effect, in words (what benchmarks report)."""
+        if recipe is not None:
+            self.default_steps = recipe.steps
+            if recipe.guidance is not None:
+                self.guidance_default = recipe.guidance
+            self._call_extras = dict(recipe.call)
+            self.performance.append(f"{options.preset}: {recipe.describe()}")
         vae = self._txt2img.vae
         # diffusers flips the shared VAE's dtype inside SDXL calls when it must upcast
         mutates_vae = (
@@ -319,10 +383,69 @@ class DiffusersBackend(Backend):
             self._adapters = LoraAdapters(
                 self._txt2img, backend=self.name, quantized=sorted(self.quantized_components)
             )
+            if self.opts.distill_lora is not None:
+                self._adapters.load(self.opts.distill_lora)
             for spec in self.opts.loras:
                 self._adapters.load(spec)
-            if self.opts.fuse_loras and self._adapters.loaded:
+            if fuse and self._adapters.loaded:
                 self._adapters.fuse(self._adapters.resolve(None))
+        from ._speed import apply_speed_options
+
+        self.performance += apply_speed_options(
+            self._txt2img,
+            denoiser=self.denoiser,
+            compile=options.compile,
+            compile_mode=options.compile_mode,
+            channels_last=options.channels_last,
+            fuse_qkv=options.fuse_qkv,
+            attention=options.attention,
+        )
+        if options.fuse_qkv and self._adapters is not None:
+            self._adapters.pin(
+                "the attention projections are fused (fuse_qkv=True): LoRAs can't be loaded, "
+                "unloaded or unfused; create a generator without fuse_qkv to change them."
+            )
+
+    def _check_speed_options(self, options: DiffusersOptions) -> Recipe | None:
+        """Refuse presets and speed options this backend can't honour; the preset's recipe."""
+        if options.preset is not None and not self.takes_presets:
+            raise UnsupportedOperationError(
+                f"The {self.name!r} backend takes no preset=...: {self._no_preset_hint()}"
+            )
+        if options.distill_lora is not None and options.preset != "fast":
+            raise ConfigError(
+                "distill_lora= is the few-step LoRA of preset='fast': add preset='fast', or load "
+                "the file as an ordinary LoRA with loras=[...]."
+            )
+        defaults = DiffusersOptions.model_fields
+        unsupported = sorted(
+            name
+            for name in ("compile", "channels_last", "fuse_qkv", "attention")
+            if name not in self.speed_options and getattr(options, name) != defaults[name].default
+        )
+        if unsupported:
+            raise ConfigError(
+                f"The {self.name!r} backend does not take {', '.join(unsupported)}: it takes "
+                f"{', '.join(sorted(self.speed_options)) or 'no speed options'}."
+            )
+        if options.fuse_qkv and options.quantization is not None:
+            raise ConfigError(
+                "fuse_qkv=True can't fuse quantized projections: use quantization or fuse_qkv, "
+                "not both."
+            )
+        if options.compile and options.offload == "sequential":
+            raise ConfigError(
+                "compile=True and offload='sequential' don't mix (accelerate moves every layer "
+                "between devices at each call): use offload='model' or 'none' with compile."
+            )
+        if options.preset is None:
+            return None
+        lora = str(options.distill_lora.path) if options.distill_lora is not None else None
+        return preset_recipe(options.preset, kind=options.distill_kind, lora=lora)
+
+    def _no_preset_hint(self) -> str:
+        """How to trade quality for speed on a backend without presets."""
+        return "set steps= on requests instead."
 
     def _check_quantization_config(self, config: QuantConfig | None, *, loras: bool) -> None:
         """Refuse what can't work before any weight loads."""
@@ -923,6 +1046,7 @@ class DiffusersBackend(Backend):
             "generator": generators[0] if len(generators) == 1 else generators,
             "output_type": "np",
             "callback_on_step_end": on_step_end,
+            **self._call_extras,
         }
         lock = self._call_lock if self._call_lock is not None else contextlib.nullcontext()
         start = time.perf_counter()

@@ -112,6 +112,9 @@ class HiDreamBackend(DiffusersBackend):
     """HiDream-I1 text-to-image (``HiDreamImagePipeline``), four text encoders."""
 
     takes_loras: ClassVar[bool] = False
+    takes_presets: ClassVar[bool] = False
+    speed_options: ClassVar[frozenset[str]] = frozenset({"compile"})
+    denoiser: ClassVar[str] = "transformer"
     default_quantized: ClassVar[tuple[str, ...]] = (
         "transformer",
         "text_encoder_3",
@@ -161,6 +164,12 @@ class HiDreamBackend(DiffusersBackend):
         self.sequence_cap: int = options.max_sequence_length or DEFAULT_SEQUENCE_CAP
 
     # -- loading -----------------------------------------------------------------------------
+
+    def _no_preset_hint(self) -> str:
+        return (
+            "HiDream's speed levels are its editions: HiDream-ai/HiDream-I1-Fast (16 steps, no "
+            "guidance), -Dev (28 steps) or -Full (50 steps, guidance 5.0); or set steps=."
+        )
 
     def _native_size(self, pipe: Any) -> int:
         return int(pipe.default_sample_size) * self.vae_scale_factor
