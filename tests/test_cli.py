@@ -179,6 +179,8 @@ def test_usage_errors_exit_2() -> None:
         ("dataset", ["--plan", "--prompts-file", "--caption-prefix", "--lora", "--out"]),
         ("train-lora", ["--config", "--rank", "--mixed-precision", "--no-resume", "--data"]),
         ("generate", ["--lora", "PATH[:WEIGHT]", "--fuse-loras"]),
+        ("bench", ["--run", "--repeats", "--warmup", "--clip-model", "--no-isolate", "--out"]),
+        ("compare", ["--from", "--tile", "--columns", "--run"]),
     ],
 )
 def test_help_is_complete(
@@ -507,3 +509,81 @@ def test_dataset_then_train_lora(
     assert "other settings" in capsys.readouterr().err
     assert main(["train-lora", "--model", "x", "--data", str(data)]) == 1  # no --out
     assert "out: Field required" in capsys.readouterr().err
+
+
+def test_bench_then_compare_from_the_folder(
+    tiny_paths: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    from .conftest import draw_desk
+
+    photo = tmp_path / "desk.png"
+    draw_desk().save(photo)
+    out = tmp_path / "bench"
+    args = [
+        "bench",
+        "--run", f"sdxl,model={tiny_paths['sdxl']},label=xl,steps=3",
+        "--run", f"sd,model={tiny_paths['sd']},preset=balanced",
+        "--prompt", "a tidy desk",
+        "--image", str(photo),
+        "--steps", "4", "--warmup", "0", "--repeats", "2",
+        "--device", "cpu", "--no-isolate", "--out", str(out),
+    ]  # fmt: skip
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "[1/2] xl: " in captured.err and "[2/2] sd (balanced): " in captured.err
+    table = captured.out.splitlines()
+    assert table[0].startswith("| run | model | resolution |")
+    assert table[2].startswith("| xl | tiny-sdxl |") and "| img2img | 1 |" in table[2]
+    assert table[3].startswith("| sd (balanced) | tiny-sd |") and "| img2img | 2 |" in table[3]
+    assert {p.name for p in out.iterdir()} >= {"bench.md", "bench.csv", "bench.json", "xl.png"}
+    assert main(["compare", "--from", str(out), "--tile", "64"]) == 0
+    with Image.open(out / "sheet.png") as sheet:
+        assert sheet.size == (3 * 64 + 4 * 8, 28 + 64 + 54 + 16)
+    assert "<!DOCTYPE html>" in (out / "report.html").read_text()
+
+
+def test_compare_runs_a_config_file(
+    tiny_paths: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "bench.toml"
+    config.write_text(
+        'prompt = "a desk"\nwarmup = 0\nrepeats = 1\ndevice = "cpu"\nisolate = false\n'
+        f'[request]\nsteps = 2\n[[runs]]\nbackend = "sdxl"\nmodel = "{tiny_paths["sdxl"]}"\n'
+    )
+    out = tmp_path / "out"
+    assert main(["compare", str(config), "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows"][0]["mode"] == "txt2img" and report["rows"][0]["steps"] == 2
+    assert (out / "sheet.png").is_file() and (out / "report.html").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["bench", "--out", "x", "--prompt", "p"], "Nothing to run"),
+        (["bench", "--out", "x", "--run", "sd"], "Give the prompt"),
+        (["bench", "--out", "x", "--prompt", "p", "--run", "model=x"], "start with the backend"),
+        (["bench", "--out", "x", "--prompt", "p", "--run", "sd,steps"], "KEY=VALUE"),
+        (["bench", "--prompt", "p", "--run", "sd"], "--out"),
+        (["compare", "--from", "nowhere"], "No bench.json"),
+    ],
+)
+def test_bench_usage_errors(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(args) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_a_failed_configuration_exits_1(
+    tiny_paths: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [
+        "bench", "--run", f"sd,model={tiny_paths['sd']},compile_mode=fastest",
+        "--prompt", "p", "--repeats", "1", "--warmup", "0", "--device", "cpu",
+        "--no-isolate", "--out", str(tmp_path),
+    ]  # fmt: skip
+    assert main(args) == 1
+    assert "failed: ConfigError" in capsys.readouterr().out

@@ -10,6 +10,9 @@ EXPECTED = {
     "AuthenticationError",
     "BackendError",
     "BackendInfo",
+    "BenchConfig",
+    "BenchEntry",
+    "BenchReport",
     "ConfigError",
     "ContentPolicyError",
     "Control",
@@ -60,6 +63,7 @@ EXPECTED = {
     "UnknownBackendError",
     "UnsupportedOperationError",
     "__version__",
+    "run_bench",
     "generate_dataset",
     "inspect_lora",
     "list_backends",
@@ -81,10 +85,21 @@ def test_public_names_come_from_private_modules() -> None:
     for name in deskgen.__all__:
         obj = getattr(deskgen, name)
         module = getattr(obj, "__module__", "deskgen._version")
-        assert module.startswith(("deskgen._", "deskgen.prompts._", "deskgen.quant._")), (
+        private = ("deskgen._", "deskgen.prompts._", "deskgen.quant._", "deskgen.bench._")
+        assert module.startswith(private), (
             name,
             module,
         )
+
+
+def test_bench_namespace_exports() -> None:
+    import deskgen.bench
+
+    assert deskgen.bench.__all__ == sorted(deskgen.bench.__all__)
+    for name in deskgen.bench.__all__:
+        obj = getattr(deskgen.bench, name)
+        if callable(obj) and not repr(obj).startswith("typing."):
+            assert obj.__module__.startswith("deskgen.bench._"), name
 
 
 def test_import_is_light() -> None:

@@ -61,6 +61,9 @@ from ._record import read_record
 from ._registry import BackendInfo, list_backends, register_backend
 from ._training import LoraTrainingConfig, TrainingProgress, TrainingResult, train_lora
 from ._version import __version__
+from .bench._config import BenchConfig, BenchEntry
+from .bench._report import BenchReport
+from .bench._run import run_bench
 from .prompts._description import DeskDescription
 from .prompts._report import LongPromptMode, PromptReport
 from .prompts._spec import DeskItem, DeskSpec
@@ -70,6 +73,9 @@ __all__ = [
     "AuthenticationError",
     "BackendError",
     "BackendInfo",
+    "BenchConfig",
+    "BenchEntry",
+    "BenchReport",
     "ConfigError",
     "ContentPolicyError",
     "Control",
@@ -126,5 +132,6 @@ __all__ = [
     "load_image",
     "read_record",
     "register_backend",
+    "run_bench",
     "train_lora",
 ]

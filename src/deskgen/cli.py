@@ -1,5 +1,5 @@
-"""The ``deskgen`` command line: generate, demo, prompt, describe, dataset, train-lora, backends,
-record.
+"""The ``deskgen`` command line: generate, demo, prompt, describe, dataset, train-lora, quantize,
+plan, bench, compare, backends, record.
 
 Run ``deskgen --help`` or ``deskgen COMMAND --help``. Exit codes: 0 success, 1 a deskgen error
 (its message says how to fix it), 2 bad command-line usage, 130 interrupted.
@@ -380,6 +380,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
 
+    bench = sub.add_parser(
+        "bench",
+        help="measure backend configurations on one photo and prompt (the seed's model table)",
+        description=(
+            "Run each configuration (from CONFIG, a YAML/TOML/JSON BenchConfig, and/or --run "
+            "flags) on the same photo, prompt and seed: load, warm up, repeat; then write "
+            "OUT/bench.md (the table), bench.csv, bench.json and each configuration's image. "
+            "Each configuration runs in its own process unless --no-isolate."
+        ),
+    )
+    _add_bench_options(bench)
+    compare = sub.add_parser(
+        "compare",
+        help="bench, then render a contact sheet PNG and an HTML report side by side",
+        description=(
+            "Like `deskgen bench`, then write OUT/sheet.png (the photo and each output, "
+            "labelled with time and memory) and OUT/report.html (self-contained). With --from "
+            "DIR, render an earlier bench folder instead of running anything."
+        ),
+    )
+    _add_bench_options(compare)
+    compare.add_argument("--from", dest="source", help="a folder `deskgen bench` wrote")
+    compare.add_argument("--tile", type=int, default=256, help="tile side in pixels (256)")
+    compare.add_argument("--columns", type=int, default=4, help="tiles per row (4)")
+
     backends = sub.add_parser("backends", help="list backends and whether they are installed")
     backends.add_argument("--json", action="store_true", help="print JSON")
 
@@ -389,6 +414,140 @@ def _parser() -> argparse.ArgumentParser:
         "--parameters", action="store_true", help="print the A1111 'parameters' text instead"
     )
     return parser
+
+
+def _add_bench_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="a BenchConfig file (.yaml, .toml, .json)")
+    parser.add_argument(
+        "--run",
+        action="append",
+        default=[],
+        metavar="BACKEND[,KEY=VALUE...]",
+        help="a configuration: backend, then label=, model=, device=, dtype=, memory=, request "
+        "fields (steps=, strength=...) and backend options (preset=fast, distill_lora=PATH, "
+        "compile=true...; JSON values allowed), e.g. --run sdxl,model=./sdxl,preset=balanced "
+        "(repeatable; added to CONFIG's runs)",
+    )
+    parser.add_argument("--out", help="the output folder (required unless --from alone)")
+    group = parser.add_argument_group("what every configuration runs (over CONFIG)")
+    group.add_argument("--prompt", help="the prompt")
+    group.add_argument("--negative-prompt", help="the negative prompt (text or preset:NAME)")
+    group.add_argument("--image", help="the desk photo (omit for txt2img)")
+    group.add_argument("--steps", type=int, help="denoising steps")
+    group.add_argument("--strength", type=float, help="img2img strength")
+    group.add_argument("--guidance-scale", type=float, help="guidance scale")
+    group.add_argument("--width", type=int, help="output width")
+    group.add_argument("--height", type=int, help="output height")
+    group.add_argument("--seed", type=int, help="seed (default 0)")
+    group.add_argument("--warmup", type=int, help="unmeasured runs first (default 1)")
+    group.add_argument("--repeats", type=int, help="measured runs (default 3)")
+    group.add_argument("--device", help="default device of the configurations")
+    group.add_argument("--dtype", help="default dtype of the configurations")
+    group.add_argument("--clip-model", help="a local CLIP model for the prompt-adherence column")
+    group.add_argument("--timeout", type=float, help="seconds per isolated configuration")
+    group.add_argument(
+        "--no-isolate", action="store_true", help="run every configuration in this process"
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--verbose", action="store_true", help="show the libraries' chatter")
+
+
+def _run_spec(text: str) -> dict[str, Any]:
+    """``BACKEND[,KEY=VALUE...]`` as a `BenchEntry`'s fields."""
+    from ._models import GenerationRequest
+
+    backend, *items = [part.strip() for part in text.split(",")]
+    if not backend or "=" in backend:
+        raise ConfigError(f"--run {text!r}: start with the backend name, e.g. --run sdxl,steps=20")
+    entry: dict[str, Any] = {"backend": backend, "options": {}, "request": {}}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--run {text!r}: write KEY=VALUE after the backend, not {item!r}")
+        parsed: Any = value
+        if value[:1] in "[{" or value in ("true", "false", "null"):
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"--run {text!r}: {key}= is not valid JSON ({exc})") from exc
+        if key in ("label", "model", "device", "dtype", "memory"):
+            entry[key] = parsed
+        elif key in GenerationRequest.model_fields:
+            entry["request"][key] = parsed
+        else:
+            entry["options"][key] = parsed
+    return entry
+
+
+def _bench_config(args: argparse.Namespace) -> Any:
+    from ._generator import _format_validation_error
+    from .bench import BenchConfig, load_bench_config
+
+    data: dict[str, Any] = {}
+    if args.config:
+        data = load_bench_config(args.config).model_dump()
+    data["runs"] = list(data.get("runs", [])) + [_run_spec(spec) for spec in args.run]
+    for name in ("prompt", "negative_prompt", "image", "seed", "warmup", "repeats", "device"):
+        if getattr(args, name) is not None:
+            data[name] = getattr(args, name)
+    for name in ("dtype", "clip_model"):
+        if getattr(args, name) is not None:
+            data[name] = getattr(args, name)
+    if args.timeout is not None:
+        data["timeout_s"] = args.timeout
+    if args.no_isolate:
+        data["isolate"] = False
+    request = dict(data.get("request", {}))
+    for name in ("steps", "strength", "guidance_scale", "width", "height"):
+        if getattr(args, name) is not None:
+            request[name] = getattr(args, name)
+    data["request"] = request
+    if not data["runs"]:
+        raise ConfigError("Nothing to run: give a config file or --run BACKEND[,KEY=VALUE...].")
+    if "prompt" not in data:
+        raise ConfigError("Give the prompt to run (--prompt or prompt: in the config).")
+    try:
+        return BenchConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"Invalid bench settings: {_format_validation_error(exc)}.") from exc
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import BenchReport, BenchRow, run_bench, write_comparison
+
+    comparing = args.command == "compare"
+    if comparing and args.source:
+        if args.config or args.run:
+            raise ConfigError("--from renders an earlier run: leave out CONFIG and --run.")
+        report = BenchReport.load(args.source)
+        paths = write_comparison(
+            report, args.source, out=args.out, tile=args.tile, columns=args.columns
+        )
+        for path in paths:
+            print(f"wrote {path}")
+        return 0
+    if not args.out:
+        raise ConfigError("Give the output folder with --out.")
+    config = _bench_config(args)
+
+    def on_row(number: int, total: int, row: BenchRow) -> None:
+        state = (
+            f"failed: {row.error}"
+            if not row.ok
+            else (f"{row.time_text()} per image, {row.memory_text()}")
+        )
+        print(f"[{number}/{total}] {row.label}: {state}", file=sys.stderr)
+
+    report = run_bench(config, out=args.out, on_row=on_row)
+    if comparing:
+        write_comparison(report, args.out, tile=args.tile, columns=args.columns)
+    print(report.to_json() if args.json else report.to_markdown())
+    written = ["bench.md", "bench.csv", "bench.json"] + (
+        ["sheet.png", "report.html"] if comparing else []
+    )
+    print(f"wrote {', '.join(written)} and the images in {args.out}", file=sys.stderr)
+    return 0 if all(row.ok for row in report.rows) else 1
 
 
 def _quiet_libraries() -> None:
@@ -842,7 +1001,8 @@ def _cmd_record(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``deskgen`` command; returns the exit code."""
     args = _parser().parse_args(argv)
-    quiet = ("generate", "demo", "prompt", "describe", "dataset", "train-lora", "quantize")
+    quiet: tuple[str, ...] = ("generate", "demo", "prompt", "describe", "dataset", "train-lora")
+    quiet += ("quantize", "bench", "compare")
     if args.command in quiet and not getattr(args, "verbose", False):
         _quiet_libraries()
     try:
@@ -864,6 +1024,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_quantize(args)
         if args.command == "plan":
             return _cmd_plan(args)
+        if args.command in ("bench", "compare"):
+            return _cmd_bench(args)
         return _cmd_record(args)
     except DeskgenError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -40,6 +40,7 @@ __all__ = [
     "FakeRequest",
     "TinyKind",
     "clip_tokenizer_dir",
+    "make_tiny_clip",
     "make_tiny_controlnet",
     "make_tiny_depth_model",
     "make_tiny_janus",
@@ -494,6 +495,54 @@ def make_tiny_depth_model(
         resample=3,
         image_mean=[0.485, 0.456, 0.406],
         image_std=[0.229, 0.224, 0.225],
+    )
+    model.save_pretrained(target)
+    processor.save_pretrained(target)
+    (target / _MARKER).write_text(json.dumps(spec))
+    return target
+
+
+def make_tiny_clip(path: str | os.PathLike[str], *, seed: int = 0, overwrite: bool = False) -> Path:
+    """Write a tiny random-weight CLIP model (text and vision towers) with the real CLIP
+    tokenizer and an image processor, in the ``save_pretrained`` layout: what
+    `deskgen.bench.ClipScorer` (``clip_model=``) loads. Its scores are meaningless numbers in
+    0..100; the path is the real one."""
+    _require_local()
+    import torch
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessorPil,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPVisionConfig,
+    )
+
+    target = Path(path)
+    spec = {"kind": "clip", "seed": seed, "version": 1}
+    if _built(target, spec, overwrite=overwrite):
+        return target
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=2,
+        num_hidden_layers=2,
+        image_size=32,
+        patch_size=8,
+        projection_dim=16,
+    )
+    config = CLIPConfig(
+        text_config=_clip_text_config(32, 16).to_dict(),
+        vision_config=vision.to_dict(),
+        projection_dim=16,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPModel(config)
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessorPil(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+        ),
+        tokenizer=packaged_clip_tokenizer(),
     )
     model.save_pretrained(target)
     processor.save_pretrained(target)

@@ -1,0 +1,200 @@
+"""What a benchmark runs: `BenchConfig` (the photo, prompt, repeats) and its `BenchEntry` s (one
+backend configuration each), from Python or a YAML/TOML/JSON file."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from .._exceptions import ConfigError, MissingDependencyError
+from .._models import GenerationRequest
+from ..quant._plan import MemoryMode
+
+__all__ = ["BenchConfig", "BenchEntry", "load_bench_config"]
+
+_SECRET = re.compile(r"key|token|secret|password", re.IGNORECASE)
+_REQUEST_FIELDS = frozenset(GenerationRequest.model_fields) - {"image", "mask", "control_image"}
+
+
+class BenchEntry(BaseModel):
+    """One configuration to measure: a backend, its model and options, and request overrides."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: str
+    label: str | None = Field(default=None, min_length=1, max_length=80)
+    """The name in tables and sheets; ``None``: the backend, with its preset if any."""
+    model: str | None = None
+    """Hub id or local folder; ``None``: the backend's default model."""
+    device: str | None = None
+    """``None``: the config's device."""
+    dtype: str | None = None
+    memory: MemoryMode | None = None
+    """Let the memory planner choose (`DeskGenerator`'s ``memory=``)."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Backend options, as `DeskGenerator` takes them: ``preset``, ``quantization``, ``loras``,
+    ``compile``, ``controlnet``...; a key such as ``api_key`` is never written to reports."""
+    request: dict[str, Any] = Field(default_factory=dict)
+    """Request fields for this run only (``steps``, ``strength``, ``guidance_scale``...), over
+    the config's."""
+
+    @property
+    def name(self) -> str:
+        if self.label:
+            return self.label
+        preset = self.options.get("preset")
+        return f"{self.backend} ({preset})" if preset else self.backend
+
+    def public_options(self) -> dict[str, Any]:
+        """The options with secret values (keys, tokens) masked, for reports."""
+        return {
+            k: "***" if _SECRET.search(k) or isinstance(v, SecretStr) else v
+            for k, v in self.options.items()
+        }
+
+
+class BenchConfig(BaseModel):
+    """A benchmark: every entry runs the same photo and prompt with the same seed, ``warmup``
+    times unmeasured, then ``repeats`` times measured."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str = Field(min_length=1)
+    negative_prompt: str | None = None
+    image: str | None = None
+    """The desk photo (a path); ``None``: every entry runs txt2img."""
+    request: dict[str, Any] = Field(default_factory=dict)
+    """Request fields shared by every entry: ``steps``, ``width``, ``height``, ``strength``,
+    ``guidance_scale``, ``long_prompt``..."""
+    seed: int = Field(default=0, ge=0)
+    warmup: int = Field(default=1, ge=0, le=20)
+    """Unmeasured runs first (the first run pays for lazy set-up, CUDA kernels, compilation)."""
+    repeats: int = Field(default=3, ge=1, le=100)
+    """Measured runs: the table gives their median, min and max."""
+    device: str = "auto"
+    dtype: str = "auto"
+    clip_model: str | None = None
+    """A CLIP model (folder or cached hub id, e.g. ``openai/clip-vit-large-patch14``) for the
+    prompt-adherence column; ``None``: the column says it was not asked for."""
+    isolate: bool = True
+    """Run each entry in a fresh Python process: its memory figures are its own, and a crash
+    (out of memory) fails that entry only."""
+    timeout_s: float | None = Field(default=None, gt=0)
+    """Isolated entries taking longer (load included) are stopped and reported as failed."""
+    runs: list[BenchEntry] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_requests(self) -> BenchConfig:
+        for index, entry in enumerate(self.runs):
+            fields = {**self.request, **entry.request}
+            unknown = sorted(set(fields) - _REQUEST_FIELDS)
+            if unknown:
+                raise ValueError(
+                    f"runs[{index}] ({entry.name}): unknown request fields {', '.join(unknown)} "
+                    f"(known: {', '.join(sorted(_REQUEST_FIELDS))})"
+                )
+            try:
+                self.request_for(entry)
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+                )
+                raise ValueError(f"runs[{index}] ({entry.name}): {problems}") from None
+        labels = [entry.name for entry in self.runs]
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        if twice:
+            raise ValueError(
+                f"several runs are named {', '.join(twice)}: give each a distinct label"
+            )
+        return self
+
+    def request_for(self, entry: BenchEntry) -> GenerationRequest:
+        """The request ``entry`` runs (with the photo when there is one)."""
+        fields: dict[str, Any] = {
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "seed": self.seed,
+            **self.request,
+            **entry.request,
+        }
+        if self.image is not None:
+            fields["image"] = self.image
+        return GenerationRequest.model_validate(fields)
+
+    def public(self) -> dict[str, Any]:
+        """The config as JSON data for reports: secrets masked, and local paths (photo, models,
+        CLIP) by name only, as generation records keep them."""
+        from .._record import public_model_name
+
+        data = self.model_dump(mode="json", exclude={"runs"})
+        for key in ("image", "clip_model"):
+            if data[key] is not None:
+                data[key] = public_model_name(data[key])
+        data["runs"] = [
+            {
+                **entry.model_dump(mode="json", exclude={"options"}),
+                "model": public_model_name(entry.model) if entry.model else None,
+                "options": json.loads(json.dumps(entry.public_options(), default=str)),
+            }
+            for entry in self.runs
+        ]
+        return data
+
+
+def load_bench_config(path: str | os.PathLike[str]) -> BenchConfig:
+    """Read a `BenchConfig` from a ``.yaml``/``.yml`` (needs PyYAML), ``.toml`` or ``.json``
+    file. Paths inside (photo, models) are taken as they are: relative to the current folder.
+
+    Raises:
+        ConfigError: no such file, unreadable, or not a valid config (the message says where).
+        MissingDependencyError: a YAML file without PyYAML.
+    """
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Can't read the bench config {str(file)!r}: {exc}") from exc
+    suffix = file.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            try:
+                import yaml  # type: ignore[import-untyped,unused-ignore]
+            except ImportError as exc:
+                raise MissingDependencyError(
+                    "YAML bench configs", extra="bench", missing=["pyyaml"]
+                ) from exc
+            data = yaml.safe_load(text)
+        elif suffix == ".toml":
+            if sys.version_info >= (3, 11):
+                import tomllib
+            else:  # pragma: no cover - Python 3.10
+                import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+            data = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(
+                f"{str(file)!r}: write the bench config as .yaml, .toml or .json (by suffix)."
+            )
+    except (ConfigError, MissingDependencyError):
+        raise
+    except Exception as exc:  # the parsers' own errors say where
+        raise ConfigError(f"{str(file)!r} is not valid {suffix[1:].upper()}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{str(file)!r} holds no mapping: write the config's fields at the top.")
+    try:
+        return BenchConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"Invalid bench config {str(file)!r}: {_errors(exc)}") from exc
+
+
+def _errors(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
+    )

@@ -1,0 +1,303 @@
+"""Running a benchmark: each configuration loads, warms up, repeats the same request, and its
+first measured image is saved; quality columns are computed afterwards, apart from the timings."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, SecretStr
+
+from .._exceptions import DeskgenError
+from .._images import load_image
+from .._record import atomic_write, atomic_write_bytes, public_model_name
+from .._version import __version__
+from ._config import BenchConfig, BenchEntry
+from ._report import BenchMode, BenchReport, BenchRow
+
+__all__ = ["run_bench"]
+
+RowCallback = Callable[[int, int, BenchRow], None]
+"""Called after each configuration with (its number from 1, how many, its row)."""
+
+PHOTO_FILE = "photo.png"
+
+
+def run_bench(
+    config: BenchConfig,
+    *,
+    out: str | os.PathLike[str],
+    on_row: RowCallback | None = None,
+) -> BenchReport:
+    """Measure every configuration of ``config`` on the same photo, prompt and seed.
+
+    Writes into ``out``: ``photo.png`` (the photo as run), one PNG per configuration (its first
+    measured image, with its generation record), and ``bench.json``/``bench.md``/``bench.csv``
+    (`BenchReport.save`). A configuration that fails (bad options, out of memory, a crash when
+    isolated) gets a row with its error; the others still run.
+
+    Raises:
+        ImageInputError: the photo can't be read.
+        ConfigError: ``out`` is a file.
+    """
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    photo = None
+    if config.image is not None:
+        photo, _ = load_image(config.image)
+        atomic_write(folder / PHOTO_FILE, lambda fh: photo.save(fh, format="PNG"))
+    rows: list[BenchRow] = []
+    names = _file_names([entry.name for entry in config.runs])
+    for number, (entry, name) in enumerate(zip(config.runs, names, strict=True), 1):
+        image_path = folder / f"{name}.png"
+        if config.isolate:
+            row = _measure_isolated(config, number - 1, image_path)
+        else:
+            row = measure(config, entry, image_path)
+        rows.append(row)
+        if on_row is not None:
+            on_row(number, len(config.runs), row)
+    _add_quality(config, rows, photo, folder)
+    report = BenchReport(
+        rows=rows,
+        config=config.public(),
+        environment=environment(rows),
+        photo=PHOTO_FILE if photo is not None else None,
+        deskgen_version=__version__,
+        created_at=datetime.now(timezone.utc),
+    )
+    report.save(folder)
+    return report
+
+
+def measure(config: BenchConfig, entry: BenchEntry, image_path: Path) -> BenchRow:
+    """Load ``entry``'s generator in this process, warm it up, time ``config.repeats`` runs and
+    save the first measured image to ``image_path``. deskgen errors become the row's error."""
+    from .._generator import DeskGenerator
+
+    base = _stub(entry)
+    try:
+        request = config.request_for(entry)
+        with DeskGenerator(
+            entry.backend,
+            model=entry.model,
+            device=entry.device or config.device,
+            dtype=entry.dtype or config.dtype,
+            memory=entry.memory,
+            **entry.options,
+        ) as gen:
+            base.model = public_model_name(gen.model)
+            for _ in range(config.warmup):
+                gen.generate(request)
+            results = [gen.generate(request) for _ in range(config.repeats)]
+            memory = gen.memory_report()
+            loras = [lora.name for lora in gen.loras]
+            speed = list(getattr(gen.backend, "performance", []))
+            load_seconds = gen.load_seconds
+    except DeskgenError as exc:
+        return base.model_copy(update={"error": f"{type(exc).__name__}: {exc}"})
+    first = results[0]
+    first.save(image_path, index=0)
+    quantized = [
+        f"{name} {part.quantization}"
+        for name, part in sorted(memory.components.items())
+        if part.quantization
+    ]
+    phases = ("control", "encode", "denoise", "decode")
+    return base.model_copy(
+        update={
+            "mode": _mode(first.backend, first.mode, bool(first.controls)),
+            "width": first.width,
+            "height": first.height,
+            "steps": first.denoising_steps,
+            "scheduler": first.scheduler,
+            "device": first.device,
+            "dtype": first.dtype,
+            "load_seconds": load_seconds,
+            "seconds_per_image": [r.timings.total / len(r.images) for r in results],
+            "phase_seconds": {
+                phase: statistics.median(getattr(r.timings, phase) for r in results)
+                for phase in phases
+            },
+            "peak_memory_bytes": max(r.peak_memory.bytes for r in results),
+            "memory_kind": first.peak_memory.kind,
+            "load_peak_bytes": memory.load_peak.bytes if memory.load_peak else None,
+            "quantization": ", ".join(quantized) or None,
+            "loras": loras,
+            "speed": speed,
+            "cost_usd": first.cost_usd / len(first.images) if first.cost_usd is not None else None,
+            "image": image_path.name,
+            "warnings": sorted(set(first.warnings)),
+        }
+    )
+
+
+def _stub(entry: BenchEntry) -> BenchRow:
+    """A row with what is known before running ``entry``."""
+    return BenchRow(
+        label=entry.name,
+        backend=entry.backend,
+        model=public_model_name(entry.model) if entry.model else "(default)",
+        preset=entry.options.get("preset"),
+        options=entry.public_options(),
+    )
+
+
+def _mode(backend: str, mode: str, controls: bool) -> BenchMode:
+    if controls:
+        return "controlnet"
+    if backend == "openai" and mode == "img2img":
+        return "edit"
+    return "img2img" if mode == "img2img" else "txt2img"
+
+
+# -- isolation ---------------------------------------------------------------------------------
+
+
+def _measure_isolated(config: BenchConfig, index: int, image_path: Path) -> BenchRow:
+    """`measure` in a fresh interpreter (``python -m deskgen.bench._worker``): the job goes in
+    on stdin (never on disk: options may hold keys), the row comes back in a file."""
+    result_path = image_path.with_name(f".{image_path.stem}.row.json")
+    result_path.unlink(missing_ok=True)
+    job = {
+        "config": _plain(config.model_dump()),
+        "index": index,
+        "image_path": str(image_path),
+        "result_path": str(result_path),
+    }
+    failed = _stub(config.runs[index])
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "deskgen.bench._worker"],
+            input=json.dumps(job),
+            capture_output=True,
+            text=True,
+            timeout=config.timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return failed.model_copy(update={"error": f"stopped after {config.timeout_s:g} s"})
+    try:
+        if done.returncode != 0:
+            tail = " ".join(done.stderr.strip().splitlines()[-3:])
+            reason = _exit_reason(done.returncode)
+            return failed.model_copy(update={"error": f"the worker {reason}: {tail}".strip()})
+        return BenchRow.model_validate_json(result_path.read_text(encoding="utf-8"))
+    finally:
+        result_path.unlink(missing_ok=True)
+
+
+def _exit_reason(code: int) -> str:
+    if code == -9:
+        return "was killed (SIGKILL: out of memory?)"
+    if code < 0:
+        return f"died of signal {-code}"
+    return f"exited with code {code}"
+
+
+def _plain(value: Any) -> Any:
+    """JSON data of a model dump, secrets revealed (for the worker's stdin only)."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, BaseModel):
+        return _plain(value.model_dump())
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+# -- after the runs ----------------------------------------------------------------------------
+
+
+def _add_quality(config: BenchConfig, rows: list[BenchRow], photo: Any, folder: Path) -> None:
+    """Fill the quality columns from the saved images, or say why they are empty."""
+    from PIL import Image
+
+    scorer: Any = None
+    clip_note: str | None = "no CLIP model given (clip_model=..., --clip-model)"
+    if config.clip_model is not None:
+        try:
+            from ._quality import ClipScorer
+
+            scorer = ClipScorer(config.clip_model)
+            clip_note = None
+        except DeskgenError as exc:
+            clip_note = f"CLIP model not usable: {exc}"
+    for index, row in enumerate(rows):
+        if not row.ok or row.image is None:
+            continue
+        with Image.open(folder / row.image, formats=("PNG",)) as opened:
+            image = opened.convert("RGB")
+        update: dict[str, Any] = {}
+        if photo is None:
+            update["edge_ssim_note"] = "no photo: txt2img keeps no structure to compare"
+        else:
+            try:
+                from ._quality import edge_ssim
+
+                update["edge_ssim"] = edge_ssim(photo, image)
+            except DeskgenError as exc:
+                update["edge_ssim_note"] = str(exc)
+        if scorer is not None:
+            update["clip_score"], update["clip_score_note"] = scorer.score(image, config.prompt)
+        else:
+            update["clip_score_note"] = clip_note
+        rows[index] = row.model_copy(update=update)
+
+
+def environment(rows: list[BenchRow]) -> dict[str, str]:
+    """What the numbers were measured on."""
+    env = {"python": platform.python_version(), "platform": platform.platform(terse=True)}
+    for package in ("torch", "diffusers", "transformers", "openai"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            env[package] = importlib.metadata.version(package)
+    cpu = _cpu_name()
+    env["cpu"] = f"{cpu} ({os.cpu_count()} cores)"
+    devices = sorted({row.device for row in rows if row.device})
+    gpus = [d for d in devices if d.startswith("cuda")]
+    if gpus and importlib.util.find_spec("torch") is not None:
+        import torch
+
+        env["gpu"] = torch.cuda.get_device_name(torch.device(gpus[0]))
+    env["device"] = env.get("gpu") or f"CPU: {env['cpu']}"
+    return env
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or platform.machine()
+
+
+def _file_names(labels: list[str]) -> list[str]:
+    """Distinct, safe file stems for the labels."""
+    names: list[str] = []
+    for label in labels:
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-.").lower() or "run"
+        name, n = stem, 2
+        while name in names or name == "photo":
+            name, n = f"{stem}-{n}", n + 1
+        names.append(name)
+    return names
+
+
+def write_row(row: BenchRow, path: Path) -> None:
+    atomic_write_bytes(path, row.model_dump_json().encode("utf-8"))

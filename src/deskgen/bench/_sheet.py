@@ -1,0 +1,229 @@
+"""A benchmark seen side by side: a contact sheet PNG (the photo, then each configuration's output
+with its time and memory) and a self-contained HTML report (images embedded, no scripts)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from .._record import atomic_write, atomic_write_bytes
+from ._report import BenchReport, BenchRow
+
+__all__ = ["contact_sheet", "html_report", "write_comparison"]
+
+PAD = 8
+"""Pixels between tiles and around the sheet."""
+HEADER = 28
+"""Height of the band with the prompt at the top."""
+FONT_SIZE = 13
+LINE = 16
+CAPTION = 3 * LINE + 6
+"""Height of the three caption lines under each tile."""
+BACKGROUND = (245, 245, 242)
+TILE_BACKGROUND = (225, 225, 220)
+INK = (20, 20, 20)
+FAILED_INK = (170, 20, 20)
+
+
+def sheet_size(tiles: int, *, tile: int, columns: int) -> tuple[int, int]:
+    """The size of a sheet of ``tiles`` tiles of ``tile`` pixels, ``columns`` per row."""
+    cols = max(1, min(columns, tiles))
+    rows = -(-tiles // cols)
+    return cols * tile + (cols + 1) * PAD, HEADER + rows * (tile + CAPTION) + (rows + 1) * PAD
+
+
+def _open(folder: Path, name: str | None) -> Image.Image | None:
+    if name is None or not (folder / name).is_file():
+        return None
+    with Image.open(folder / name, formats=("PNG",)) as opened:
+        image: Image.Image = opened.convert("RGB")
+    return image
+
+
+def _fit(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int) -> str:
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "...") > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def _captions(row: BenchRow) -> list[str]:
+    if not row.ok:
+        return [row.label, "failed", row.error or ""]
+    quality = [f"edge SSIM {row.edge_ssim:.3f}"] if row.edge_ssim is not None else []
+    quality += [f"CLIP {row.clip_score:.1f}"] if row.clip_score is not None else []
+    return [
+        row.label,
+        f"{row.median_seconds:.2f} s/image, {row.memory_text()}",
+        ", ".join(quality) or f"{row.width}x{row.height}, {row.steps} steps",
+    ]
+
+
+def contact_sheet(
+    report: BenchReport, folder: str | os.PathLike[str], *, tile: int = 256, columns: int = 4
+) -> Image.Image:
+    """The labelled grid: the photo (if any), then each configuration's image, each captioned
+    with its label, seconds per image, peak memory and quality columns. ``folder`` holds the
+    report's images. See `sheet_size` for the layout."""
+    if tile < 64:
+        raise ValueError("tile must be at least 64 pixels")
+    root = Path(folder)
+    entries: list[tuple[Image.Image | None, list[str], bool]] = []
+    photo = _open(root, report.photo)
+    if photo is not None:
+        entries.append((photo, ["photo", f"{photo.width}x{photo.height}", ""], True))
+    for row in report.rows:
+        entries.append((_open(root, row.image), _captions(row), row.ok))
+    size = sheet_size(len(entries), tile=tile, columns=columns)
+    sheet = Image.new("RGB", size, BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=FONT_SIZE)
+    prompt = str(report.config.get("prompt", ""))
+    draw.text((PAD, PAD), _fit(f"prompt: {prompt}", font, size[0] - 2 * PAD), fill=INK, font=font)
+    cols = max(1, min(columns, len(entries)))
+    for index, (image, lines, ok) in enumerate(entries):
+        x = PAD + (index % cols) * (tile + PAD)
+        y = HEADER + PAD + (index // cols) * (tile + CAPTION + PAD)
+        draw.rectangle([x, y, x + tile - 1, y + tile - 1], fill=TILE_BACKGROUND)
+        if image is not None:
+            thumb = ImageOps.contain(image, (tile, tile), Image.Resampling.LANCZOS)
+            sheet.paste(thumb, (x + (tile - thumb.width) // 2, y + (tile - thumb.height) // 2))
+        for line, text in enumerate(lines):
+            draw.text(
+                (x, y + tile + 3 + line * LINE),
+                _fit(text, font, tile),
+                fill=INK if ok or line == 0 else FAILED_INK,
+                font=font,
+            )
+    return sheet
+
+
+def _data_uri(image: Image.Image, *, side: int = 768) -> str:
+    thumb = image.copy()
+    thumb.thumbnail((side, side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    thumb.save(buffer, format="JPEG", quality=90)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#222;background:#fafaf8}
+h1{font-size:1.4em}table{border-collapse:collapse;margin:12px 0;font-size:.9em}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#eee}.grid{display:flex;flex-wrap:wrap;gap:16px}
+figure{margin:0;width:320px;background:#fff;border:1px solid #ddd;padding:8px}
+figure img{width:100%;height:auto;display:block}figcaption{font-size:.85em;margin-top:6px}
+.failed{color:#a11}.muted{color:#666;font-size:.85em}pre{white-space:pre-wrap;font-size:.8em}
+"""
+
+
+def html_report(report: BenchReport, folder: str | os.PathLike[str]) -> str:
+    """One HTML page with everything inside (images as data URIs, inline CSS, no scripts): the
+    prompt, the photo and every output side by side, the table, the settings and environment."""
+    root = Path(folder)
+    esc = html.escape
+    config = report.config
+    figures = []
+    photo = _open(root, report.photo)
+    if photo is not None:
+        figures.append(
+            f'<figure><img alt="the desk photo" src="{_data_uri(photo)}">'
+            f"<figcaption><b>photo</b><br>{photo.width}x{photo.height}</figcaption></figure>"
+        )
+    for row in report.rows:
+        image = _open(root, row.image)
+        picture = (
+            f'<img alt="{esc(row.label)}" src="{_data_uri(image)}">'
+            if image is not None
+            else '<p class="failed">no image</p>'
+        )
+        lines = "<br>".join(esc(line) for line in _captions(row)[1:])
+        warnings = "".join(f'<br><span class="muted">{esc(w)}</span>' for w in row.warnings)
+        state = "" if row.ok else ' class="failed"'
+        figures.append(
+            f"<figure>{picture}<figcaption><b>{esc(row.label)}</b><br><span{state}>{lines}"
+            f"</span><br>{esc(row.settings())}{warnings}</figcaption></figure>"
+        )
+    table = _html_table(report)
+    env = "".join(
+        f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in report.environment.items()
+    )
+    negative = config.get("negative_prompt")
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>deskgen comparison</title><style>{_STYLE}</style></head><body>"
+        "<h1>deskgen comparison</h1>"
+        f"<p><b>prompt:</b> {esc(str(config.get('prompt', '')))}</p>"
+        + (f"<p><b>negative prompt:</b> {esc(str(negative))}</p>" if negative else "")
+        + f"<p class='muted'>seed {esc(str(config.get('seed')))}, {esc(str(config.get('warmup')))}"
+        f" warm-up and {esc(str(config.get('repeats')))} measured runs per configuration; "
+        f"{esc(report.created_at.isoformat(timespec='seconds'))}, deskgen "
+        f"{esc(report.deskgen_version)}</p>"
+        f"<div class='grid'>{''.join(figures)}</div>"
+        f"<h2>Measurements</h2>{table}"
+        f"<h2>Environment</h2><table>{env}</table>"
+        "<h2>Configurations</h2><pre>"
+        + esc(json.dumps(config.get("runs", []), indent=2, ensure_ascii=False))
+        + "</pre></body></html>\n"
+    )
+
+
+def _html_table(report: BenchReport) -> str:
+    esc = html.escape
+    head = [
+        "run", "model", "resolution", "time per image", "peak memory", "mode", "steps", "load",
+        "settings", "edge SSIM", "CLIP score",
+    ]  # fmt: skip
+    rows = []
+    for row in report.rows:
+        if row.ok:
+            ssim = f"{row.edge_ssim:.3f}" if row.edge_ssim is not None else "n/a"
+            clip = f"{row.clip_score:.1f}" if row.clip_score is not None else "n/a"
+            cells = [
+                row.label, row.model, f"{row.width}x{row.height}", row.time_text(),
+                row.memory_text(), row.mode or "", str(row.steps), f"{row.load_seconds:.1f} s",
+                row.settings(), ssim, clip,
+            ]  # fmt: skip
+            titles = {9: row.edge_ssim_note, 10: row.clip_score_note}
+            tds = "".join(
+                f"<td title='{esc(titles.get(i) or '')}'>{esc(c)}</td>" for i, c in enumerate(cells)
+            )
+        else:
+            tds = (
+                f"<td>{esc(row.label)}</td><td>{esc(row.model)}</td>"
+                f"<td colspan='9' class='failed'>failed: {esc(row.error or '')}</td>"
+            )
+        rows.append(f"<tr>{tds}</tr>")
+    header = "".join(f"<th>{esc(h)}</th>" for h in head)
+    notes = sorted(
+        {n for row in report.rows for n in (row.edge_ssim_note, row.clip_score_note) if n}
+    )
+    foot = "".join(f"<li>{esc(n)}</li>" for n in notes)
+    return f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>" + (
+        f"<p class='muted'>n/a:</p><ul class='muted'>{foot}</ul>" if foot else ""
+    )
+
+
+def write_comparison(
+    report: BenchReport,
+    folder: str | os.PathLike[str],
+    *,
+    out: str | os.PathLike[str] | None = None,
+    tile: int = 256,
+    columns: int = 4,
+) -> list[Path]:
+    """Write ``sheet.png`` and ``report.html`` for the report whose images are in ``folder``
+    (into ``out``, by default the same folder), atomically. Returns the paths."""
+    target = Path(out) if out is not None else Path(folder)
+    sheet = contact_sheet(report, folder, tile=tile, columns=columns)
+    atomic_write(target / "sheet.png", lambda fh: sheet.save(fh, format="PNG"))
+    atomic_write_bytes(target / "report.html", html_report(report, folder).encode("utf-8"))
+    return [target / "sheet.png", target / "report.html"]

@@ -1,0 +1,151 @@
+"""run_bench on the tiny pipelines: the rows, the table, CSV and JSON, failures and isolation."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from deskgen import read_record
+from deskgen.bench import BenchConfig, BenchEntry, BenchReport, run_bench
+
+
+def test_rows_have_sane_numbers(bench_run: tuple[BenchReport, Path, list[str]]) -> None:
+    report, out, _ = bench_run
+    assert [row.label for row in report.rows] == ["SDXL <tiny>", "sd (balanced)"]
+    for row in report.rows:
+        assert row.ok, row.error
+        assert len(row.seconds_per_image) == 3
+        assert all(s > 0 for s in row.seconds_per_image)
+        assert row.min_seconds <= row.median_seconds <= row.max_seconds  # type: ignore[operator]
+        assert row.load_seconds is not None and row.load_seconds > 0
+        assert row.peak_memory_bytes is not None and row.peak_memory_bytes > 2**20
+        assert row.memory_kind == "process_rss"
+        assert row.mode == "img2img"
+        assert row.steps == int(4 * 0.6)  # steps 4 at the default strength 0.6
+        assert set(row.phase_seconds) == {"control", "encode", "denoise", "decode"}
+        assert row.device == "cpu" and row.dtype == "float32"
+        # the image is the real output, with its generation record
+        with Image.open(out / str(row.image)) as image:
+            assert image.size == (row.width, row.height)
+        assert read_record(out / str(row.image)).prompt.startswith("a tidy desk")
+        assert row.edge_ssim is not None and -1.0 <= row.edge_ssim <= 1.0
+        assert row.clip_score is not None and 0.0 <= row.clip_score <= 100.0
+        assert row.clip_score_note is None
+    assert report.rows[1].preset == "balanced"
+    assert report.rows[1].scheduler == "DPMSolverMultistepScheduler"
+    assert report.rows[1].speed[0].startswith("balanced: DPMSolverMultistepScheduler")
+    assert (out / "photo.png").is_file()
+
+
+def test_warmup_and_repeats_are_respected(
+    bench_run: tuple[BenchReport, Path, list[str]],
+) -> None:
+    _, _, calls = bench_run
+    assert calls == ["sdxl"] * 4 + ["sd"] * 4  # 1 warm-up + 3 measured each
+
+
+def test_markdown_csv_and_json(bench_run: tuple[BenchReport, Path, list[str]]) -> None:
+    report, out, _ = bench_run
+    table = (out / "bench.md").read_text()
+    assert table == report.to_markdown()
+    lines = table.splitlines()
+    assert lines[0].startswith("| run | model | resolution | time per image")
+    assert lines[2].startswith("| SDXL <tiny> | tiny-sdxl | 64x48 | ")
+    assert "| img2img | 2 |" in lines[2]
+    assert lines[3].startswith("| sd (balanced) | tiny-sd | 64x48 |")
+    assert "3 measured runs after 1 warm-up, seed 0" in table
+    rows = list(csv.DictReader(io.StringIO((out / "bench.csv").read_text())))
+    assert [r["label"] for r in rows] == ["SDXL <tiny>", "sd (balanced)"]
+    assert all(float(r["median_seconds"]) > 0 and r["repeats"] == "3" for r in rows)
+    assert all(int(r["peak_memory_bytes"]) > 0 for r in rows)
+    data = json.loads((out / "bench.json").read_text())
+    assert data["rows"][0]["median_seconds"] == report.rows[0].median_seconds
+    assert BenchReport.load(out) == report
+    # machine paths stay out of the report
+    assert str(out.parent) not in (out / "bench.json").read_text()
+
+
+def test_a_failing_configuration_gets_an_error_row(
+    tiny_paths: dict[str, Path], tmp_path: Path
+) -> None:
+    config = BenchConfig(
+        prompt="a desk",
+        request={"steps": 2},
+        warmup=0,
+        repeats=1,
+        device="cpu",
+        isolate=False,
+        runs=[
+            BenchEntry(backend="sdxl", model=str(tiny_paths["sdxl"]), options={"turbo": True}),
+            BenchEntry(backend="sd", model=str(tiny_paths["sd"])),
+        ],
+    )
+    report = run_bench(config, out=tmp_path)
+    failed, ok = report.rows
+    assert failed.error is not None and failed.error.startswith("ConfigError: Invalid options")
+    assert failed.seconds_per_image == [] and failed.image is None
+    assert ok.ok and ok.mode == "txt2img"
+    assert ok.edge_ssim is None and ok.edge_ssim_note is not None
+    assert "no photo" in ok.edge_ssim_note
+    assert "no CLIP model given" in str(ok.clip_score_note)
+    table = report.to_markdown()
+    assert "failed: ConfigError" in table and "n/a [1]" in table and "[2] no CLIP" in table
+
+
+def test_an_unusable_clip_model_says_why(tiny_paths: dict[str, Path], tmp_path: Path) -> None:
+    config = BenchConfig(
+        prompt="a desk",
+        request={"steps": 2},
+        warmup=0,
+        repeats=1,
+        device="cpu",
+        isolate=False,
+        clip_model=str(tmp_path / "no-such-clip"),
+        runs=[BenchEntry(backend="sd", model=str(tiny_paths["sd"]))],
+    )
+    row = run_bench(config, out=tmp_path / "out").rows[0]
+    assert row.clip_score is None
+    assert str(row.clip_score_note).startswith("CLIP model not usable")
+
+
+@pytest.mark.slow
+def test_isolated_runs_measure_in_their_own_process(
+    tiny_paths: dict[str, Path], bench_photo: Path, tmp_path: Path
+) -> None:
+    config = BenchConfig(
+        prompt="a desk",
+        image=str(bench_photo),
+        request={"steps": 2},
+        warmup=0,
+        repeats=2,
+        device="cpu",
+        runs=[
+            BenchEntry(backend="sd", model=str(tiny_paths["sd"])),
+            BenchEntry(backend="sd", label="bad", model=str(tmp_path / "missing")),
+        ],
+    )
+    report = run_bench(config, out=tmp_path)
+    good, bad = report.rows
+    assert good.ok and len(good.seconds_per_image) == 2
+    assert good.peak_memory_bytes is not None and good.peak_memory_bytes > 2**20
+    assert (tmp_path / str(good.image)).is_file()
+    assert bad.error is not None and bad.error.startswith("ModelNotFoundError")
+    assert not list(tmp_path.glob(".*.row.json"))  # the workers' row files are gone
+
+
+def test_isolated_runs_stop_at_the_timeout(tiny_paths: dict[str, Path], tmp_path: Path) -> None:
+    config = BenchConfig(
+        prompt="a desk",
+        warmup=0,
+        repeats=1,
+        device="cpu",
+        timeout_s=0.05,
+        runs=[BenchEntry(backend="sd", model=str(tiny_paths["sd"]))],
+    )
+    row = run_bench(config, out=tmp_path).rows[0]
+    assert row.error == "stopped after 0.05 s"
