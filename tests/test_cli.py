@@ -568,6 +568,7 @@ def test_compare_runs_a_config_file(
         (["bench", "--out", "x", "--prompt", "p", "--run", "sd,steps"], "KEY=VALUE"),
         (["bench", "--prompt", "p", "--run", "sd"], "--out"),
         (["compare", "--from", "nowhere"], "No bench.json"),
+        (["compare", "--out", "x", "--prompt", "p", "--run", "sd", "--tile", "8"], "--tile"),
     ],
 )
 def test_bench_usage_errors(
@@ -587,3 +588,23 @@ def test_a_failed_configuration_exits_1(
     ]  # fmt: skip
     assert main(args) == 1
     assert "failed: ConfigError" in capsys.readouterr().out
+
+
+def test_run_specs_split_at_keys_not_inside_json() -> None:
+    from deskgen.cli import _run_spec
+
+    spec = _run_spec(
+        'sdxl,label=int8,quantization={"method": "quanto", "weights": "int8"},steps=20,'
+        "loras=[\"a.safetensors\", \"b.safetensors\"],use_photo=false,compile=true"
+    )
+    assert spec == {
+        "backend": "sdxl",
+        "label": "int8",
+        "use_photo": False,
+        "options": {
+            "quantization": {"method": "quanto", "weights": "int8"},
+            "loras": ["a.safetensors", "b.safetensors"],
+            "compile": True,
+        },
+        "request": {"steps": "20"},
+    }

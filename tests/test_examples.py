@@ -225,3 +225,26 @@ def test_quantize_example(tmp_path: Path) -> None:
     differences = re.findall(r"mean pixel difference ([\d.]+)", proc.stdout)
     assert len(differences) == 2 and all(0 < float(d) < 10 for d in differences)
     assert (tmp_path / "quantized-full.png").is_file()
+
+
+@pytest.mark.slow
+def test_bench_compare_example(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    argv = [sys.executable, str(ROOT / "examples" / "bench_compare.py"), "--out", str(out)]
+    argv += ["--repeats", "1"]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=_env(tmp_path), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")][1:]
+    labels = [row.split(" | ")[0].removeprefix("| ") for row in rows]
+    assert labels == ["sdxl", "sdxl quality", "sdxl balanced", "sdxl fast", "sd balanced"]
+    steps = {label: int(row.split(" | ")[6]) for label, row in zip(labels, rows, strict=True)}
+    # img2img at strength 0.6: 30 steps -> 18, quality 50 -> 30, balanced 25 -> 15, LCM 4 -> 2
+    assert steps == {
+        "sdxl": 18,
+        "sdxl quality": 30,
+        "sdxl balanced": 15,
+        "sdxl fast": 2,
+        "sd balanced": 15,
+    }
+    for name in ("bench.md", "bench.csv", "bench.json", "sheet.png", "report.html"):
+        assert (out / name).is_file(), name

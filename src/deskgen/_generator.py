@@ -157,7 +157,10 @@ class DeskGenerator:
                 mode=memory,
                 device=device,
                 dtype=dtype,
-                allow_quantization=not options.get("loras"),
+                # LoRAs need full-precision layers; fused QKV can't fuse quantized ones
+                allow_quantization=not any(
+                    options.get(key) for key in ("loras", "distill_lora", "fuse_qkv")
+                ),
                 **given,
             )
             for key, value in plan.options().items():

@@ -11,6 +11,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -423,10 +424,11 @@ def _add_bench_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="BACKEND[,KEY=VALUE...]",
-        help="a configuration: backend, then label=, model=, device=, dtype=, memory=, request "
-        "fields (steps=, strength=...) and backend options (preset=fast, distill_lora=PATH, "
-        "compile=true...; JSON values allowed), e.g. --run sdxl,model=./sdxl,preset=balanced "
-        "(repeatable; added to CONFIG's runs)",
+        help="a configuration: backend, then label=, model=, device=, dtype=, memory=, "
+        "use_photo=false, request fields (steps=, strength=...) and backend options "
+        "(preset=fast, distill_lora=PATH, loras=[...], compile=true...; values starting with "
+        "[ or { are JSON), e.g. --run sdxl,model=./sdxl,preset=balanced (repeatable; added to "
+        "CONFIG's runs)",
     )
     parser.add_argument("--out", help="the output folder (required unless --from alone)")
     group = parser.add_argument_group("what every configuration runs (over CONFIG)")
@@ -452,28 +454,36 @@ def _add_bench_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="show the libraries' chatter")
 
 
+_RUN_SPLIT = re.compile(r",(?=\s*[A-Za-z_]\w*=)")
+"""Commas that start the next ``key=``: commas inside JSON values stay."""
+
+
 def _run_spec(text: str) -> dict[str, Any]:
-    """``BACKEND[,KEY=VALUE...]`` as a `BenchEntry`'s fields."""
+    """``BACKEND[,KEY=VALUE...]`` as a `BenchEntry`'s fields: ``label``, ``model``, ``device``,
+    ``dtype``, ``memory`` and ``use_photo`` are the run's own, request fields (but ``loras``)
+    go to its request, the rest (``loras`` included: LoRAs loaded with the model) to its
+    backend options. Values that start with ``[``/``{`` or are true/false/null are JSON."""
     from ._models import GenerationRequest
 
-    backend, *items = [part.strip() for part in text.split(",")]
+    backend, *items = [part.strip() for part in _RUN_SPLIT.split(text)]
+    backend, comma, rest = backend.partition(",")
     if not backend or "=" in backend:
         raise ConfigError(f"--run {text!r}: start with the backend name, e.g. --run sdxl,steps=20")
+    if comma:
+        raise ConfigError(f"--run {text!r}: write KEY=VALUE after the backend, not {rest!r}")
     entry: dict[str, Any] = {"backend": backend, "options": {}, "request": {}}
     for item in items:
-        key, sep, value = item.partition("=")
+        key, _, value = item.partition("=")
         key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--run {text!r}: write KEY=VALUE after the backend, not {item!r}")
         parsed: Any = value
         if value[:1] in "[{" or value in ("true", "false", "null"):
             try:
                 parsed = json.loads(value)
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"--run {text!r}: {key}= is not valid JSON ({exc})") from exc
-        if key in ("label", "model", "device", "dtype", "memory"):
+        if key in ("label", "model", "device", "dtype", "memory", "use_photo"):
             entry[key] = parsed
-        elif key in GenerationRequest.model_fields:
+        elif key in GenerationRequest.model_fields and key != "loras":
             entry["request"][key] = parsed
         else:
             entry["options"][key] = parsed
@@ -488,10 +498,8 @@ def _bench_config(args: argparse.Namespace) -> Any:
     if args.config:
         data = load_bench_config(args.config).model_dump()
     data["runs"] = list(data.get("runs", [])) + [_run_spec(spec) for spec in args.run]
-    for name in ("prompt", "negative_prompt", "image", "seed", "warmup", "repeats", "device"):
-        if getattr(args, name) is not None:
-            data[name] = getattr(args, name)
-    for name in ("dtype", "clip_model"):
+    fields = ("prompt", "negative_prompt", "image", "seed", "warmup", "repeats", "device")
+    for name in (*fields, "dtype", "clip_model"):
         if getattr(args, name) is not None:
             data[name] = getattr(args, name)
     if args.timeout is not None:
@@ -529,6 +537,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise ConfigError("Give the output folder with --out.")
+    if comparing and (args.tile < 64 or args.columns < 1):  # before minutes of benchmarking
+        raise ConfigError("--tile must be at least 64 pixels and --columns at least 1.")
     config = _bench_config(args)
 
     def on_row(number: int, total: int, row: BenchRow) -> None:

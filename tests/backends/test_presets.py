@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from deskgen import ConfigError, DeskGenerator, UnsupportedOperationError
 from deskgen.backends._speed import distill_kind, preset_recipe
@@ -35,6 +36,33 @@ def test_fast_recipe_from_the_file_name(
     assert distill_kind(name) == kind
     recipe = preset_recipe("fast", lora=name)
     assert (recipe.steps, recipe.guidance) == (steps, guidance)
+
+
+@pytest.mark.parametrize(
+    ("source", "kind", "steps", "guidance"),
+    [
+        ("ByteDance/SDXL-Lightning/sdxl_lightning_2step_lora.safetensors", "lightning", 2, 0.0),
+        ("ByteDance/Hyper-SD/Hyper-SDXL-1step-lora.safetensors", "hyper-sd", 1, 0.0),
+        ("ByteDance/Hyper-SD/Hyper-SDXL-8steps-CFG-lora.safetensors", "hyper-sd", 8, None),
+        ("latent-consistency/lcm-lora-sdxl/pytorch_lora_weights.safetensors", "lcm", 4, 1.0),
+    ],
+)
+def test_hub_files_are_read_by_their_file_then_repo_name(
+    source: str, kind: str, steps: int, guidance: float | None
+) -> None:
+    from deskgen import LoraSpec
+    from deskgen._lora import as_lora_spec
+
+    spec = as_lora_spec(source)
+    assert isinstance(spec, LoraSpec) and spec.weight_name is not None
+    recipe = preset_recipe("fast", lora=spec)
+    assert (recipe.steps, recipe.guidance) == (steps, guidance)
+    assert recipe == preset_recipe("fast", kind=kind, lora=spec)  # type: ignore[arg-type]
+
+
+def test_folders_do_not_name_the_kind() -> None:
+    assert distill_kind("/home/tcdavis/loras/lcm.safetensors") == "lcm"
+    assert distill_kind("/home/lcm-user/loras/desk.safetensors") is None
 
 
 def test_fast_needs_a_lora_of_a_known_kind() -> None:
@@ -120,12 +148,47 @@ def test_fast_loads_fuses_and_schedules_the_distillation_lora(
     assert np.abs(_pixels(result) - _pixels(unfused)).max() <= 2
 
 
-def test_tcd_passes_its_eta(tiny_sdxl_path: Path, tmp_path: Path) -> None:
+def test_tcd_passes_its_eta(
+    tiny_sdxl_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from diffusers import StableDiffusionXLPipeline
+
+    from deskgen import LoraSpec
+
     lora = make_tiny_lora(tiny_sdxl_path, tmp_path / "tcd.safetensors", text_encoders=False)
+    seen: list[object] = []
+    call = StableDiffusionXLPipeline.__call__
+
+    def spy(self: object, *args: object, **kwargs: object) -> object:
+        seen.append(kwargs.get("eta"))
+        return call(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(StableDiffusionXLPipeline, "__call__", spy)
+    spec = LoraSpec(path=str(lora))  # a spec without a name is named "distill" too
     with DeskGenerator(
-        "sdxl", model=str(tiny_sdxl_path), device="cpu", preset="fast", distill_lora=str(lora)
+        "sdxl", model=str(tiny_sdxl_path), device="cpu", preset="fast", distill_lora=spec
     ) as gen:
-        assert gen.backend._call_extras == {"eta": 0.3}  # type: ignore[attr-defined]
+        gen.generate(prompt=PROMPT, seed=1)
+        assert [lora.name for lora in gen.loras] == ["distill"]
+    assert seen == [0.3]
+
+
+def test_the_distillation_lora_stays_in_every_request(tiny_sdxl_path: Path, tmp_path: Path) -> None:
+    distill = make_tiny_lora(tiny_sdxl_path, tmp_path / "lcm.safetensors", text_encoders=False)
+    style = make_tiny_lora(tiny_sdxl_path, tmp_path / "style.safetensors", seed=2)
+    with DeskGenerator(
+        "sdxl",
+        model=str(tiny_sdxl_path),
+        device="cpu",
+        preset="fast",
+        distill_lora=str(distill),
+        loras=[str(style)],
+        fuse_loras=False,
+    ) as gen:
+        result = gen.generate(prompt=PROMPT, seed=1, loras={"style": 0.7})
+        assert {lora.name: lora.weight for lora in result.loras} == {"distill": 1.0, "style": 0.7}
+        with pytest.raises(UnsupportedOperationError, match="preset='fast' runs with it"):
+            gen.unload_lora("distill")
 
 
 def test_preset_and_option_errors(tiny_sdxl_path: Path, tmp_path: Path) -> None:
@@ -135,7 +198,13 @@ def test_preset_and_option_errors(tiny_sdxl_path: Path, tmp_path: Path) -> None:
     lora = make_tiny_lora(tiny_sdxl_path, tmp_path / "lcm.safetensors", text_encoders=False)
     with pytest.raises(ConfigError, match="preset='fast'"):
         DeskGenerator("sdxl", model=model, device="cpu", distill_lora=str(lora))
-    with pytest.raises(ConfigError, match="preset"):
+    with pytest.raises(ConfigError, match="preset='fast'"):
+        DeskGenerator("sdxl", model=model, device="cpu", distill_kind="lcm")
+    with pytest.raises(ConfigError, match="compile=True"):
+        DeskGenerator("sdxl", model=model, device="cpu", compile_mode="max-autotune")
+    with pytest.raises(ConfigError, match="one of them"):
+        DeskGenerator("sdxl", model=model, device="cpu", fuse_qkv=True, attention="eager")
+    with pytest.raises(ConfigError, match="preset: Input should be 'quality', 'balanced'"):
         DeskGenerator("sdxl", model=model, device="cpu", preset="turbo")
     with pytest.raises(ConfigError, match="fuse the LoRAs"):
         DeskGenerator("sdxl", model=model, device="cpu", loras=[str(lora)], fuse_qkv=True)
@@ -156,6 +225,11 @@ def test_hidream_takes_compile_but_no_presets(tiny_hidream_paths: dict[str, Path
         DeskGenerator("hidream", preset="balanced", **common)
     with pytest.raises(ConfigError, match="does not take channels_last, fuse_qkv"):
         DeskGenerator("hidream", channels_last=True, fuse_qkv=True, **common)
+    with DeskGenerator("hidream", compile=True, **common) as gen:  # compiled lazily, in place
+        assert gen.backend.performance == ["torch.compile(transformer, mode='default')"]
+        transformer = gen.backend.pipeline.transformer
+        assert type(transformer).__name__ == "HiDreamImageTransformer2DModel"
+        assert transformer._compiled_call_impl is not None
 
 
 @pytest.mark.parametrize(
@@ -169,7 +243,15 @@ def test_speed_options_keep_the_pixels(
     plain = generators["sdxl"].generate(prompt=PROMPT, seed=5, steps=4)
     with DeskGenerator("sdxl", model=str(tiny_sdxl_path), device="cpu", **options) as gen:
         result = gen.generate(prompt=PROMPT, seed=5, steps=4)
-        assert gen.backend.performance  # the option is listed as applied
+        assert gen.backend.performance == [
+            {"attention": "eager attention", "fuse_qkv": "fused QKV projections"}.get(
+                next(iter(options)), "channels_last"
+            )
+        ]
+        if options.get("channels_last"):
+            weight = gen.backend.pipeline.unet.conv_in.weight
+            assert weight.is_contiguous(memory_format=torch.channels_last)
+            assert not weight.is_contiguous()
         if options.get("fuse_qkv"):
             assert gen.backend.pipeline.unet.original_attn_processors is not None
         if options.get("attention") == "eager":

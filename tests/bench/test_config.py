@@ -109,3 +109,47 @@ def test_reports_mask_secrets_and_local_paths(tmp_path: Path) -> None:
     assert config.public()["runs"][0]["options"] == {"api_key": "***", "quality": "low"}
     assert config.public()["runs"][1]["model"] == "sd15"
     assert config.public()["image"] == "desk.png"
+
+
+def test_entries_keep_their_own_fields_out_of_options() -> None:
+    with pytest.raises(ValueError, match="options may not set device, model"):
+        BenchEntry(backend="sd", options={"model": "x", "device": "cpu"})
+    with pytest.raises(ValueError, match="timeout_s stops isolated runs only"):
+        BenchConfig(prompt="p", isolate=False, timeout_s=5, runs=[BenchEntry(backend="sd")])
+
+
+def test_use_photo_false_runs_txt2img_beside_img2img() -> None:
+    config = BenchConfig(
+        prompt="p",
+        image="desk.png",
+        runs=[BenchEntry(backend="sdxl"), BenchEntry(backend="hidream", use_photo=False)],
+    )
+    assert config.request_for(config.runs[0]).mode == "img2img"
+    assert config.request_for(config.runs[1]).mode == "txt2img"
+
+
+def test_paths_and_nested_secrets_in_options_are_masked(tmp_path: Path) -> None:
+    from deskgen import LoraSpec
+
+    lora = tmp_path / "loras" / "desk-style.safetensors"
+    entry = BenchEntry(
+        backend="sdxl",
+        model=str(tmp_path / "models" / "sdxl"),
+        options={
+            "loras": [str(lora), LoraSpec(path=str(lora), weight=0.5)],
+            "distill_lora": str(tmp_path / "lcm.safetensors"),
+            "service": {"auth_token": "abc123", "url": "https://example.invalid"},
+        },
+    )
+    masked = entry.public_options()
+    assert masked["loras"][0] == "desk-style.safetensors"
+    assert masked["loras"][1]["path"] == "desk-style.safetensors"
+    assert masked["loras"][1]["weight"] == 0.5
+    assert masked["distill_lora"] == "lcm.safetensors"
+    assert masked["service"] == {"auth_token": "***", "url": "https://example.invalid"}
+    config = BenchConfig(prompt="a desk at ~/home", runs=[entry])
+    assert config.public()["prompt"] == "a desk at ~/home"  # texts are not paths
+    paths = config.local_paths()
+    assert paths[str(lora)] == "desk-style.safetensors"
+    assert paths[str(tmp_path / "models" / "sdxl")] == "sdxl"
+    assert str(tmp_path) not in json.dumps(config.public())

@@ -83,10 +83,14 @@ def test_a_failing_configuration_gets_an_error_row(
         runs=[
             BenchEntry(backend="sdxl", model=str(tiny_paths["sdxl"]), options={"turbo": True}),
             BenchEntry(backend="sd", model=str(tiny_paths["sd"])),
+            BenchEntry(backend="sd", label="gone", model=str(tmp_path / "private" / "sd15")),
         ],
     )
-    report = run_bench(config, out=tmp_path)
-    failed, ok = report.rows
+    report = run_bench(config, out=tmp_path / "out")
+    failed, ok, gone = report.rows
+    # the machine's paths stay out of error messages
+    assert gone.error is not None and gone.error.startswith("ModelNotFoundError")
+    assert "'sd15'" in gone.error and str(tmp_path) not in gone.error
     assert failed.error is not None and failed.error.startswith("ConfigError: Invalid options")
     assert failed.seconds_per_image == [] and failed.image is None
     assert ok.ok and ok.mode == "txt2img"
@@ -115,8 +119,17 @@ def test_an_unusable_clip_model_says_why(tiny_paths: dict[str, Path], tmp_path: 
 
 @pytest.mark.slow
 def test_isolated_runs_measure_in_their_own_process(
-    tiny_paths: dict[str, Path], bench_photo: Path, tmp_path: Path
+    tiny_paths: dict[str, Path],
+    bench_photo: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import deskgen.bench._run
+
+    def not_here(*args: object) -> None:
+        raise AssertionError("measured in the parent process")
+
+    monkeypatch.setattr(deskgen.bench._run, "measure", not_here)
     config = BenchConfig(
         prompt="a desk",
         image=str(bench_photo),
@@ -135,6 +148,7 @@ def test_isolated_runs_measure_in_their_own_process(
     assert good.peak_memory_bytes is not None and good.peak_memory_bytes > 2**20
     assert (tmp_path / str(good.image)).is_file()
     assert bad.error is not None and bad.error.startswith("ModelNotFoundError")
+    assert str(tmp_path) not in bad.error
     assert not list(tmp_path.glob(".*.row.json"))  # the workers' row files are gone
 
 
@@ -149,3 +163,37 @@ def test_isolated_runs_stop_at_the_timeout(tiny_paths: dict[str, Path], tmp_path
     )
     row = run_bench(config, out=tmp_path).rows[0]
     assert row.error == "stopped after 0.05 s"
+
+
+def test_txt2img_runs_beside_img2img_and_names_stay_free(
+    tiny_paths: dict[str, Path], bench_photo: Path, tmp_path: Path
+) -> None:
+    config = BenchConfig(
+        prompt="a desk",
+        image=str(bench_photo),
+        request={"steps": 2},
+        warmup=0,
+        repeats=1,
+        device="cpu",
+        isolate=False,
+        runs=[
+            BenchEntry(backend="sdxl", label="sheet", model=str(tiny_paths["sdxl"])),
+            BenchEntry(backend="sdxl", label="txt", model=str(tiny_paths["sdxl"]), use_photo=False),
+        ],
+    )
+    report = run_bench(config, out=tmp_path)
+    sheet, txt = report.rows
+    assert (sheet.mode, sheet.image) == ("img2img", "sheet-2.png")  # sheet.png is compare's
+    assert txt.mode == "txt2img" and txt.edge_ssim is None
+    assert "no photo" in str(txt.edge_ssim_note)
+    assert sheet.edge_ssim is not None
+    assert "one process" in report.to_markdown()
+
+
+def test_out_must_be_a_folder(tmp_path: Path) -> None:
+    from deskgen import ConfigError
+
+    (tmp_path / "file").write_text("x")
+    config = BenchConfig(prompt="p", runs=[BenchEntry(backend="sd")])
+    with pytest.raises(ConfigError, match="is a file"):
+        run_bench(config, out=tmp_path / "file")

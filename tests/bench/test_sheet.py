@@ -54,7 +54,24 @@ def test_html_report_is_self_contained(bench_run: tuple[BenchReport, Path, list[
     text = " ".join(parser.text)
     assert "SDXL <tiny>" in text and "<tiny>" not in page.replace("&lt;tiny&gt;", "")
     assert "a tidy desk with a lamp and a plant" in text
-    assert "DPMSolverMultistepScheduler" not in text or "balanced" in text
+    assert "preset balanced" in text  # the settings of each run
+    assert "Intel" in text or "CPU" in text  # the environment table
+
+
+def test_reports_cannot_point_outside_their_folder(
+    bench_run: tuple[BenchReport, Path, list[str]], tmp_path: Path
+) -> None:
+    report, out, _ = bench_run
+    outside = tmp_path / "secret.png"
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(outside)
+    rows = [report.rows[0].model_copy(update={"image": str(outside)})]
+    tampered = report.model_copy(update={"rows": rows, "photo": "../" + outside.name})
+    page = html_report(tampered, out)
+    assert page.count("<img") == 0  # neither the absolute nor the ../ path was read
+    from deskgen import ConfigError
+
+    with pytest.raises(ConfigError, match="64 pixels"):
+        contact_sheet(report, out, tile=32)
 
 
 def test_write_comparison_writes_both(

@@ -165,6 +165,7 @@ class LoraAdapters:
         self._loaded: dict[str, LoadedLora] = {}
         self._fused: Weights | None = None
         self._pinned: str | None = None
+        self._required: dict[str, str] = {}
         self._gate = _Gate()
         self._components = [
             name
@@ -183,10 +184,17 @@ class LoraAdapters:
     def fused(self) -> dict[str, float] | None:
         return dict(self._fused) if self._fused is not None else None
 
+    def require(self, name: str, reason: str) -> None:
+        """Every request uses adapter ``name`` (at its weight unless the request gives one)
+        and it can't be unloaded, for ``reason`` (e.g. a preset's distillation LoRA)."""
+        self._required[name] = reason
+
     def resolve(self, requested: dict[str, float] | None) -> dict[str, float]:
         """The adapter weights a request runs with, in loading order (which orders trigger
         words and records, whatever order a request names them in): ``None`` is every loaded
-        adapter at its own weight (the fused ones while fused); names must be loaded."""
+        adapter at its own weight (the fused ones while fused); names must be loaded.
+        Required adapters (`require`) are added at their weight when a request leaves them
+        out."""
         if requested is None:
             if self._fused is not None:
                 fused = dict(self._fused)
@@ -199,6 +207,10 @@ class LoraAdapters:
                 f"loras names adapters that are not loaded: {', '.join(unknown)} (loaded: "
                 f"{have}). Load them first with gen.load_lora(LoraSpec(...)), or leave them out."
             )
+        requested = {
+            **{n: self._loaded[n].weight for n in self._required if n not in requested},
+            **requested,
+        }
         return {name: requested[name] for name in self._loaded if name in requested}
 
     def trigger_words(self, weights: dict[str, float]) -> list[str]:
@@ -324,6 +336,11 @@ class LoraAdapters:
 
     def unload(self, name: str) -> None:
         self._check_pinned()
+        if name in self._required:
+            raise UnsupportedOperationError(
+                f"The LoRA {name!r} can't be unloaded: {self._required[name]}. Create a "
+                "generator without it instead."
+            )
         with self._gate.exclusive():
             if name not in self._loaded:
                 have = ", ".join(sorted(self._loaded)) or "none"

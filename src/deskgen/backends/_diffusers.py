@@ -140,9 +140,10 @@ class DiffusersOptions(BackendOptions):
     @field_validator("distill_lora", mode="before")
     @classmethod
     def _distill_spec(cls, value: Any) -> Any:
-        if isinstance(value, (str, os.PathLike)):
-            return as_lora_spec(value).model_copy(update={"adapter_name": "distill"})
-        return value
+        if value is None:
+            return None
+        spec = as_lora_spec(value)
+        return spec if spec.adapter_name else spec.model_copy(update={"adapter_name": "distill"})
 
     @field_validator("loras", mode="before")
     @classmethod
@@ -384,7 +385,9 @@ class DiffusersBackend(Backend):
                 self._txt2img, backend=self.name, quantized=sorted(self.quantized_components)
             )
             if self.opts.distill_lora is not None:
-                self._adapters.load(self.opts.distill_lora)
+                distill = self._adapters.load(self.opts.distill_lora)
+                # the preset's scheduler and steps need it: every request uses it
+                self._adapters.require(distill.name, "preset='fast' runs with it")
             for spec in self.opts.loras:
                 self._adapters.load(spec)
             if fuse and self._adapters.loaded:
@@ -412,10 +415,19 @@ class DiffusersBackend(Backend):
             raise UnsupportedOperationError(
                 f"The {self.name!r} backend takes no preset=...: {self._no_preset_hint()}"
             )
-        if options.distill_lora is not None and options.preset != "fast":
+        if options.preset != "fast" and (
+            options.distill_lora is not None or options.distill_kind is not None
+        ):
             raise ConfigError(
-                "distill_lora= is the few-step LoRA of preset='fast': add preset='fast', or load "
-                "the file as an ordinary LoRA with loras=[...]."
+                "distill_lora=/distill_kind= describe the few-step LoRA of preset='fast': add "
+                "preset='fast', or load the file as an ordinary LoRA with loras=[...]."
+            )
+        if "compile_mode" in options.model_fields_set and not options.compile:
+            raise ConfigError("compile_mode= has no effect without compile=True: add it.")
+        if options.fuse_qkv and options.attention == "eager":
+            raise ConfigError(
+                "fuse_qkv=True installs diffusers' fused SDPA attention, which replaces "
+                "attention='eager': use one of them."
             )
         defaults = DiffusersOptions.model_fields
         unsupported = sorted(
@@ -436,12 +448,12 @@ class DiffusersBackend(Backend):
         if options.compile and options.offload == "sequential":
             raise ConfigError(
                 "compile=True and offload='sequential' don't mix (accelerate moves every layer "
-                "between devices at each call): use offload='model' or 'none' with compile."
+                "between devices at each call): use offload='model' or 'none' with compile (with "
+                "memory=..., the planner chose sequential offload: give offload= yourself)."
             )
         if options.preset is None:
             return None
-        lora = str(options.distill_lora.path) if options.distill_lora is not None else None
-        return preset_recipe(options.preset, kind=options.distill_kind, lora=lora)
+        return preset_recipe(options.preset, kind=options.distill_kind, lora=options.distill_lora)
 
     def _no_preset_hint(self) -> str:
         """How to trade quality for speed on a backend without presets."""

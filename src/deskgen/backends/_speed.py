@@ -26,15 +26,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .._exceptions import ConfigError
+from .._lora import LoraSpec
 
 __all__ = [
     "DISTILLATION",
     "PRESETS",
+    "CompileMode",
     "DistillKind",
     "Preset",
     "Recipe",
+    "apply_speed_options",
     "distill_kind",
     "preset_recipe",
+    "use_scheduler",
 ]
 
 Preset = Literal["quality", "balanced", "fast"]
@@ -82,7 +86,8 @@ DISTILLATION: dict[DistillKind, Recipe] = {
         scheduler="EulerDiscreteScheduler",
         scheduler_config={"timestep_spacing": "trailing"},
     ),
-    # ByteDance/Hyper-SD N-step LoRAs: DDIM with trailing timesteps, no CFG
+    # ByteDance/Hyper-SD N-step LoRAs: DDIM with trailing timesteps, no CFG (the 1-step
+    # unified LoRA: TCD with eta 1.0, see preset_recipe)
     "hyper-sd": Recipe(
         steps=8,
         guidance=0.0,
@@ -104,20 +109,30 @@ _KIND_WORDS: tuple[tuple[str, DistillKind], ...] = (
 _STEPS = re.compile(r"(\d+)[-_ ]?steps?", re.IGNORECASE)
 
 
-def distill_kind(path: str | Path) -> DistillKind | None:
-    """The kind of a distillation LoRA from its file (or repo) name, e.g.
+def distill_kind(name: str | Path) -> DistillKind | None:
+    """The kind of a distillation LoRA from a file or repo name (its last part only), e.g.
     ``sdxl_lightning_4step_lora.safetensors`` -> ``lightning``; ``None`` when the name says
     none."""
-    name = str(path).lower()
-    return next((kind for word, kind in _KIND_WORDS if word in name), None)
+    last = Path(name).name.lower()
+    return next((kind for word, kind in _KIND_WORDS if word in last), None)
+
+
+def _names(lora: str | Path | LoraSpec) -> list[str]:
+    """The names that may say a LoRA's kind and steps, most specific first: the file, then the
+    folder or hub repo it is in (``latent-consistency/lcm-lora-sdxl``)."""
+    if isinstance(lora, LoraSpec):
+        names = [lora.weight_name] if lora.weight_name else []
+        return [*names, Path(lora.path).name]
+    return [Path(lora).name]
 
 
 def preset_recipe(
-    preset: Preset, *, kind: DistillKind | None = None, lora: str | None = None
+    preset: Preset, *, kind: DistillKind | None = None, lora: str | Path | LoraSpec | None = None
 ) -> Recipe:
-    """The recipe of ``preset``; ``fast`` needs the distillation LoRA's ``kind`` (or a ``lora``
-    file name that says it). Steps in the file name (``4step``, ``8-steps``) win over the
-    kind's default; Hyper-SD's CFG-preserving LoRAs (``CFG`` in the name) keep guidance.
+    """The recipe of ``preset``; ``fast`` needs the distillation LoRA's ``kind``, or a ``lora``
+    whose file (or folder/repo) name says it. Steps in the name (``4step``, ``8-steps``) win
+    over the kind's default; Hyper-SD's CFG-preserving LoRAs (``CFG`` in the name) keep the
+    backend's guidance.
 
     Raises:
         ConfigError: ``fast`` without a LoRA, or a LoRA whose kind is not known.
@@ -128,20 +143,23 @@ def preset_recipe(
         raise ConfigError(
             "preset='fast' runs a few-step distillation LoRA: pass distill_lora= the path of an "
             "LCM, SDXL-Lightning, Hyper-SD or TCD LoRA for this model (e.g. "
-            "latent-consistency/lcm-lora-sdxl's pytorch_lora_weights.safetensors), or use "
+            "latent-consistency/lcm-lora-sdxl/pytorch_lora_weights.safetensors), or use "
             "preset='balanced'."
         )
-    kind = kind or distill_kind(lora)
+    names = _names(lora)
+    kind = kind or next((k for k in map(distill_kind, names) if k is not None), None)
     if kind is None:
         raise ConfigError(
-            f"Can't tell which distillation {Path(lora).name!r} is from its name: pass "
+            f"Can't tell which distillation {names[0]!r} is from its name: pass "
             "distill_kind='lcm', 'lightning', 'hyper-sd' or 'tcd'."
         )
     recipe = DISTILLATION[kind]
-    name = Path(lora).name
-    found = _STEPS.search(name)
+    found = next((m for m in map(_STEPS.search, names) if m is not None), None)
     steps = int(found.group(1)) if found else recipe.steps
-    guidance = None if kind == "hyper-sd" and "cfg" in name.lower() else recipe.guidance
+    cfg = any("cfg" in name.lower() for name in names)
+    guidance = None if kind == "hyper-sd" and cfg else recipe.guidance
+    if kind == "hyper-sd" and steps == 1:  # the 1-step unified LoRA: TCD with eta 1.0
+        recipe = Recipe(steps=1, guidance=0.0, scheduler="TCDScheduler", call={"eta": 1.0})
     return Recipe(
         steps=steps,
         guidance=guidance,

@@ -18,8 +18,32 @@ from ..quant._plan import MemoryMode
 
 __all__ = ["BenchConfig", "BenchEntry", "load_bench_config"]
 
-_SECRET = re.compile(r"key|token|secret|password", re.IGNORECASE)
+_SECRET = re.compile(r"key|token|secret|password|auth", re.IGNORECASE)
 _REQUEST_FIELDS = frozenset(GenerationRequest.model_fields) - {"image", "mask", "control_image"}
+_ENTRY_KEYS = frozenset({"backend", "model", "device", "dtype", "memory"})
+
+
+def mask_value(value: Any, *, key: str = "") -> Any:
+    """``value`` as JSON data for a report: secrets (by key name, at any depth, or
+    `SecretStr`) as ``***``, local paths by their last part (as generation records keep
+    model folders), models and other objects as their JSON fields."""
+    from .._record import public_model_name
+
+    if isinstance(value, SecretStr) or (key and _SECRET.search(key) and value is not None):
+        return "***"
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {str(k): mask_value(v, key=str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [mask_value(v) for v in value]
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, str):
+        return public_model_name(value) if value else value
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return str(value)
 
 
 class BenchEntry(BaseModel):
@@ -43,6 +67,18 @@ class BenchEntry(BaseModel):
     request: dict[str, Any] = Field(default_factory=dict)
     """Request fields for this run only (``steps``, ``strength``, ``guidance_scale``...), over
     the config's."""
+    use_photo: bool = True
+    """``False``: this run makes the image from the prompt alone (txt2img), e.g. for
+    ``hidream`` or ``janus``, which take no photo, beside img2img runs of the same photo."""
+
+    @model_validator(mode="after")
+    def _no_reserved_options(self) -> BenchEntry:
+        reserved = sorted(_ENTRY_KEYS & set(self.options))
+        if reserved:
+            raise ValueError(
+                f"options may not set {', '.join(reserved)}: give them as the run's own fields"
+            )
+        return self
 
     @property
     def name(self) -> str:
@@ -52,11 +88,9 @@ class BenchEntry(BaseModel):
         return f"{self.backend} ({preset})" if preset else self.backend
 
     def public_options(self) -> dict[str, Any]:
-        """The options with secret values (keys, tokens) masked, for reports."""
-        return {
-            k: "***" if _SECRET.search(k) or isinstance(v, SecretStr) else v
-            for k, v in self.options.items()
-        }
+        """The options for reports: secrets masked, local paths by name (`mask_value`)."""
+        masked: dict[str, Any] = mask_value(self.options)
+        return masked
 
 
 class BenchConfig(BaseModel):
@@ -91,6 +125,8 @@ class BenchConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_requests(self) -> BenchConfig:
+        if self.timeout_s is not None and not self.isolate:
+            raise ValueError("timeout_s stops isolated runs only: leave it out, or isolate")
         for index, entry in enumerate(self.runs):
             fields = {**self.request, **entry.request}
             unknown = sorted(set(fields) - _REQUEST_FIELDS)
@@ -123,24 +159,54 @@ class BenchConfig(BaseModel):
             **self.request,
             **entry.request,
         }
-        if self.image is not None:
+        if self.image is not None and entry.use_photo:
             fields["image"] = self.image
         return GenerationRequest.model_validate(fields)
 
-    def public(self) -> dict[str, Any]:
-        """The config as JSON data for reports: secrets masked, and local paths (photo, models,
-        CLIP) by name only, as generation records keep them."""
+    def local_paths(self) -> dict[str, str]:
+        """The local paths this config names (photo, models, paths in options), each with the
+        name reports show instead: to take them out of error messages."""
         from .._record import public_model_name
 
+        found: list[str] = []
+
+        def walk(value: Any) -> None:
+            if isinstance(value, BaseModel):
+                value = value.model_dump(mode="json")
+            if isinstance(value, dict):
+                for item in value.values():
+                    walk(item)
+            elif isinstance(value, (list, tuple)):
+                for item in value:
+                    walk(item)
+            elif isinstance(value, (str, os.PathLike)) and not isinstance(value, SecretStr):
+                text = os.fspath(value)
+                if text and public_model_name(text) != text:
+                    found.append(text)
+
+        walk([self.image, self.clip_model])
+        for entry in self.runs:
+            walk([entry.model, entry.options])
+        expanded = {os.path.abspath(os.path.expanduser(p)): p for p in found} | {
+            p: p for p in found
+        }
+        # longest first: a folder's path must not be replaced inside a longer file path
+        return {
+            path: public_model_name(original)
+            for path, original in sorted(expanded.items(), key=lambda kv: -len(kv[0]))
+        }
+
+    def public(self) -> dict[str, Any]:
+        """The config as JSON data for reports: secrets masked, and local paths (photo, models,
+        paths in options) by name only, as generation records keep them."""
         data = self.model_dump(mode="json", exclude={"runs"})
         for key in ("image", "clip_model"):
-            if data[key] is not None:
-                data[key] = public_model_name(data[key])
+            data[key] = mask_value(data[key])
         data["runs"] = [
             {
                 **entry.model_dump(mode="json", exclude={"options"}),
-                "model": public_model_name(entry.model) if entry.model else None,
-                "options": json.loads(json.dumps(entry.public_options(), default=str)),
+                "model": mask_value(entry.model),
+                "options": entry.public_options(),
             }
             for entry in self.runs
         ]

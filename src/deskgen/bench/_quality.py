@@ -80,14 +80,17 @@ class ClipScorer:
                 "The CLIP score", extra="bench", missing=["torchmetrics", "transformers"]
             ) from exc
         try:
-            self._model = CLIPModel.from_pretrained(model, use_safetensors=True).to(device)
-            self._processor = CLIPProcessor.from_pretrained(model)
+            # local only: a quality column must not start a download of a GB
+            local = {"local_files_only": True}
+            self._model = CLIPModel.from_pretrained(model, use_safetensors=True, **local)
+            self._model.to(device)
+            self._processor = CLIPProcessor.from_pretrained(model, **local)
         except (OSError, ValueError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ModelLoadError(
-                f"Could not load the CLIP model {model!r} (safetensors only): {first}. Pass a "
-                "folder saved with CLIPModel/CLIPProcessor.save_pretrained(), or a hub id in "
-                "the local cache."
+                f"Could not load the CLIP model {model!r} (safetensors only, from the disk): "
+                f"{first}. Pass a folder saved with CLIPModel/CLIPProcessor.save_pretrained(), "
+                f"or a hub id in the local cache (`hf download {model}` first)."
             ) from exc
         self._model.eval()
         self.limit: int = int(self._model.config.text_config.max_position_embeddings)

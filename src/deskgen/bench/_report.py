@@ -128,13 +128,12 @@ class BenchReport(BaseModel):
         notes: list[str] = []
 
         def quality(value: float | None, note: str | None, digits: int) -> str:
-            if value is not None:
-                return f"{value:.{digits}f}"
+            text = f"{value:.{digits}f}" if value is not None else "n/a"
             if note is None:
-                return "n/a"
+                return text
             if note not in notes:
                 notes.append(note)
-            return f"n/a [{notes.index(note) + 1}]"
+            return f"{text} [{notes.index(note) + 1}]"
 
         header = [
             "run",
@@ -177,6 +176,10 @@ class BenchReport(BaseModel):
             f"{self.deskgen_version}, torch {env.get('torch', 'n/a')}, diffusers "
             f"{env.get('diffusers', 'n/a')}."
         )
+        if self.config.get("isolate") is False:
+            lines.append(
+                "All runs in one process: RAM figures include what earlier runs left behind."
+            )
         for number, note in enumerate(notes, 1):
             lines.append(f"[{number}] {note}")
         return "\n".join(lines) + "\n"

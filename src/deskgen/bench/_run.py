@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr
 
-from .._exceptions import DeskgenError
+from .._exceptions import ConfigError, DeskgenError
 from .._images import load_image
 from .._record import atomic_write, atomic_write_bytes, public_model_name
 from .._version import __version__
@@ -33,6 +34,8 @@ RowCallback = Callable[[int, int, BenchRow], None]
 """Called after each configuration with (its number from 1, how many, its row)."""
 
 PHOTO_FILE = "photo.png"
+_RESERVED = frozenset({"photo", "sheet", "report", "bench"})
+"""File stems of the bench folder's own files: no run's image may take them."""
 
 
 def run_bench(
@@ -53,6 +56,8 @@ def run_bench(
         ConfigError: ``out`` is a file.
     """
     folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{str(folder)!r} is a file: give a folder for the bench's outputs.")
     folder.mkdir(parents=True, exist_ok=True)
     photo = None
     if config.image is not None:
@@ -66,6 +71,7 @@ def run_bench(
             row = _measure_isolated(config, number - 1, image_path)
         else:
             row = measure(config, entry, image_path)
+        row = _scrub(row, config.local_paths())
         rows.append(row)
         if on_row is not None:
             on_row(number, len(config.runs), row)
@@ -106,7 +112,7 @@ def measure(config: BenchConfig, entry: BenchEntry, image_path: Path) -> BenchRo
             loras = [lora.name for lora in gen.loras]
             speed = list(getattr(gen.backend, "performance", []))
             load_seconds = gen.load_seconds
-    except DeskgenError as exc:
+    except Exception as exc:  # deskgen's errors, and anything a backend let through
         return base.model_copy(update={"error": f"{type(exc).__name__}: {exc}"})
     first = results[0]
     first.save(image_path, index=0)
@@ -126,7 +132,8 @@ def measure(config: BenchConfig, entry: BenchEntry, image_path: Path) -> BenchRo
             "device": first.device,
             "dtype": first.dtype,
             "load_seconds": load_seconds,
-            "seconds_per_image": [r.timings.total / len(r.images) for r in results],
+            # the time of the images asked for (a safety checker may leave some out)
+            "seconds_per_image": [r.timings.total / r.request.num_images for r in results],
             "phase_seconds": {
                 phase: statistics.median(getattr(r.timings, phase) for r in results)
                 for phase in phases
@@ -137,7 +144,9 @@ def measure(config: BenchConfig, entry: BenchEntry, image_path: Path) -> BenchRo
             "quantization": ", ".join(quantized) or None,
             "loras": loras,
             "speed": speed,
-            "cost_usd": first.cost_usd / len(first.images) if first.cost_usd is not None else None,
+            "cost_usd": (
+                first.cost_usd / first.request.num_images if first.cost_usd is not None else None
+            ),
             "image": image_path.name,
             "warnings": sorted(set(first.warnings)),
         }
@@ -178,21 +187,30 @@ def _measure_isolated(config: BenchConfig, index: int, image_path: Path) -> Benc
         "result_path": str(result_path),
     }
     failed = _stub(config.runs[index])
+    # its own session: on a timeout the whole group goes (compile workers included)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deskgen.bench._worker"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "deskgen.bench._worker"],
-            input=json.dumps(job),
-            capture_output=True,
-            text=True,
-            timeout=config.timeout_s,
-            check=False,
-        )
+        _, stderr = proc.communicate(json.dumps(job), timeout=config.timeout_s)
     except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        for leftover in image_path.parent.glob(f".{image_path.name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
+        result_path.unlink(missing_ok=True)
         return failed.model_copy(update={"error": f"stopped after {config.timeout_s:g} s"})
     try:
-        if done.returncode != 0:
-            tail = " ".join(done.stderr.strip().splitlines()[-3:])
-            reason = _exit_reason(done.returncode)
+        if proc.returncode != 0:
+            tail = " ".join(stderr.strip().splitlines()[-3:])
+            reason = _exit_reason(proc.returncode)
             return failed.model_copy(update={"error": f"the worker {reason}: {tail}".strip()})
         return BenchRow.model_validate_json(result_path.read_text(encoding="utf-8"))
     finally:
@@ -205,6 +223,22 @@ def _exit_reason(code: int) -> str:
     if code < 0:
         return f"died of signal {-code}"
     return f"exited with code {code}"
+
+
+def _scrub(row: BenchRow, paths: dict[str, str]) -> BenchRow:
+    """``row`` with the machine's paths in its error and warnings replaced by their names."""
+
+    def clean(text: str) -> str:
+        for path, name in paths.items():
+            text = text.replace(path, name)
+        return text
+
+    return row.model_copy(
+        update={
+            "error": clean(row.error) if row.error else None,
+            "warnings": [clean(w) for w in row.warnings],
+        }
+    )
 
 
 def _plain(value: Any) -> Any:
@@ -227,8 +261,6 @@ def _plain(value: Any) -> Any:
 
 def _add_quality(config: BenchConfig, rows: list[BenchRow], photo: Any, folder: Path) -> None:
     """Fill the quality columns from the saved images, or say why they are empty."""
-    from PIL import Image
-
     scorer: Any = None
     clip_note: str | None = "no CLIP model given (clip_model=..., --clip-model)"
     if config.clip_model is not None:
@@ -239,13 +271,12 @@ def _add_quality(config: BenchConfig, rows: list[BenchRow], photo: Any, folder: 
             clip_note = None
         except DeskgenError as exc:
             clip_note = f"CLIP model not usable: {exc}"
-    for index, row in enumerate(rows):
+    for index, (row, entry) in enumerate(zip(rows, config.runs, strict=True)):
         if not row.ok or row.image is None:
             continue
-        with Image.open(folder / row.image, formats=("PNG",)) as opened:
-            image = opened.convert("RGB")
+        image, _ = load_image(folder / row.image)
         update: dict[str, Any] = {}
-        if photo is None:
+        if photo is None or not entry.use_photo:
             update["edge_ssim_note"] = "no photo: txt2img keeps no structure to compare"
         else:
             try:
@@ -255,7 +286,8 @@ def _add_quality(config: BenchConfig, rows: list[BenchRow], photo: Any, folder: 
             except DeskgenError as exc:
                 update["edge_ssim_note"] = str(exc)
         if scorer is not None:
-            update["clip_score"], update["clip_score_note"] = scorer.score(image, config.prompt)
+            prompt = config.request_for(entry).prompt
+            update["clip_score"], update["clip_score_note"] = scorer.score(image, prompt)
         else:
             update["clip_score_note"] = clip_note
         rows[index] = row.model_copy(update=update)
@@ -293,7 +325,7 @@ def _file_names(labels: list[str]) -> list[str]:
     for label in labels:
         stem = re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-.").lower() or "run"
         name, n = stem, 2
-        while name in names or name == "photo":
+        while name in names or name in _RESERVED:
             name, n = f"{stem}-{n}", n + 1
         names.append(name)
     return names

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from .._exceptions import ConfigError
 from .._record import atomic_write, atomic_write_bytes
 from ._report import BenchReport, BenchRow
 
@@ -39,10 +40,15 @@ def sheet_size(tiles: int, *, tile: int, columns: int) -> tuple[int, int]:
 
 
 def _open(folder: Path, name: str | None) -> Image.Image | None:
-    if name is None or not (folder / name).is_file():
+    """The report's image ``name``, read as photos are (format allow-list, pixel limits), and
+    only from inside ``folder`` (a report can't point at other files on the disk)."""
+    from .._dataset import inside
+    from .._images import load_image
+
+    path = inside(folder, name) if name else None
+    if path is None or not path.is_file():
         return None
-    with Image.open(folder / name, formats=("PNG",)) as opened:
-        image: Image.Image = opened.convert("RGB")
+    image, _ = load_image(path)
     return image
 
 
@@ -72,8 +78,10 @@ def contact_sheet(
     """The labelled grid: the photo (if any), then each configuration's image, each captioned
     with its label, seconds per image, peak memory and quality columns. ``folder`` holds the
     report's images. See `sheet_size` for the layout."""
-    if tile < 64:
-        raise ValueError("tile must be at least 64 pixels")
+    if tile < 64 or columns < 1:
+        raise ConfigError(
+            f"tile={tile}, columns={columns}: tiles need at least 64 pixels and a row one tile."
+        )
     root = Path(folder)
     entries: list[tuple[Image.Image | None, list[str], bool]] = []
     photo = _open(root, report.photo)
