@@ -595,7 +595,7 @@ def test_run_specs_split_at_keys_not_inside_json() -> None:
 
     spec = _run_spec(
         'sdxl,label=int8,quantization={"method": "quanto", "weights": "int8"},steps=20,'
-        "loras=[\"a.safetensors\", \"b.safetensors\"],use_photo=false,compile=true"
+        'loras=["a.safetensors", "b.safetensors"],use_photo=false,compile=true'
     )
     assert spec == {
         "backend": "sdxl",

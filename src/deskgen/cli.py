@@ -427,8 +427,8 @@ def _add_bench_options(parser: argparse.ArgumentParser) -> None:
         help="a configuration: backend, then label=, model=, device=, dtype=, memory=, "
         "use_photo=false, request fields (steps=, strength=...) and backend options "
         "(preset=fast, distill_lora=PATH, loras=[...], compile=true...; values starting with "
-        "[ or { are JSON), e.g. --run sdxl,model=./sdxl,preset=balanced (repeatable; added to "
-        "CONFIG's runs)",
+        "[ or {, and true/false/null, are JSON), e.g. --run sdxl,model=./sdxl,preset=balanced "
+        "(repeatable; added to CONFIG's runs)",
     )
     parser.add_argument("--out", help="the output folder (required unless --from alone)")
     group = parser.add_argument_group("what every configuration runs (over CONFIG)")

@@ -122,7 +122,8 @@ class DiffusersOptions(BackendOptions):
     """``preset="fast"``: an LCM, SDXL-Lightning, Hyper-SD or TCD LoRA for this model (path,
     `LoraSpec` or hub ``user/repo/file``)."""
     distill_kind: DistillKind | None = None
-    """Which distillation ``distill_lora`` is; ``None``: told from its file name."""
+    """Which distillation ``distill_lora`` is; ``None``: told from its file name, else its
+    folder's or hub repo's name."""
     compile: bool = False
     """``torch.compile`` the denoiser (in place): slow first requests, faster steps after; new
     sizes and LoRA weight changes recompile."""

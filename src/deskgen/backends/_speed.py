@@ -6,7 +6,7 @@ speed options change how the denoiser runs, not what it computes (up to float ro
 =========== ==============================================================================
 ``quality`` the model's own scheduler at 50 steps: the most detail, the slowest
 ``balanced`` DPM++ 2M with Karras sigmas (``DPMSolverMultistepScheduler``) at 25 steps
-``fast``    a few-step distillation LoRA (LCM, SDXL-Lightning, Hyper-SD, TCD) given by path,
+``fast``    a few-step distillation LoRA (LCM, SDXL-Lightning, Hyper-SD, TCD) given as a file,
             fused, with the scheduler, steps and guidance it was distilled for
 =========== ==============================================================================
 

@@ -18,7 +18,11 @@ from ..quant._plan import MemoryMode
 
 __all__ = ["BenchConfig", "BenchEntry", "load_bench_config"]
 
-_SECRET = re.compile(r"key|token|secret|password|auth", re.IGNORECASE)
+_SECRET = re.compile(
+    r"(?:^|[_-])(?:api_?key|key|token|secret|password|passwd|auth|credentials?)(?:$|[_-])",
+    re.IGNORECASE,
+)
+"""Option names whose values are secrets: api_key, hf_token, auth_token... (not "keyword")."""
 _REQUEST_FIELDS = frozenset(GenerationRequest.model_fields) - {"image", "mask", "control_image"}
 _ENTRY_KEYS = frozenset({"backend", "model", "device", "dtype", "memory"})
 

@@ -112,10 +112,10 @@ def measure(config: BenchConfig, entry: BenchEntry, image_path: Path) -> BenchRo
             loras = [lora.name for lora in gen.loras]
             speed = list(getattr(gen.backend, "performance", []))
             load_seconds = gen.load_seconds
+        first = results[0]
+        first.save(image_path, index=0)
     except Exception as exc:  # deskgen's errors, and anything a backend let through
         return base.model_copy(update={"error": f"{type(exc).__name__}: {exc}"})
-    first = results[0]
-    first.save(image_path, index=0)
     quantized = [
         f"{name} {part.quantization}"
         for name, part in sorted(memory.components.items())

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from .._exceptions import ConfigError
+from .._exceptions import ConfigError, ImageInputError
 from .._record import atomic_write, atomic_write_bytes
 from ._report import BenchReport, BenchRow
 
@@ -48,7 +48,10 @@ def _open(folder: Path, name: str | None) -> Image.Image | None:
     path = inside(folder, name) if name else None
     if path is None or not path.is_file():
         return None
-    image, _ = load_image(path)
+    try:
+        image, _ = load_image(path)
+    except ImageInputError:  # damaged or replaced: an empty tile, not a failed sheet
+        return None
     return image
 
 
@@ -216,7 +219,7 @@ def _html_table(report: BenchReport) -> str:
     )
     foot = "".join(f"<li>{esc(n)}</li>" for n in notes)
     return f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>" + (
-        f"<p class='muted'>n/a:</p><ul class='muted'>{foot}</ul>" if foot else ""
+        f"<p class='muted'>Notes:</p><ul class='muted'>{foot}</ul>" if foot else ""
     )
 
 

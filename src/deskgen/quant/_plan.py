@@ -281,7 +281,10 @@ def plan_memory(
     work = WORK_BYTES.get(backend, 4 * GiB) * (2 if width == 4 else 1)
     notes: list[str] = notes_saved
     if not allow_quantization and not saved:
-        notes.append("plans without quantization (LoRAs need full-precision layers)")
+        notes.append(
+            "plans without quantization (LoRAs need full-precision layers; fused QKV "
+            "projections can't fuse quantized ones)"
+        )
     if source == "published":
         notes.append(f"sizes are the published ones of {cls.default_model or backend}")
 
