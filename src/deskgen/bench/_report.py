@@ -144,6 +144,7 @@ class BenchReport(BaseModel):
             "mode",
             "steps",
             "load",
+            "device",
             "settings",
             "structure kept (edge SSIM)",
             "prompt adherence (CLIP)",
@@ -151,7 +152,7 @@ class BenchReport(BaseModel):
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in self.rows:
             if not row.ok:
-                cells = [row.label, row.model, "", f"failed: {row.error}", "", "", "", ""]
+                cells = [row.label, row.model, "", f"failed: {row.error}", "", "", "", "", ""]
                 cells += [row.settings(), "", ""]
             else:
                 cells = [
@@ -163,6 +164,7 @@ class BenchReport(BaseModel):
                     row.mode or "",
                     str(row.steps),
                     f"{row.load_seconds:.1f} s",
+                    f"{row.device} {row.dtype}",
                     row.settings(),
                     quality(row.edge_ssim, row.edge_ssim_note, 3),
                     quality(row.clip_score, row.clip_score_note, 1),

@@ -191,7 +191,7 @@ def _html_table(report: BenchReport) -> str:
     esc = html.escape
     head = [
         "run", "model", "resolution", "time per image", "peak memory", "mode", "steps", "load",
-        "settings", "edge SSIM", "CLIP score",
+        "device", "settings", "edge SSIM", "CLIP score",
     ]  # fmt: skip
     rows = []
     for row in report.rows:
@@ -201,16 +201,16 @@ def _html_table(report: BenchReport) -> str:
             cells = [
                 row.label, row.model, f"{row.width}x{row.height}", row.time_text(),
                 row.memory_text(), row.mode or "", str(row.steps), f"{row.load_seconds:.1f} s",
-                row.settings(), ssim, clip,
+                f"{row.device} {row.dtype}", row.settings(), ssim, clip,
             ]  # fmt: skip
-            titles = {9: row.edge_ssim_note, 10: row.clip_score_note}
+            titles = {10: row.edge_ssim_note, 11: row.clip_score_note}
             tds = "".join(
                 f"<td title='{esc(titles.get(i) or '')}'>{esc(c)}</td>" for i, c in enumerate(cells)
             )
         else:
             tds = (
                 f"<td>{esc(row.label)}</td><td>{esc(row.model)}</td>"
-                f"<td colspan='9' class='failed'>failed: {esc(row.error or '')}</td>"
+                f"<td colspan='10' class='failed'>failed: {esc(row.error or '')}</td>"
             )
         rows.append(f"<tr>{tds}</tr>")
     header = "".join(f"<th>{esc(h)}</th>" for h in head)
