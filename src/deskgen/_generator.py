@@ -572,6 +572,7 @@ class DeskGenerator:
             controls=output.controls,
             control_images=output.control_images,
             loras=output.loras,
+            scheduler_settings=output.scheduler_settings,
             deskgen_version=__version__,
             created_at=datetime.now(timezone.utc),
         )

@@ -247,6 +247,10 @@ class GenerationResult(BaseModel):
     order of `controls` (edges, depth maps): look at them when a makeover goes wrong."""
     loras: list[LoadedLora] = Field(default_factory=list)
     """The LoRA adapters the request used, each with the weight it used and its file's digest."""
+    scheduler_settings: dict[str, Any] = Field(default_factory=dict)
+    """What was set over the model's own scheduler config (a speed preset's, e.g.
+    ``{"use_karras_sigmas": True}``, ``{"timestep_spacing": "trailing"}``) and sampler
+    arguments such as TCD's ``eta``; empty: the model's scheduler as configured."""
     deskgen_version: str
     created_at: datetime
 

@@ -146,6 +146,7 @@ def build_record(result: GenerationResult, index: int) -> dict[str, Any]:
         "height": result.height,
         "denoising_steps": result.denoising_steps,
         "scheduler": result.scheduler,
+        "scheduler_settings": result.scheduler_settings,
         "device": result.device,
         "dtype": result.dtype,
         "timings": result.timings.model_dump(mode="json"),
@@ -194,6 +195,11 @@ def a1111_parameters(result: GenerationResult, index: int) -> str:
     fields = [
         ("Steps", str(req.steps)),
         ("Sampler", _SAMPLERS.get(result.scheduler, result.scheduler)),
+        *(
+            [("Schedule type", "Karras")]  # A1111 1.9+ writes the sigma schedule apart
+            if result.scheduler_settings.get("use_karras_sigmas")
+            else []
+        ),
         ("CFG scale", f"{req.guidance_scale:g}" if req.guidance_scale is not None else "default"),
         ("Seed", str(result.seeds[index])),
         ("Size", f"{result.width}x{result.height}"),

@@ -99,6 +99,21 @@ def test_quality_and_balanced_set_steps_and_scheduler(
     assert balanced.request.guidance_scale == plain.request.guidance_scale
 
 
+def test_results_and_records_say_the_scheduler_settings(
+    tiny_sdxl_path: Path, generators: dict[str, DeskGenerator], tmp_path: Path
+) -> None:
+    from deskgen._record import read_png_text, read_record_data
+
+    assert generators["sdxl"].generate(prompt=PROMPT, seed=1, steps=2).scheduler_settings == {}
+    with DeskGenerator("sdxl", model=str(tiny_sdxl_path), device="cpu", preset="balanced") as gen:
+        result = gen.generate(prompt=PROMPT, seed=1, steps=2)
+    settings = {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}
+    assert result.scheduler_settings == settings
+    [path] = result.save(tmp_path / "balanced.png")
+    assert read_record_data(path)["scheduler_settings"] == settings
+    assert "Sampler: DPM++ 2M, Schedule type: Karras," in read_png_text(path)["parameters"]
+
+
 def _photo() -> object:
     from ..conftest import draw_desk
 

@@ -96,6 +96,9 @@ class BackendOutput:
     """The control image of each control, as the ControlNets saw it."""
     loras: list[LoadedLora] = field(default_factory=list)
     """The LoRA adapters used, with the weights used."""
+    scheduler_settings: dict[str, Any] = field(default_factory=dict)
+    """What the backend set over the model's own scheduler config, and sampler arguments such
+    as ``eta`` (a preset's: `GenerationResult.scheduler_settings`)."""
 
 
 class Backend(abc.ABC):

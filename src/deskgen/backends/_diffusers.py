@@ -354,6 +354,8 @@ class DiffusersBackend(Backend):
         """Guidance scale when the request leaves it ``None``."""
         self._call_extras: dict[str, Any] = {}
         """Pipeline call arguments the preset adds (e.g. TCD's ``eta``)."""
+        self._scheduler_settings: dict[str, Any] = {}
+        """The preset's scheduler settings and call arguments, for results and records."""
         self.performance: list[str] = []
         """The preset and speed options in effect, in words (what benchmarks report)."""
         if recipe is not None:
@@ -361,6 +363,7 @@ class DiffusersBackend(Backend):
             if recipe.guidance is not None:
                 self.guidance_default = recipe.guidance
             self._call_extras = dict(recipe.call)
+            self._scheduler_settings = {**recipe.scheduler_config, **recipe.call}
             self.performance.append(f"{options.preset}: {recipe.describe()}")
         vae = self._txt2img.vae
         # diffusers flips the shared VAE's dtype inside SDXL calls when it must upcast
@@ -1146,6 +1149,7 @@ class DiffusersBackend(Backend):
             controls=inputs.controls,
             control_images=inputs.control_images,
             loras=used,
+            scheduler_settings=dict(self._scheduler_settings),
         )
 
     def _after_request(self) -> None:
