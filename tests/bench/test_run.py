@@ -197,3 +197,39 @@ def test_out_must_be_a_folder(tmp_path: Path) -> None:
     config = BenchConfig(prompt="p", runs=[BenchEntry(backend="sd")])
     with pytest.raises(ConfigError, match="is a file"):
         run_bench(config, out=tmp_path / "file")
+
+
+@pytest.mark.parametrize("isolate", [False, True], ids=["in-process", "isolated"])
+def test_the_openai_backend_beside_them(
+    bench_photo: Path, tmp_path: Path, isolate: bool
+) -> None:
+    """The seed's DALL-E / GPT image row: an edit of the photo through the fake server; the
+    API key reaches the backend (in the worker too) and never the report."""
+    from deskgen.testing import FakeOpenAIServer
+
+    secret = "sk-test-never-in-reports-0123456789"
+    with FakeOpenAIServer() as server:
+        config = BenchConfig(
+            prompt="a tidy desk",
+            image=str(bench_photo),
+            warmup=0,
+            repeats=2,
+            isolate=isolate,
+            runs=[
+                BenchEntry(
+                    backend="openai",
+                    model="gpt-image-1",
+                    options={"api_key": secret, "base_url": server.base_url},
+                )
+            ],
+        )
+        report = run_bench(config, out=tmp_path)
+        assert len(server.received) == 2  # no warm-up, two measured requests
+    row = report.rows[0]
+    assert row.ok, row.error
+    assert (row.mode, row.backend, row.model) == ("edit", "openai", "gpt-image-1")
+    assert row.cost_usd is not None and row.cost_usd > 0
+    assert row.memory_kind == "process_rss" and row.peak_memory_bytes
+    assert row.options["api_key"] == "***"
+    for name in ("bench.json", "bench.md", "bench.csv"):
+        assert secret not in (tmp_path / name).read_text()
