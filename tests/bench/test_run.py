@@ -200,9 +200,7 @@ def test_out_must_be_a_folder(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("isolate", [False, True], ids=["in-process", "isolated"])
-def test_the_openai_backend_beside_them(
-    bench_photo: Path, tmp_path: Path, isolate: bool
-) -> None:
+def test_the_openai_backend_beside_them(bench_photo: Path, tmp_path: Path, isolate: bool) -> None:
     """The seed's DALL-E / GPT image row: an edit of the photo through the fake server; the
     API key reaches the backend (in the worker too) and never the report."""
     from deskgen.testing import FakeOpenAIServer
@@ -233,3 +231,36 @@ def test_the_openai_backend_beside_them(
     assert row.options["api_key"] == "***"
     for name in ("bench.json", "bench.md", "bench.csv"):
         assert secret not in (tmp_path / name).read_text()
+
+
+def test_a_controlnet_run_is_reported_as_controlnet(
+    tiny_paths: dict[str, Path],
+    tiny_control_paths: dict[str, Path],
+    bench_photo: Path,
+    tmp_path: Path,
+) -> None:
+    config = BenchConfig(
+        prompt="a tidy desk",
+        image=str(bench_photo),
+        request={"steps": 3},
+        warmup=0,
+        repeats=1,
+        device="cpu",
+        isolate=False,
+        runs=[
+            BenchEntry(
+                backend="sdxl-controlnet",
+                model=str(tiny_paths["sdxl"]),
+                options={
+                    "controlnet": str(tiny_control_paths["canny"]),
+                    "control": "canny",
+                    "preset": "balanced",
+                },
+            )
+        ],
+    )
+    row = run_bench(config, out=tmp_path).rows[0]
+    assert row.ok, row.error
+    assert (row.mode, row.scheduler, row.steps) == ("controlnet", "DPMSolverMultistepScheduler", 2)
+    assert row.phase_seconds["control"] > 0  # the edges computed from the photo
+    assert row.edge_ssim is not None
