@@ -425,10 +425,10 @@ def _add_bench_options(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="BACKEND[,KEY=VALUE...]",
         help="a configuration: backend, then label=, model=, device=, dtype=, memory=, "
-        "use_photo=false, request fields (steps=, strength=...) and backend options "
-        "(preset=fast, distill_lora=PATH, loras=[...], compile=true...; values starting with "
-        "[ or {, and true/false/null, are JSON), e.g. --run sdxl,model=./sdxl,preset=balanced "
-        "(repeatable; added to CONFIG's runs)",
+        "use_photo=false, warmup=, repeats=, request fields (steps=, strength=...) and backend "
+        "options (preset=fast, distill_lora=PATH, loras=[...], compile=true...; values "
+        "starting with [ or {, and true/false/null, are JSON), e.g. "
+        "--run sdxl,model=./sdxl,preset=balanced (repeatable; added to CONFIG's runs)",
     )
     parser.add_argument("--out", help="the output folder (required unless --from alone)")
     group = parser.add_argument_group("what every configuration runs (over CONFIG)")
@@ -456,13 +456,16 @@ def _add_bench_options(parser: argparse.ArgumentParser) -> None:
 
 _RUN_SPLIT = re.compile(r",(?=\s*[A-Za-z_]\w*=)")
 """Commas that start the next ``key=``: commas inside JSON values stay."""
+_RUN_OWN = ("label", "model", "device", "dtype", "memory", "use_photo", "warmup", "repeats")
+"""`BenchEntry` 's own fields among ``--run``'s keys."""
 
 
 def _run_spec(text: str) -> dict[str, Any]:
     """``BACKEND[,KEY=VALUE...]`` as a `BenchEntry`'s fields: ``label``, ``model``, ``device``,
-    ``dtype``, ``memory`` and ``use_photo`` are the run's own, request fields (but ``loras``)
-    go to its request, the rest (``loras`` included: LoRAs loaded with the model) to its
-    backend options. Values that start with ``[``/``{`` or are true/false/null are JSON."""
+    ``dtype``, ``memory``, ``use_photo``, ``warmup`` and ``repeats`` are the run's own, request
+    fields (but ``loras``) go to its request, the rest (``loras`` included: LoRAs loaded with
+    the model) to its backend options. Values that start with ``[``/``{`` or are
+    true/false/null are JSON."""
     from ._models import GenerationRequest
 
     backend, *items = [part.strip() for part in _RUN_SPLIT.split(text)]
@@ -481,7 +484,7 @@ def _run_spec(text: str) -> dict[str, Any]:
                 parsed = json.loads(value)
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"--run {text!r}: {key}= is not valid JSON ({exc})") from exc
-        if key in ("label", "model", "device", "dtype", "memory", "use_photo"):
+        if key in _RUN_OWN:
             entry[key] = parsed
         elif key in GenerationRequest.model_fields and key != "loras":
             entry["request"][key] = parsed

@@ -210,14 +210,16 @@ def test_the_openai_backend_beside_them(bench_photo: Path, tmp_path: Path, isola
         config = BenchConfig(
             prompt="a tidy desk",
             image=str(bench_photo),
-            warmup=0,
-            repeats=2,
+            warmup=2,
+            repeats=3,
             isolate=isolate,
             runs=[
                 BenchEntry(
                     backend="openai",
                     model="gpt-image-1",
                     options={"api_key": secret, "base_url": server.base_url},
+                    warmup=0,  # a warm-up would be a billed request
+                    repeats=2,
                 )
             ],
         )
@@ -229,8 +231,10 @@ def test_the_openai_backend_beside_them(bench_photo: Path, tmp_path: Path, isola
     assert row.cost_usd is not None and row.cost_usd > 0
     assert row.memory_kind == "process_rss" and row.peak_memory_bytes
     assert row.options["api_key"] == "***"
+    assert len(row.seconds_per_image) == 2
     for name in ("bench.json", "bench.md", "bench.csv"):
         assert secret not in (tmp_path / name).read_text()
+    assert "3 measured runs after 2 warm-up (openai: 2 after 0), seed 0" in report.to_markdown()
 
 
 def test_a_controlnet_run_is_reported_as_controlnet(

@@ -71,6 +71,11 @@ class BenchEntry(BaseModel):
     request: dict[str, Any] = Field(default_factory=dict)
     """Request fields for this run only (``steps``, ``strength``, ``guidance_scale``...), over
     the config's."""
+    warmup: int | None = Field(default=None, ge=0, le=20)
+    """Unmeasured runs for this entry; ``None``: the config's. ``0`` for paid APIs (``openai``),
+    where a warm-up is a billed request."""
+    repeats: int | None = Field(default=None, ge=1, le=100)
+    """Measured runs for this entry; ``None``: the config's."""
     use_photo: bool = True
     """``False``: this run makes the image from the prompt alone (txt2img), e.g. for
     ``hidream`` or ``janus``, which take no photo, beside img2img runs of the same photo."""

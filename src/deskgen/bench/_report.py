@@ -172,10 +172,18 @@ class BenchReport(BaseModel):
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
         env = self.environment
         lines.append("")
+        own = [
+            f"{run.get('label') or run.get('backend')}: {run.get('repeats') or repeats} after "
+            f"{run.get('warmup') if run.get('warmup') is not None else warmup}"
+            for run in self.config.get("runs", [])
+            if run.get("warmup") is not None or run.get("repeats") is not None
+            for repeats, warmup in [(self.config.get("repeats"), self.config.get("warmup"))]
+        ]
+        exceptions = f" ({'; '.join(own)})" if own else ""
         lines.append(
             f"{self.config.get('repeats')} measured runs after {self.config.get('warmup')} "
-            f"warm-up, seed {self.config.get('seed')}; {env.get('device', '')}; deskgen "
-            f"{self.deskgen_version}, torch {env.get('torch', 'n/a')}, diffusers "
+            f"warm-up{exceptions}, seed {self.config.get('seed')}; {env.get('device', '')}; "
+            f"deskgen {self.deskgen_version}, torch {env.get('torch', 'n/a')}, diffusers "
             f"{env.get('diffusers', 'n/a')}."
         )
         if self.config.get("isolate") is False:

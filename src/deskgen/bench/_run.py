@@ -89,7 +89,7 @@ def run_bench(
 
 
 def measure(config: BenchConfig, entry: BenchEntry, image_path: Path) -> BenchRow:
-    """Load ``entry``'s generator in this process, warm it up, time ``config.repeats`` runs and
+    """Load ``entry``'s generator in this process, warm it up, time its repeats and
     save the first measured image to ``image_path``. deskgen errors become the row's error."""
     from .._generator import DeskGenerator
 
@@ -105,9 +105,11 @@ def measure(config: BenchConfig, entry: BenchEntry, image_path: Path) -> BenchRo
             **entry.options,
         ) as gen:
             base.model = public_model_name(gen.model)
-            for _ in range(config.warmup):
+            warmup = config.warmup if entry.warmup is None else entry.warmup
+            repeats = config.repeats if entry.repeats is None else entry.repeats
+            for _ in range(warmup):
                 gen.generate(request)
-            results = [gen.generate(request) for _ in range(config.repeats)]
+            results = [gen.generate(request) for _ in range(repeats)]
             memory = gen.memory_report()
             loras = [lora.name for lora in gen.loras]
             speed = list(getattr(gen.backend, "performance", []))
