@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -60,23 +59,12 @@ def sd15(folder: Path) -> Path:
         StableDiffusionPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from train_step import clip_text_config  # type: ignore[import-not-found]
+    from transformers import CLIPTextModel
 
     from deskgen.prompts._tokenizers import packaged_clip_tokenizer
 
-    text = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        max_position_embeddings=77,
-        hidden_act="quick_gelu",
-        projection_dim=768,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=49407,
-    )
+    text = clip_text_config(768, 12, 12, "quick_gelu", 768)  # CLIP ViT-L/14's text encoder
     torch.manual_seed(0)
     pipe = StableDiffusionPipeline(
         unet=UNet2DConditionModel(**SD15_UNET),  # type: ignore[arg-type]
@@ -135,7 +123,6 @@ def main() -> None:
 
     scratch = Path(tempfile.mkdtemp(prefix="deskgen-presets-"))
     if args.full_size:
-        sys.path.insert(0, str(Path(__file__).parent))
         from train_step import full_size_sdxl  # type: ignore[import-not-found]
 
         model, backend, size, device, dtype = (

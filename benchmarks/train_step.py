@@ -26,6 +26,26 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+def clip_text_config(hidden: int, layers: int, heads: int, act: str, projection: int) -> Any:
+    """A CLIP text encoder's config of the real size: ViT-L/14's is (768, 12, 12, "quick_gelu",
+    768), OpenCLIP bigG's (1280, 32, 20, "gelu", 1280)."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=77,
+        hidden_act=act,
+        projection_dim=projection,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407 if act == "quick_gelu" else 0,
+    )
+
+
 def full_size_sdxl(folder: Path) -> Path:
     """SDXL base 1.0's architecture (its config files), random weights, saved in fp16."""
     import torch
@@ -36,24 +56,9 @@ def full_size_sdxl(folder: Path) -> Path:
         UNet2DConditionModel,
     )
     from lora_step import SDXL_UNET  # type: ignore[import-not-found]
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     from deskgen.prompts._tokenizers import packaged_clip_tokenizer
-
-    def clip(hidden: int, layers: int, heads: int, act: str, projection: int) -> CLIPTextConfig:
-        return CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=hidden,
-            intermediate_size=4 * hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            max_position_embeddings=77,
-            hidden_act=act,
-            projection_dim=projection,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407 if act == "quick_gelu" else 0,
-        )
 
     with torch.device("cuda"):
         pipe = StableDiffusionXLPipeline(
@@ -68,8 +73,10 @@ def full_size_sdxl(folder: Path) -> Path:
                 scaling_factor=0.13025,
                 force_upcast=True,
             ),
-            text_encoder=CLIPTextModel(clip(768, 12, 12, "quick_gelu", 768)),
-            text_encoder_2=CLIPTextModelWithProjection(clip(1280, 32, 20, "gelu", 1280)),
+            text_encoder=CLIPTextModel(clip_text_config(768, 12, 12, "quick_gelu", 768)),
+            text_encoder_2=CLIPTextModelWithProjection(
+                clip_text_config(1280, 32, 20, "gelu", 1280)
+            ),
             tokenizer=packaged_clip_tokenizer("<|endoftext|>"),
             tokenizer_2=packaged_clip_tokenizer("!"),
             scheduler=EulerDiscreteScheduler(

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ._dataset import METADATA, SPLIT, inside
 from ._exceptions import ConfigError, DeskgenError, ModelLoadError
 from ._lora import canonical_safetensors
+from ._quiet import quiet_logs
 from ._record import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -332,14 +333,8 @@ class _Trainer:
             module.requires_grad_(False)
         # SDXL's VAE overflows in float16: diffusers' script keeps it in float32
         if getattr(self.vae.config, "force_upcast", False) and self.precision != "no":
-            from diffusers.utils import logging as diffusers_logging
-
-            level = diffusers_logging.get_verbosity()
-            diffusers_logging.set_verbosity_error()  # "modules to keep in float32": all of it
-            try:
+            with quiet_logs():  # "modules to keep in float32": all of it
                 self.vae.to(dtype=torch.float32)
-            finally:
-                diffusers_logging.set_verbosity(level)
         # peft annotates lora_alpha as int; a float (kohya's alphas) scales the same
         alpha: Any = config.alpha if config.alpha is not None else config.rank
         self.unet.add_adapter(

@@ -21,7 +21,6 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -32,6 +31,7 @@ from typing import Any, Literal
 from PIL import Image
 
 from ._exceptions import MissingDependencyError
+from ._quiet import quiet_logs
 from .prompts._tokenizers import clip_tokenizer_dir, packaged_clip_tokenizer
 
 __all__ = [
@@ -59,18 +59,6 @@ def _built(target: Path, spec: dict[str, Any], *, overwrite: bool) -> bool:
     """Whether ``target`` already holds the tiny model ``spec`` describes (its marker file)."""
     marker = target / _MARKER
     return not overwrite and marker.is_file() and json.loads(marker.read_text()) == spec
-
-
-@contextlib.contextmanager
-def _quiet_diffusers() -> Iterator[None]:
-    from diffusers.utils import logging as diffusers_logging
-
-    level = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        diffusers_logging.set_verbosity(level)
 
 
 def _require_local() -> None:
@@ -587,7 +575,7 @@ def make_tiny_pipeline(
             from diffusers import HiDreamImagePipeline
 
             pipe = HiDreamImagePipeline(**_tiny_hidream())
-    with _quiet_diffusers():  # "text_encoder_4=None cannot be saved": HiDream's Llama is apart
+    with quiet_logs():  # "text_encoder_4=None cannot be saved": HiDream's Llama is apart
         pipe.save_pretrained(target, safe_serialization=True)
     (target / _MARKER).write_text(json.dumps(spec))
     return target

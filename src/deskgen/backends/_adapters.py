@@ -33,6 +33,7 @@ from .._exceptions import (
     UnsupportedOperationError,
 )
 from .._lora import LoadedLora, LoraBase, LoraSpec, inspect_lora, read_lora_tensors
+from .._quiet import quiet_logs
 
 if TYPE_CHECKING:
     import torch
@@ -124,22 +125,11 @@ class _Gate:
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """Silence what loading an adapter says that is no news: transformers' load report (every
-    base weight "MISSING" from the LoRA), diffusers' note on encoders a LoRA leaves alone, and
-    peft's warning about a second adapter."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging
-
-    level = logging.get_verbosity()
-    diffusers_level = diffusers_logging.get_verbosity()
-    logging.set_verbosity_error()
-    diffusers_logging.set_verbosity_error()  # "No LoRA keys associated to CLIPTextModel..."
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-            yield
-    finally:
-        logging.set_verbosity(level)
-        diffusers_logging.set_verbosity(diffusers_level)
+    base weight "MISSING" from the LoRA), diffusers' note on encoders a LoRA leaves alone ("No
+    LoRA keys associated to CLIPTextModel..."), and peft's warning about a second adapter."""
+    with quiet_logs(transformers=True), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+        yield
 
 
 def _model_base(pipe: Any) -> LoraBase:

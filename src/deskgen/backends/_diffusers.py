@@ -55,7 +55,7 @@ from .._lora import LoraSpec, as_lora_spec
 from ..prompts import PromptPlan, TextEncoderSpec
 from ..quant._config import ComponentMemory, QuantConfig
 from ._base import Backend, BackendOptions, BackendOutput, Job
-from ._speed import CompileMode, DistillKind, Preset, Recipe, preset_recipe
+from ._speed import SPEED_OPTIONS, CompileMode, DistillKind, Preset, Recipe, preset_recipe
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -290,9 +290,7 @@ class DiffusersBackend(Backend):
     """The components `QuantConfig.components` = ``None`` means."""
     takes_presets: ClassVar[bool] = True
     """Whether ``preset=`` (quality/balanced/fast) is taken."""
-    speed_options: ClassVar[frozenset[str]] = frozenset(
-        {"compile", "channels_last", "fuse_qkv", "attention"}
-    )
+    speed_options: ClassVar[frozenset[str]] = SPEED_OPTIONS
     """The speed options this backend takes (the others are refused when set)."""
     denoiser: ClassVar[str] = "unet"
     """The pipeline component that runs every step (what ``compile`` compiles)."""
@@ -436,7 +434,7 @@ class DiffusersBackend(Backend):
         defaults = DiffusersOptions.model_fields
         unsupported = sorted(
             name
-            for name in ("compile", "channels_last", "fuse_qkv", "attention")
+            for name in SPEED_OPTIONS
             if name not in self.speed_options and getattr(options, name) != defaults[name].default
         )
         if unsupported:

@@ -20,6 +20,7 @@ Speed options: ``compile`` (``torch.compile`` of the denoiser, in place), ``chan
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from .._lora import LoraSpec
 __all__ = [
     "DISTILLATION",
     "PRESETS",
+    "SPEED_OPTIONS",
     "CompileMode",
     "DistillKind",
     "Preset",
@@ -40,6 +42,9 @@ __all__ = [
     "preset_recipe",
     "use_scheduler",
 ]
+
+SPEED_OPTIONS = frozenset({"compile", "channels_last", "fuse_qkv", "attention"})
+"""The `DiffusersOptions` fields that change how the denoiser runs (`apply_speed_options`)."""
 
 Preset = Literal["quality", "balanced", "fast"]
 DistillKind = Literal["lcm", "lightning", "hyper-sd", "tcd"]
@@ -160,13 +165,7 @@ def preset_recipe(
     guidance = None if kind == "hyper-sd" and cfg else recipe.guidance
     if kind == "hyper-sd" and steps == 1:  # the 1-step unified LoRA: TCD with eta 1.0
         recipe = Recipe(steps=1, guidance=0.0, scheduler="TCDScheduler", call={"eta": 1.0})
-    return Recipe(
-        steps=steps,
-        guidance=guidance,
-        scheduler=recipe.scheduler,
-        scheduler_config=recipe.scheduler_config,
-        call=recipe.call,
-    )
+    return dataclasses.replace(recipe, steps=steps, guidance=guidance)
 
 
 def use_scheduler(pipe: Any, recipe: Recipe) -> None:

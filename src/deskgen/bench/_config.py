@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from .._exceptions import ConfigError, MissingDependencyError
+from .._generator import _format_validation_error
 from .._models import GenerationRequest
 from ..quant._plan import MemoryMode
 
@@ -147,9 +148,7 @@ class BenchConfig(BaseModel):
             try:
                 self.request_for(entry)
             except ValidationError as exc:
-                problems = "; ".join(
-                    f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-                )
+                problems = _format_validation_error(exc)
                 raise ValueError(f"runs[{index}] ({entry.name}): {problems}") from None
         labels = [entry.name for entry in self.runs]
         twice = sorted({label for label in labels if labels.count(label) > 1})
@@ -266,10 +265,5 @@ def load_bench_config(path: str | os.PathLike[str]) -> BenchConfig:
     try:
         return BenchConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"Invalid bench config {str(file)!r}: {_errors(exc)}") from exc
-
-
-def _errors(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
-    )
+        problems = _format_validation_error(exc, whole="config")
+        raise ConfigError(f"Invalid bench config {str(file)!r}: {problems}") from exc

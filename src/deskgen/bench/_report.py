@@ -107,6 +107,22 @@ class BenchRow(BaseModel):
             return "n/a"
         return f"{self.median_seconds:.2f} s ({self.min_seconds:.2f}-{self.max_seconds:.2f})"
 
+    def cells(self) -> list[str]:
+        """A measured row's table cells up to the settings (the quality columns follow; the
+        Markdown table and the HTML report add them with their notes)."""
+        return [
+            self.label,
+            self.model,
+            f"{self.width}x{self.height}",
+            self.time_text(),
+            self.memory_text(),
+            self.mode or "",
+            str(self.steps),
+            f"{self.load_seconds:.1f} s",
+            f"{self.device} {self.dtype}",
+            self.settings(),
+        ]
+
 
 class BenchReport(BaseModel):
     """A benchmark's rows with what they were measured on."""
@@ -156,34 +172,26 @@ class BenchReport(BaseModel):
                 cells += [row.settings(), "", ""]
             else:
                 cells = [
-                    row.label,
-                    row.model,
-                    f"{row.width}x{row.height}",
-                    row.time_text(),
-                    row.memory_text(),
-                    row.mode or "",
-                    str(row.steps),
-                    f"{row.load_seconds:.1f} s",
-                    f"{row.device} {row.dtype}",
-                    row.settings(),
+                    *row.cells(),
                     quality(row.edge_ssim, row.edge_ssim_note, 3),
                     quality(row.clip_score, row.clip_score_note, 1),
                 ]
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
         env = self.environment
         lines.append("")
-        own = [
-            f"{run.get('label') or run.get('backend')}: {run.get('repeats') or repeats} after "
-            f"{run.get('warmup') if run.get('warmup') is not None else warmup}"
-            for run in self.config.get("runs", [])
-            if run.get("warmup") is not None or run.get("repeats") is not None
-            for repeats, warmup in [(self.config.get("repeats"), self.config.get("warmup"))]
-        ]
+        repeats, warmup = self.config.get("repeats"), self.config.get("warmup")
+        own = []  # the runs with their own warm-up or repeats
+        for run in self.config.get("runs", []):
+            if run.get("warmup") is None and run.get("repeats") is None:
+                continue
+            run_warmup = warmup if run.get("warmup") is None else run["warmup"]
+            name = run.get("label") or run.get("backend")
+            own.append(f"{name}: {run.get('repeats') or repeats} after {run_warmup}")
         exceptions = f" ({'; '.join(own)})" if own else ""
         lines.append(
-            f"{self.config.get('repeats')} measured runs after {self.config.get('warmup')} "
-            f"warm-up{exceptions}, seed {self.config.get('seed')}; {env.get('device', '')}; "
-            f"deskgen {self.deskgen_version}, torch {env.get('torch', 'n/a')}, diffusers "
+            f"{repeats} measured runs after {warmup} warm-up{exceptions}, seed "
+            f"{self.config.get('seed')}; {env.get('device', '')}; deskgen "
+            f"{self.deskgen_version}, torch {env.get('torch', 'n/a')}, diffusers "
             f"{env.get('diffusers', 'n/a')}."
         )
         if self.config.get("isolate") is False:

@@ -8,11 +8,8 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import re
-import signal
 import statistics
-import subprocess
 import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -64,6 +61,7 @@ def run_bench(
         photo, _ = load_image(config.image)
         atomic_write(folder / PHOTO_FILE, lambda fh: photo.save(fh, format="PNG"))
     rows: list[BenchRow] = []
+    local_paths = config.local_paths()
     names = _file_names([entry.name for entry in config.runs])
     for number, (entry, name) in enumerate(zip(config.runs, names, strict=True), 1):
         image_path = folder / f"{name}.png"
@@ -71,7 +69,7 @@ def run_bench(
             row = _measure_isolated(config, number - 1, image_path)
         else:
             row = measure(config, entry, image_path)
-        row = _scrub(row, config.local_paths())
+        row = _scrub(row, local_paths)
         rows.append(row)
         if on_row is not None:
             on_row(number, len(config.runs), row)
@@ -90,7 +88,8 @@ def run_bench(
 
 def measure(config: BenchConfig, entry: BenchEntry, image_path: Path) -> BenchRow:
     """Load ``entry``'s generator in this process, warm it up, time its repeats and
-    save the first measured image to ``image_path``. deskgen errors become the row's error."""
+    save the first measured image to ``image_path``. An exception (a deskgen error, or one a
+    backend let through) becomes the row's error."""
     from .._generator import DeskGenerator
 
     base = _stub(entry)
@@ -180,6 +179,9 @@ def _mode(backend: str, mode: str, controls: bool) -> BenchMode:
 def _measure_isolated(config: BenchConfig, index: int, image_path: Path) -> BenchRow:
     """`measure` in a fresh interpreter (``python -m deskgen.bench._worker``): the job goes in
     on stdin (never on disk: options may hold keys), the row comes back in a file."""
+    import signal  # here, not at `import deskgen`
+    import subprocess
+
     result_path = image_path.with_name(f".{image_path.stem}.row.json")
     result_path.unlink(missing_ok=True)
     job = {
@@ -297,6 +299,8 @@ def _add_quality(config: BenchConfig, rows: list[BenchRow], photo: Any, folder: 
 
 def environment(rows: list[BenchRow]) -> dict[str, str]:
     """What the numbers were measured on."""
+    import platform
+
     env = {"python": platform.python_version(), "platform": platform.platform(terse=True)}
     for package in ("torch", "diffusers", "transformers", "openai"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
@@ -318,6 +322,8 @@ def _cpu_name() -> str:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.partition(":")[2].strip()
+    import platform
+
     return platform.processor() or platform.machine()
 
 

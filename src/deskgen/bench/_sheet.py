@@ -9,12 +9,16 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image
 
 from .._exceptions import ConfigError, ImageInputError
 from .._record import atomic_write, atomic_write_bytes
 from ._report import BenchReport, BenchRow
+
+if TYPE_CHECKING:
+    from PIL import ImageFont
 
 __all__ = ["contact_sheet", "html_report", "write_comparison"]
 
@@ -94,6 +98,8 @@ def contact_sheet(
         entries.append((_open(root, row.image), _captions(row), row.ok))
     size = sheet_size(len(entries), tile=tile, columns=columns)
     sheet = Image.new("RGB", size, BACKGROUND)
+    from PIL import ImageDraw, ImageFont, ImageOps  # drawing only: not at `import deskgen`
+
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=FONT_SIZE)
     prompt = str(report.config.get("prompt", ""))
@@ -198,11 +204,7 @@ def _html_table(report: BenchReport) -> str:
         if row.ok:
             ssim = f"{row.edge_ssim:.3f}" if row.edge_ssim is not None else "n/a"
             clip = f"{row.clip_score:.1f}" if row.clip_score is not None else "n/a"
-            cells = [
-                row.label, row.model, f"{row.width}x{row.height}", row.time_text(),
-                row.memory_text(), row.mode or "", str(row.steps), f"{row.load_seconds:.1f} s",
-                f"{row.device} {row.dtype}", row.settings(), ssim, clip,
-            ]  # fmt: skip
+            cells = [*row.cells(), ssim, clip]
             titles = {10: row.edge_ssim_note, 11: row.clip_score_note}
             tds = "".join(
                 f"<td title='{esc(titles.get(i) or '')}'>{esc(c)}</td>" for i, c in enumerate(cells)
