@@ -40,6 +40,17 @@ def test_image_makes_img2img_and_is_never_serialised() -> None:
         {"prompt": "x", "guidance_scale": -1},
         {"prompt": "x", "width": 4},
         {"prompt": "x", "unknown_field": 1},
+        # strict: no lax coercion of bools, strings or floats into numbers
+        {"prompt": "x", "steps": True},
+        {"prompt": "x", "steps": "3"},
+        {"prompt": "x", "steps": 3.0},
+        {"prompt": "x", "seed": "42"},
+        {"prompt": "x", "num_images": True},
+        {"prompt": "x", "width": "512"},
+        {"prompt": "x", "strength": "0.5"},
+        {"prompt": "x", "guidance_scale": True},
+        {"prompt": "x", "loras": {"walnut": "0.8"}},
+        {"prompt": b"x"},
     ],
 )
 def test_invalid_requests(fields: dict[str, object]) -> None:
@@ -72,3 +83,27 @@ def test_control_image_is_never_serialised() -> None:
     )
     assert "control_image" not in req.model_dump()
     assert req.model_dump()["control_scale"] == [0.5, 1.0]
+
+
+def test_lax_enum_and_int_floats_still_work() -> None:
+    req = GenerationRequest.model_validate(
+        {"prompt": "x", "long_prompt": "fit", "strength": 1, "guidance_scale": 5}
+    )
+    assert req.long_prompt == "fit" and req.strength == 1.0 and req.guidance_scale == 5.0
+
+
+def test_the_facade_refuses_lax_values_and_an_empty_model() -> None:
+    from deskgen import ConfigError, DeskGenerator, InvalidRequestError
+
+    from . import fakes  # noqa: F401  (registers the fake backend)
+
+    gen = DeskGenerator("fake")
+    with pytest.raises(InvalidRequestError, match="steps"):
+        gen.generate(prompt="a desk", steps=True)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequestError, match="steps"):
+        gen.generate(prompt="a desk", steps="3")  # type: ignore[arg-type]
+    for model in ("", "  "):
+        with pytest.raises(ConfigError, match="model"):
+            DeskGenerator("fake", model=model)
+    with pytest.raises(ConfigError, match="fail_on_load"):
+        DeskGenerator("fake", fail_on_load="yes")

@@ -225,3 +225,41 @@ def test_parameters_show_the_texts_as_encoded(tmp_path: Path) -> None:
     assert read_record(res.save(tmp_path / "p.png")[0]).negative_prompt == (
         "preset:controlnet_short"
     )
+
+
+def _png_with_record(path: Path, record: object) -> Path:
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text(RECORD_KEY, record if isinstance(record, str) else json.dumps(record))
+    Image.new("RGB", (4, 4)).save(path, pnginfo=info)
+    return path
+
+
+@pytest.mark.parametrize("field", ["image", "mask", "control_image"])
+def test_a_record_naming_an_input_file_is_refused(tmp_path: Path, field: str) -> None:
+    """An edited record must not make a replay read a file of the editor's choosing."""
+    server_file = tmp_path / "server-secret.png"
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(server_file)
+    value: object = str(server_file) if field != "control_image" else [str(server_file)]
+    record = {"format": 1, "request": {"prompt": "a desk", "seed": 3, field: value}}
+    path = _png_with_record(tmp_path / "edited.png", record)
+    with pytest.raises(RecordError, match=rf"names input files \({field}\).*edited"):
+        read_record(path)
+
+
+def test_a_record_with_null_inputs_replays_without_them(tmp_path: Path) -> None:
+    record = {"request": {"prompt": "a desk", "seed": 3, "image": None, "mask": None}}
+    request = read_record(_png_with_record(tmp_path / "nulls.png", record))
+    assert request.image is None and request.mask is None and request.mode == "txt2img"
+
+
+def test_deeply_nested_record_json_is_a_record_error(tmp_path: Path) -> None:
+    deep = '{"request": {"prompt": "a desk", "x": ' + "[" * 50_000 + "]" * 50_000 + "}}"
+    path = _png_with_record(tmp_path / "deep.png", deep)
+    with pytest.raises(RecordError, match="nested too deeply"):
+        read_record(path)
+    from deskgen._record import read_record_data
+
+    with pytest.raises(RecordError, match="nested too deeply"):
+        read_record_data(path)

@@ -44,7 +44,9 @@ class GenerationRequest(BaseModel):
     replayed exactly.
     """
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    # strict: a bool or a string is not a step count, nor a float a width (no lax coercion);
+    # JSON records validate the same way (their numbers are numbers)
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, strict=True)
 
     prompt: str = Field(min_length=1)
     """What the improved desk should look like."""
@@ -52,7 +54,7 @@ class GenerationRequest(BaseModel):
     """What to keep out of the image: text, or a preset reference such as
     ``"preset:photo_default"``, ``"preset:default"`` (the backend's preset) or
     ``"preset:sdxl_default, text"``. ``None``: no negative prompt (as diffusers)."""
-    long_prompt: LongPromptMode | None = None
+    long_prompt: LongPromptMode | None = Field(default=None, strict=False)  # "fit" or the enum
     """What to do with a prompt over a text encoder's limit: ``chunk``, ``fit``, ``truncate``
     or ``error``; ``None`` is the backend's default (``chunk`` for sd/sdxl)."""
     trigger_words: list[str] = Field(default_factory=list)

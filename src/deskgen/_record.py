@@ -307,6 +307,11 @@ def read_record_data(path: str | os.PathLike[str]) -> dict[str, Any]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise RecordError(f"The deskgen record in {os.fspath(path)!r} is not valid JSON.") from exc
+    except RecursionError:  # JSON nested past Python's recursion limit: no record of ours
+        raise RecordError(
+            f"The deskgen record in {os.fspath(path)!r} is nested too deeply to be a deskgen "
+            "record (it was made or edited by another program)."
+        ) from None
     if not isinstance(data, dict) or "request" not in data:
         raise RecordError(f"The deskgen record in {os.fspath(path)!r} has no request.")
     return data
@@ -315,17 +320,51 @@ def read_record_data(path: str | os.PathLike[str]) -> dict[str, Any]:
 def read_record(path: str | os.PathLike[str]) -> GenerationRequest:
     """The request embedded in a PNG saved by deskgen, ready to generate the image again.
 
-    The photo of an img2img request is not stored: pass it again,
-    ``gen.generate(read_record(p), image="desk.jpg")``; `GenerationResult.input_image` digests
-    let you check it is the same photo.
+    The photo, mask and control images of a request are never stored: pass them again,
+    ``gen.generate(read_record(p), image="desk.jpg")``; the digests in the record
+    (``image_sha256``, `GenerationResult.input_image`) let you check they are the same.
+
+    Raises:
+        RecordError: no readable record, or one that names input files (``image``, ``mask``,
+            ``control_image``: deskgen never writes them, so the file was edited to make a
+            replay read a file of the editor's choosing).
     """
     from ._models import GenerationRequest
 
     data = read_record_data(path)
     request = data["request"]
-    if isinstance(request, dict):  # fields from a newer deskgen are ignored, not fatal
-        request = {k: v for k, v in request.items() if k in GenerationRequest.model_fields}
+    if isinstance(request, dict):
+        input_fields = _input_fields()
+        inputs = sorted(k for k, v in request.items() if k in input_fields and v is not None)
+        if inputs:
+            raise RecordError(
+                f"The deskgen record in {os.fspath(path)!r} names input files "
+                f"({', '.join(inputs)}), which deskgen never writes into a record: the file was "
+                "edited. It is refused; replay a record saved by deskgen, and pass the photo, "
+                "mask or control images yourself (image=..., mask=..., control_image=...)."
+            )
+        # fields from a newer deskgen are ignored, not fatal
+        request = {
+            k: v
+            for k, v in request.items()
+            if k in GenerationRequest.model_fields and k not in input_fields
+        }
     try:
         return GenerationRequest.model_validate(request)
     except ValidationError as exc:
         raise RecordError(f"The deskgen record in {os.fspath(path)!r} is invalid: {exc}") from exc
+    except RecursionError:
+        raise RecordError(
+            f"The deskgen record in {os.fspath(path)!r} is nested too deeply to be a deskgen "
+            "record."
+        ) from None
+
+
+def _input_fields() -> frozenset[str]:
+    """The request fields that are the caller's inputs (photo, mask, control images): those
+    never serialised (``exclude=True``), so never read back from a record either."""
+    from ._models import GenerationRequest
+
+    return frozenset(
+        name for name, field in GenerationRequest.model_fields.items() if field.exclude
+    )

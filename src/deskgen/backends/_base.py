@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from .._exceptions import UnsupportedOperationError
 from ..prompts._description import DeskDescription
@@ -34,10 +34,11 @@ __all__ = ["Backend", "BackendOptions", "BackendOutput", "Job"]
 class BackendOptions(BaseModel):
     """Options every backend accepts; backends subclass it to add their own."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    # strict: "3" is not a number of retries, nor 1 a bool (no lax coercion)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, strict=True)
 
-    model: str
-    """Hub id or local folder."""
+    model: str = Field(min_length=1, pattern=r"\S")
+    """Hub id or local folder (an empty name is refused: it would mean the current folder)."""
     device: str = "auto"
     dtype: str = "auto"
 
