@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
+import os
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, ImageOps, features
 
 from deskgen import ImageInputError, ImageTooLargeError, load_image
 from deskgen._images import fit_size, prepare_image
@@ -17,6 +21,9 @@ def _encode(img: Image.Image, fmt: str, **kwargs: object) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format=fmt, **kwargs)
     return buf.getvalue()
+
+
+HAS_AVIF = features.check("avif")
 
 
 def _two_tone(size: tuple[int, int] = (40, 20)) -> Image.Image:
@@ -79,6 +86,110 @@ class TestInputKinds:
             load_image(data[: len(data) // 3])
 
 
+class TestWrongInputs:
+    """Every mistaken kind of input is an ImageInputError whose message says what to pass."""
+
+    @staticmethod
+    def _photo(tmp_path: Path) -> Path:
+        path = tmp_path / "desk.jpg"
+        path.write_bytes(_encode(_two_tone(), "JPEG"))
+        return path
+
+    @pytest.mark.parametrize("encoding", ["utf-8", "latin-1"])
+    def test_text_mode_file(self, tmp_path: Path, encoding: str) -> None:
+        # utf-8 fails to decode a JPEG; latin-1 decodes it to a str: both are text-mode files
+        with (
+            open(self._photo(tmp_path), encoding=encoding) as fh,
+            pytest.raises(ImageInputError, match=r"binary mode: open\(path, 'rb'\)"),
+        ):
+            load_image(fh)  # type: ignore[arg-type]
+
+    def test_string_io(self) -> None:
+        with pytest.raises(ImageInputError, match=r"text.*open\(path, 'rb'\)"):
+            load_image(io.StringIO("not bytes"))  # type: ignore[arg-type]
+
+    def test_read_returning_text(self) -> None:
+        class TextStream:
+            def read(self, size: int = -1) -> str:
+                return "\xff\xd8 a JPEG read as text"
+
+        with pytest.raises(ImageInputError, match=r"returned str.*open\(path, 'rb'\)"):
+            load_image(TextStream())  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize("mode", ["wb", "ab", "w"])
+    def test_file_opened_for_writing(self, tmp_path: Path, mode: str) -> None:
+        with (
+            open(tmp_path / "out.jpg", mode) as fh,
+            pytest.raises(ImageInputError, match=r"not open for reading.*open\(path, 'rb'\)"),
+        ):
+            load_image(fh)
+
+    def test_closed_file(self, tmp_path: Path) -> None:
+        with open(self._photo(tmp_path), "rb") as fh:
+            pass
+        with pytest.raises(ImageInputError, match=r"closed.*while it is open"):
+            load_image(fh)
+        closed = io.BytesIO(b"data")
+        closed.close()
+        with pytest.raises(ImageInputError, match="closed"):
+            load_image(closed)
+
+    def test_read_failure(self) -> None:
+        class Broken:
+            def read(self, size: int = -1) -> bytes:
+                raise OSError("connection reset")
+
+        with pytest.raises(ImageInputError, match=r"connection reset.*pass the bytes"):
+            load_image(Broken())  # type: ignore[arg-type]
+
+    def test_a_stream_read_in_pieces_is_read_to_the_end(self) -> None:
+        data = _encode(_two_tone(), "PNG")
+
+        class Trickle:  # like a raw pipe or socket: each read returns what has arrived
+            def __init__(self) -> None:
+                self._buf = io.BytesIO(data)
+
+            def read(self, size: int = -1) -> bytes:
+                return self._buf.read(min(size, 7) if size > 0 else 7)
+
+        img, _ = load_image(Trickle())  # type: ignore[arg-type]
+        assert img.size == (40, 20)
+
+    @pytest.mark.parametrize(
+        "value", [12345, 1.5, True, None, [b"\xff\xd8"], {"image": "desk.jpg"}, object()]
+    )
+    def test_other_types(self, value: object) -> None:
+        with pytest.raises(
+            ImageInputError, match=r"Unsupported image input of type \w+: pass a path, bytes"
+        ):
+            load_image(value)  # type: ignore[arg-type]
+
+    def test_path_like_giving_bytes(self) -> None:
+        class BytesPath(os.PathLike[bytes]):
+            def __fspath__(self) -> bytes:
+                return b"/tmp/desk.jpg"
+
+        with pytest.raises(ImageInputError, match=r"str path"):
+            load_image(BytesPath())  # type: ignore[arg-type]
+
+    def test_unreadable_path(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        path = self._photo(tmp_path)
+
+        def refuse(self: Path) -> bytes:
+            raise PermissionError(13, "Permission denied", str(self))
+
+        monkeypatch.setattr(Path, "read_bytes", refuse)
+        with pytest.raises(ImageInputError, match=r"Could not read .*Permission denied"):
+            load_image(path)
+
+    def test_base64_text_instead_of_a_path(self) -> None:
+        encoded = base64.b64encode(_encode(_two_tone(), "PNG")).decode()
+        for text in (encoded, "data:image/png;base64," + encoded):
+            with pytest.raises(ImageInputError, match="base64") as err:
+                load_image(text)
+            assert len(str(err.value)) < 400  # the message does not repeat the whole string
+
+
 class TestAllowlist:
     @pytest.mark.parametrize("fmt", ["ICO", "PCX", "TGA", "SGI"])
     def test_formats_outside_the_allowlist_are_refused(self, fmt: str) -> None:
@@ -92,7 +203,18 @@ class TestAllowlist:
         with pytest.raises(ImageInputError):
             load_image(path)
 
-    @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"])
+    @pytest.mark.parametrize(
+        "fmt",
+        [
+            "JPEG",
+            "PNG",
+            "WEBP",
+            "BMP",
+            "TIFF",
+            "GIF",
+            pytest.param("AVIF", marks=pytest.mark.skipif(not HAS_AVIF, reason="no AVIF")),
+        ],
+    )
     def test_allowed_formats(self, fmt: str) -> None:
         img, info = load_image(_encode(Image.new("RGB", (16, 12), (90, 120, 150)), fmt))
         assert img.size == (16, 12)
@@ -279,6 +401,218 @@ class TestModes:
         value = out.getpixel((0, 0))
         assert isinstance(value, tuple)
         assert value[0] > 200 and value[1] < 60
+
+
+def _heic(img: Image.Image, **kwargs: object) -> bytes:
+    """Encode with pillow-heif (x265), as a phone would; skips the test without the extra."""
+    pillow_heif = pytest.importorskip("pillow_heif")
+    buf = io.BytesIO()
+    pillow_heif.from_pillow(img).save(buf, format="HEIF", quality=95, **kwargs)
+    return buf.getvalue()
+
+
+def _quadrants() -> Image.Image:
+    """Red, green / blue, white quadrants: every rotation and mirroring is visible."""
+    img = Image.new("RGB", (64, 32), (255, 0, 0))
+    img.paste((0, 255, 0), (32, 0, 64, 16))
+    img.paste((0, 0, 255), (0, 16, 32, 32))
+    img.paste((255, 255, 255), (32, 16, 64, 32))
+    return img
+
+
+def _corners(img: Image.Image) -> list[tuple[int, ...]]:
+    """The colour of each corner, each channel rounded to 0 or 1 (lossy codecs shift values)."""
+    w, h = img.size
+    points = ((4, 4), (w - 5, 4), (4, h - 5), (w - 5, h - 5))
+    return [tuple(round(v / 255) for v in img.convert("RGB").getpixel(p)) for p in points]  # type: ignore[union-attr]
+
+
+def _ftyp(major: bytes, *compatible: bytes) -> bytes:
+    """An ISO-BMFF ``ftyp`` box followed by junk: what sniffing sees of a HEIC/AVIF file."""
+    body = major + b"\x00\x00\x00\x00" + b"".join(compatible)
+    return struct.pack(">I", 8 + len(body)) + b"ftyp" + body + b"\x00" * 64
+
+
+class TestPhonePhotos:
+    """HEIC/HEIF through the deskgen[heic] extra (pillow-heif), AVIF through Pillow itself."""
+
+    def test_heic_is_read(self) -> None:
+        img, info = load_image(_heic(Image.new("RGB", (64, 48), (200, 100, 50))))
+        assert img.mode == "RGB" and img.size == (64, 48)
+        assert info.format == "HEIF"
+        value = img.getpixel((10, 10))
+        assert isinstance(value, tuple)
+        assert all(abs(a - b) <= 6 for a, b in zip(value, (200, 100, 50), strict=True))
+
+    @pytest.mark.parametrize("orientation", range(1, 9))
+    def test_heic_orientation_is_applied_exactly_once(self, orientation: int) -> None:
+        pillow_heif = pytest.importorskip("pillow_heif")
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        data = _heic(_quadrants(), exif=exif.tobytes())
+        # like an iPhone's: the transform in the container (irot/imir) and the EXIF tag both
+        stored = Image.Exif()
+        stored.load(pillow_heif.open_heif(io.BytesIO(data)).info["exif"])
+        assert stored[0x0112] == orientation
+        if orientation != 1:
+            assert b"irot" in data or b"imir" in data
+        tagged = _quadrants()
+        tagged.getexif()[0x0112] = orientation
+        expected = ImageOps.exif_transpose(tagged)
+        img, _ = load_image(data)
+        assert img.size == expected.size
+        assert _corners(img) == _corners(expected)
+
+    def test_heic_colour_profile_is_converted_to_srgb(self) -> None:
+        profile = TestModes._swapped_primaries_profile()
+        data = _heic(Image.new("RGB", (64, 64), (200, 100, 50)), icc_profile=profile)
+        img, _ = load_image(data)
+        value = img.getpixel((10, 10))
+        assert isinstance(value, tuple)
+        assert value[2] > value[0]  # what the file calls red is really blue
+        assert img.info == {}
+
+    def test_heic_metadata_is_dropped(self) -> None:
+        exif = Image.Exif()
+        exif[0x010F] = "PhoneMaker"
+        exif[0x8825] = {1: "N", 2: (37.0, 33.0, 59.0), 3: "E", 4: (126.0, 58.0, 41.0)}
+        xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF/></x:xmpmeta>'
+        data = _heic(_two_tone((64, 32)), exif=exif.tobytes(), xmp=xmp)
+        img, _ = load_image(data)
+        assert img.info == {}
+        assert len(img.getexif()) == 0
+        reread = Image.open(io.BytesIO(_encode(img, "PNG")))
+        assert len(reread.getexif()) == 0 and "xmp" not in reread.info
+
+    def test_heic_primary_image_is_the_photo(self) -> None:
+        pillow_heif = pytest.importorskip("pillow_heif")
+        heif = pillow_heif.from_pillow(Image.new("RGB", (64, 64), (255, 0, 0)))
+        heif.add_from_pillow(Image.new("RGB", (64, 64), (0, 0, 255)))
+        buf = io.BytesIO()
+        heif.save(buf, format="HEIF", quality=95, primary_index=1)
+        img, _ = load_image(buf.getvalue())
+        value = img.getpixel((10, 10))
+        assert isinstance(value, tuple)
+        assert value[2] > 200 and value[0] < 60  # the primary image, not the first one stored
+
+    def test_heic_claiming_a_huge_size_is_refused_before_decoding(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        pillow_heif = pytest.importorskip("pillow_heif")
+        data = bytearray(_heic(Image.new("RGB", (64, 64), (1, 2, 3))))
+        at = data.find(b"ispe")  # the image's spatial extents: version/flags, width, height
+        assert at > 0 and struct.unpack(">II", data[at + 8 : at + 16]) == (64, 64)
+        data[at + 8 : at + 16] = struct.pack(">II", 30000, 30000)
+
+        def no_decoding(self: object) -> None:
+            raise AssertionError("decoded a bomb")
+
+        monkeypatch.setattr(pillow_heif.HeifImageFile, "load", no_decoding)
+        with pytest.raises(ImageTooLargeError, match=r"30000x30000.*MAX_IMAGE_PIXELS"):
+            load_image(bytes(data))
+
+    def test_heic_over_a_lowered_limit(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        data = _heic(Image.new("RGB", (64, 64), (1, 2, 3)))
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+        with pytest.raises(ImageTooLargeError, match="64x64"):
+            load_image(data)
+
+    def test_heic_support_is_lazy_and_leaves_pillow_alone(self, tmp_path: Path) -> None:
+        path = tmp_path / "IMG_1205.HEIC"
+        path.write_bytes(_heic(_two_tone((64, 32))))
+        code = (
+            "import sys; from pathlib import Path; import deskgen; from PIL import Image\n"
+            "assert 'pillow_heif' not in sys.modules, 'import deskgen imported pillow_heif'\n"
+            "deskgen.load_image(Image.new('RGB', (8, 8)))\n"
+            "assert 'pillow_heif' not in sys.modules, 'a PIL image imported pillow_heif'\n"
+            "img, info = deskgen.load_image(Path(sys.argv[1]))\n"
+            "assert info.format == 'HEIF' and img.size == (64, 32)\n"
+            "Image.init()\n"
+            "assert 'HEIF' not in Image.OPEN and 'HEIF' not in Image.SAVE, 'registered globally'\n"
+        )
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=120)
+
+    @pytest.mark.parametrize(
+        "brands",
+        [
+            (b"heic", b"mif1", b"heic"),
+            (b"heix", b"mif1"),
+            (b"mif1", b"heic", b"miaf"),
+            (b"msf1", b"hevc"),
+            (b"hevc", b"msf1"),
+        ],
+    )
+    def test_heic_without_the_extra_names_format_and_extra(
+        self, monkeypatch: pytest.MonkeyPatch, brands: tuple[bytes, ...]
+    ) -> None:
+        monkeypatch.setitem(sys.modules, "pillow_heif", None)  # `import pillow_heif` now fails
+        with pytest.raises(ImageInputError, match=r"HEIC/HEIF.*pip install 'deskgen\[heic\]'"):
+            load_image(_ftyp(*brands))
+
+    def test_other_iso_media_files_are_not_called_heic(self) -> None:
+        with pytest.raises(ImageInputError, match="accepted formats") as err:
+            load_image(_ftyp(b"isom", b"isom", b"mp41"))  # an MP4 video
+        assert "brand" not in str(err.value) and "pillow-heif" not in str(err.value)
+
+    def test_corrupt_heic_is_an_image_input_error(self) -> None:
+        pytest.importorskip("pillow_heif")
+        with pytest.raises(ImageInputError, match="HEIF"):
+            load_image(_ftyp(b"heic", b"mif1", b"heic"))
+        data = _heic(Image.new("RGB", (64, 64), (1, 2, 3)))
+        with pytest.raises(ImageInputError):
+            load_image(data[: len(data) - 40])
+
+    @pytest.mark.skipif(not HAS_AVIF, reason="this Pillow has no AVIF codec")
+    @pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+    def test_avif_with_orientation(self, orientation: int) -> None:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        exif[0x8825] = {1: "N", 2: (37.0, 33.0, 59.0)}
+        data = _encode(_quadrants(), "AVIF", exif=exif.tobytes(), quality=95)
+        tagged = _quadrants()
+        tagged.getexif()[0x0112] = orientation
+        expected = ImageOps.exif_transpose(tagged)
+        img, info = load_image(data)
+        assert info.format == "AVIF"
+        assert img.size == expected.size and _corners(img) == _corners(expected)
+        assert img.info == {} and len(img.getexif()) == 0
+
+    @pytest.mark.skipif(not HAS_AVIF, reason="this Pillow has no AVIF codec")
+    def test_avif_colour_profile_and_limit(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        profile = TestModes._swapped_primaries_profile()
+        data = _encode(Image.new("RGB", (64, 64), (200, 100, 50)), "AVIF", icc_profile=profile)
+        img, _ = load_image(data)
+        value = img.getpixel((10, 10))
+        assert isinstance(value, tuple) and value[2] > value[0]
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # 4096 px: Pillow only warns
+        with pytest.warns(Image.DecompressionBombWarning), pytest.raises(ImageTooLargeError):
+            load_image(data)
+
+    def test_avif_without_a_codec_says_so(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setitem(sys.modules, "PIL._avif", None)  # a Pillow built without libavif
+        with pytest.raises(ImageInputError, match=r"AVIF.*Pillow 11\.3"):
+            load_image(_ftyp(b"avif", b"avif", b"mif1", b"miaf"))
+
+    @pytest.mark.filterwarnings("ignore::UserWarning")
+    def test_damaged_phone_photos_only_ever_raise_image_input_errors(self) -> None:
+        import random
+
+        rng = random.Random(1)
+        seeds = [_encode(_quadrants(), "AVIF")] if HAS_AVIF else []
+        with contextlib.suppress(ImportError):
+            import pillow_heif  # noqa: F401
+
+            seeds.append(_heic(_quadrants()))
+        if not seeds:
+            pytest.skip("neither pillow-heif nor Pillow's AVIF codec is installed")
+        for _ in range(300):
+            data = bytearray(rng.choice(seeds))
+            for _ in range(rng.randint(1, 8)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            if rng.random() < 0.3:
+                data = data[: rng.randrange(8, len(data))]
+            with contextlib.suppress(ImageInputError):
+                load_image(bytes(data))
 
 
 class TestFuzz:
