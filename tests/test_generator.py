@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
+import traceback
+from typing import ClassVar
 
 import pytest
 from PIL import Image
+from pydantic import SecretStr
 
 import deskgen
 from deskgen import (
@@ -18,10 +21,12 @@ from deskgen import (
     GenerationRequest,
     GeneratorClosedError,
     ImageInputError,
+    InvalidOutputError,
     InvalidRequestError,
     ModelLoadError,
     StepProgress,
 )
+from deskgen.backends import BackendOptions, BackendOutput, Job
 
 from . import fakes
 
@@ -178,6 +183,66 @@ def test_backend_load_errors_are_translated() -> None:
     with pytest.raises(ModelLoadError, match=r"weights\.bin") as info:
         DeskGenerator("fake", fail_on_load=True)
     assert isinstance(info.value.__cause__, KeyError)
+
+
+class _SecretOptions(fakes.FakeOptions):
+    token: SecretStr | None = None
+    hub: dict[str, str] = {}  # noqa: RUF012  (pydantic copies defaults)
+
+
+@deskgen.register_backend("fake-secret", replace=True)
+class _SecretBackend(fakes.FakeBackend):
+    """Fails with its own secrets in the message, as a careless library would."""
+
+    options_class: ClassVar[type[BackendOptions]] = _SecretOptions
+
+    def __init__(self, options: BackendOptions) -> None:
+        assert isinstance(options, _SecretOptions)
+        if options.fail_on_load and options.token is not None:
+            raise OSError(f"401 Unauthorized for {options.token.get_secret_value()}")
+        super().__init__(options)
+        self.hub_token = options.hub.get("hf_token", "")
+
+    def generate(self, job: Job) -> BackendOutput:
+        if self.fail_with == "typed":
+            raise InvalidOutputError(f"the hub refused {self.hub_token}")
+        return super().generate(job)
+
+
+class TestSecretsNeverReachErrors:
+    TOKEN = "tok-0123456789-do-not-print"
+    HUB = "hf_abcdefghijklmnopqrstuvwxyz"
+
+    def _assert_scrubbed(self, exc: BaseException) -> None:
+        text = "".join(traceback.format_exception(exc)) + repr(exc) + repr(exc.__cause__)
+        assert self.TOKEN not in text and self.HUB not in text
+        assert "***" in str(exc)
+
+    def test_untranslated_errors(self) -> None:
+        gen = DeskGenerator("fake-secret", token=self.TOKEN, fail_with=f"bad {self.TOKEN}")
+        with pytest.raises(BackendError) as info:
+            gen.generate(prompt="a desk")
+        assert isinstance(info.value.__cause__, RuntimeError)
+        self._assert_scrubbed(info.value)
+
+    def test_load_errors(self) -> None:
+        with pytest.raises(ModelLoadError) as info:
+            DeskGenerator("fake-secret", token=self.TOKEN, fail_on_load=True)
+        self._assert_scrubbed(info.value)
+
+    def test_deskgen_errors_and_secrets_by_name(self) -> None:
+        gen = DeskGenerator("fake-secret", hub={"hf_token": self.HUB}, fail_with="typed")
+        with pytest.raises(InvalidOutputError, match=r"the hub refused \*\*\*") as info:
+            gen.generate(prompt="a desk")
+        self._assert_scrubbed(info.value)
+
+    def test_sk_shaped_keys_and_short_values(self) -> None:
+        key = "sk-proj-" + "x" * 40
+        gen = DeskGenerator("fake-secret", token="short", fail_with=f"{key} short of it")
+        with pytest.raises(BackendError) as info:
+            gen.generate(prompt="a desk")
+        assert key not in "".join(traceback.format_exception(info.value))
+        assert "sk-*** short of it" in str(info.value)  # a short value blanks no words
 
 
 class TestReplayChecks:

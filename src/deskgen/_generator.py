@@ -7,11 +7,12 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from typing_extensions import Unpack
 
 from ._device import PeakMemorySampler
@@ -38,6 +39,7 @@ from ._models import (
     Timings,
 )
 from ._registry import get_backend_class
+from ._secrets import scrub, scrub_exception, secret_values
 from ._version import __version__
 from .backends._base import Job
 from .prompts._description import DESCRIBE_INSTRUCTION, DeskDescription
@@ -178,9 +180,10 @@ class DeskGenerator:
                 f"{_format_validation_error(exc, whole='options')}. "
                 f"Accepted options: {accepted}."
             ) from exc
+        self._secrets = secret_values(opts)  # scrubbed from every error (`_backend_boundary`)
         started = time.perf_counter()
         with (
-            _backend_boundary(ModelLoadError, f"The {backend!r} backend failed to load {model!r}"),
+            self._boundary(ModelLoadError, f"The {backend!r} backend failed to load {model!r}"),
             PeakMemorySampler(_sampled_device(device, cls.requirements)) as sampler,
         ):
             self._backend: Backend | None = cls(opts)
@@ -191,6 +194,9 @@ class DeskGenerator:
         self._device = self._backend.device
         self._dtype = self._backend.dtype
         self._close_lock = threading.Lock()
+
+    def _boundary(self, error: type[DeskgenError], what: str) -> AbstractContextManager[None]:
+        return _backend_boundary(error, what, hide=self._secrets)
 
     # -- properties --------------------------------------------------------------------------
 
@@ -258,7 +264,7 @@ class DeskGenerator:
         """
         backend = self._require_open()
         req = self._build_request(request, fields)
-        with _backend_boundary(BackendError, f"The {self.backend_name!r} backend failed"):
+        with self._boundary(BackendError, f"The {self.backend_name!r} backend failed"):
             return backend.plan_prompt(req).report
 
     def describe(self, image: ImageInput, *, instruction: str | None = None) -> DeskDescription:
@@ -274,7 +280,7 @@ class DeskGenerator:
         """
         backend = self._require_open()
         photo, _ = load_image(image)
-        with _backend_boundary(BackendError, f"The {self.backend_name!r} backend failed"):
+        with self._boundary(BackendError, f"The {self.backend_name!r} backend failed"):
             return backend.describe(photo, instruction=instruction or DESCRIBE_INSTRUCTION)
 
     def memory_report(self) -> MemoryReport:
@@ -332,14 +338,14 @@ class DeskGenerator:
             UnsupportedOperationError: the backend takes no LoRAs.
         """
         adapters = self._adapters()
-        with _backend_boundary(ModelLoadError, "Could not load the LoRA"):
+        with self._boundary(ModelLoadError, "Could not load the LoRA"):
             return adapters.load(as_lora_spec(spec))
 
     def unload_lora(self, name: str, /) -> None:
         """Remove an adapter; the model is as before it was loaded. Waits for running
         requests to finish."""
         adapters = self._adapters()
-        with _backend_boundary(BackendError, f"Could not unload the LoRA {name!r}"):
+        with self._boundary(BackendError, f"Could not unload the LoRA {name!r}"):
             adapters.unload(name)
 
     def fuse_loras(self, *, loras: dict[str, float] | None = None) -> None:
@@ -348,14 +354,14 @@ class DeskGenerator:
         exactly these (a request asking for others is refused) and no LoRA can be loaded."""
         adapters = self._adapters()
         weights = adapters.resolve(loras)
-        with _backend_boundary(BackendError, "Could not fuse the LoRAs"):
+        with self._boundary(BackendError, "Could not fuse the LoRAs"):
             adapters.fuse(weights)
 
     def unfuse_loras(self) -> None:
         """Undo `fuse_loras` (the weights are restored up to float rounding); harmless when
         nothing is fused."""
         adapters = self._adapters()
-        with _backend_boundary(BackendError, "Could not unfuse the LoRAs"):
+        with self._boundary(BackendError, "Could not unfuse the LoRAs"):
             adapters.unfuse()
 
     @staticmethod
@@ -510,7 +516,7 @@ class DeskGenerator:
             )
         if info is not None:
             req = req.model_copy(update={"image_sha256": info.sha256})
-        with _backend_boundary(BackendError, f"The {self.backend_name!r} backend failed"):
+        with self._boundary(BackendError, f"The {self.backend_name!r} backend failed"):
             plan = backend.plan_prompt(req)
 
         def check_cancel() -> None:
@@ -533,7 +539,7 @@ class DeskGenerator:
         )
         try:
             with (
-                _backend_boundary(BackendError, f"The {self.backend_name!r} backend failed"),
+                self._boundary(BackendError, f"The {self.backend_name!r} backend failed"),
                 PeakMemorySampler(backend.device) as memory,
             ):
                 output = backend.generate(job)
@@ -632,14 +638,19 @@ class DeskGenerator:
 
 
 @contextlib.contextmanager
-def _backend_boundary(error: type[DeskgenError], what: str) -> Iterator[None]:
-    """Translate what a backend let escape untranslated into ``error``, chained."""
+def _backend_boundary(
+    error: type[DeskgenError], what: str, *, hide: tuple[SecretStr, ...] = ()
+) -> Iterator[None]:
+    """Translate what a backend let escape untranslated into ``error``, chained; scrub the
+    secrets to ``hide`` (the options' secrets) and ``sk-...`` keys from it and what it chains."""
     try:
         yield
-    except DeskgenError:
+    except DeskgenError as exc:
+        scrub_exception(exc, hide)
         raise
     except Exception as exc:
-        raise error(f"{what}: {type(exc).__name__}: {exc}") from exc
+        scrub_exception(exc, hide)
+        raise error(scrub(f"{what}: {type(exc).__name__}: {exc}", hide)) from exc
 
 
 def _sampled_device(device: str, requirements: tuple[str, ...]) -> str:

@@ -26,7 +26,7 @@ from email.parser import BytesParser
 from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from PIL import Image
 
@@ -742,9 +742,16 @@ def make_tiny_tokenizer(
 class FakeAnswer:
     status: int = 200
     body: Any = None
-    """JSON body; ``None`` means a normal image answer for the request."""
+    """JSON body; ``None`` means a normal image answer for the request. The text
+    `ECHO_KEY` (``"{api_key}"``) anywhere in it is replaced by the API key the request was sent
+    with, as proxies that quote the key in their errors do."""
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    raw: bytes | None = None
+    """Bytes to answer with as they are, instead of a JSON body: a truncated or broken answer
+    (``Content-Type`` is still ``application/json``)."""
+
+    ECHO_KEY: ClassVar[str] = "{api_key}"
 
 
 @dataclass
@@ -819,13 +826,20 @@ class FakeOpenAIServer:
                     answer = server.answers.pop(0) if server.answers else FakeAnswer()
                 if answer.delay:
                     time.sleep(answer.delay)
-                if answer.body is not None:
-                    payload = answer.body
-                elif self.path.endswith("/chat/completions"):
-                    payload = server.chat_answer(server.description)
+                if answer.raw is not None:
+                    data = answer.raw
                 else:
-                    payload = server.image_answer(body, parts)
-                data = json.dumps(payload).encode()
+                    if answer.body is not None:
+                        payload = answer.body
+                    elif self.path.endswith("/chat/completions"):
+                        payload = server.chat_answer(server.description)
+                    else:
+                        payload = server.image_answer(body, parts)
+                    text = json.dumps(payload)
+                    if answer.body is not None and FakeAnswer.ECHO_KEY in text:
+                        key = headers.get("authorization", "").removeprefix("Bearer ")
+                        text = text.replace(FakeAnswer.ECHO_KEY, json.dumps(key)[1:-1])
+                    data = text.encode()
                 # the client may have given up (a timeout test): nothing to answer then
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self._answer(answer, data)

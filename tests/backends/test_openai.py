@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,29 @@ def _phone_photo() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (400, 300), (120, 90, 60)).save(buf, format="JPEG", exif=exif.tobytes())
     return buf.getvalue()
+
+
+def _echo(message: str) -> dict[str, Any]:
+    """An error body that quotes the request's key, as some proxies do."""
+    return {"error": {"message": f"{message}: {Answer.ECHO_KEY}.", "code": "invalid_api_key"}}
+
+
+def _assert_scrubbed(exc: BaseException, secret: str) -> None:
+    """``secret`` is nowhere in ``exc``, its chained causes, or their traceback."""
+    import traceback
+
+    chained: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chained:
+        chained.append(current)
+        current = current.__cause__ or current.__context__
+    assert len(chained) >= 2  # the client's own exception is chained, scrubbed
+    seen = ["".join(traceback.format_exception(exc))]
+    for item in chained:
+        seen += [str(item), repr(item), repr(item.args), repr(vars(item).get("body"))]
+        seen.append(str(vars(item).get("message")))
+    for text in seen:
+        assert secret not in text
 
 
 def test_registered_with_its_extra() -> None:
@@ -179,6 +203,47 @@ class TestModelRules:
         assert server.received[0].json["quality"] == "max"
 
 
+class TestCost:
+    def test_the_price_table_is_dated_and_sourced(self) -> None:
+        from datetime import date
+
+        from deskgen.backends import openai as backend
+
+        assert date.fromisoformat(backend.IMAGE_PRICES_DATE) >= date(2026, 12, 1)
+        assert backend.IMAGE_PRICES_SOURCE.startswith("https://developers.openai.com/")
+        prices = backend.IMAGE_PRICES_USD
+        assert prices["gpt-image-1.5|medium|1024x1024"] == 0.034  # current models
+        assert prices["gpt-image-1-mini|low|1536x1024"] == 0.006
+        assert not any(k.startswith("gpt-image-2") for k in prices)  # billed by tokens only
+
+    def test_a_current_model_has_a_cost(self, server: FakeOpenAI) -> None:
+        result = _gen(server, model="gpt-image-1.5", quality="high").generate(
+            prompt="a desk", width=1536, height=1024
+        )
+        assert result.cost_usd == pytest.approx(0.2)
+        assert not any("prices=" in w for w in result.warnings)
+
+    def test_an_unknown_price_says_how_to_give_one(self, server: FakeOpenAI) -> None:
+        result = _gen(server, model="gpt-image-2.5-flare").generate(prompt="a desk")
+        assert result.cost_usd is None
+        (warning,) = [w for w in result.warnings if "prices=" in w]
+        assert "result.cost_usd is None" in warning
+        assert "prices={'gpt-image-2.5-flare|medium|1024x1024': " in warning
+        assert "'gpt-image-2.5-flare|medium|*'" in warning
+
+    def test_prices_given_by_the_caller(self, server: FakeOpenAI) -> None:
+        prices = {"gpt-image-2.5-flare|medium|*": 0.05, "gpt-image-2.5-flare|high|1024x1024": 0.2}
+        gen = _gen(server, model="gpt-image-2.5-flare", prices=prices)
+        edit = gen.generate(prompt="tidy", image=_phone_photo(), num_images=2)
+        assert edit.width == 1168 // 16  # the photo's 4:3 size, priced by the "*" entry
+        assert edit.cost_usd == pytest.approx(2 * 0.05)
+        assert not any("prices=" in w for w in edit.warnings)
+        high = _gen(server, model="gpt-image-2.5-flare", quality="high", prices=prices)
+        assert high.generate(prompt="a desk").cost_usd == pytest.approx(0.2)
+        own = _gen(server, model="gpt-image-1.5", prices={"gpt-image-1.5|medium|1024x1024": 1.0})
+        assert own.generate(prompt="a desk").cost_usd == 1.0  # the caller's figure wins
+
+
 class TestLifecycle:
     def test_cancel_set_during_a_request_stops_the_next_one(self, server: FakeOpenAI) -> None:
         import threading
@@ -186,8 +251,14 @@ class TestLifecycle:
         from deskgen import GenerationCancelledError
 
         stop = threading.Event()
-        server.answers.append(Answer(delay=0.3))  # the first request is slow
-        threading.Timer(0.1, stop.set).start()  # cancelled while it runs
+        server.answers.append(Answer(delay=0.5))  # the first request is slow
+
+        def cancel_once_sent() -> None:  # cancelled while it runs, however busy the machine
+            while not server.received:
+                time.sleep(0.01)
+            stop.set()
+
+        threading.Thread(target=cancel_once_sent, daemon=True).start()
         with pytest.raises(GenerationCancelledError, match="Cancelled after 1 of 2"):
             _gen(server, model="dall-e-3").generate(prompt="a desk", num_images=2, cancel=stop)
         assert len(server.received) == 1
@@ -418,6 +489,66 @@ class TestErrors:
         with pytest.raises(InvalidOutputError):
             _gen(server).generate(prompt="a desk")
 
+    @pytest.mark.parametrize(
+        ("answer", "says"),
+        [
+            (Answer(body={"created": 1, "data": [{"b64_json": "not base64!"}]}), "base64"),
+            (Answer(body={"created": 1, "data": [{"b64_json": "abc"}]}), "base64"),
+            (Answer(body={"created": 1, "data": [{"b64_json": 12}]}), "base64"),
+            (Answer(raw=b'{"created": 1, "data": [{"b64_json": "iVBORw0K'), "not valid JSON"),
+            (Answer(raw=b"<html>502 Bad Gateway</html>"), "not valid JSON"),
+            (Answer(raw=b""), "not valid JSON"),
+            (Answer(body=[1, 2]), "'data'"),
+            (Answer(body={"created": 1, "data": "iVBORw0K"}), "'data'"),
+            (Answer(body={"created": 1, "data": ["iVBORw0K"]}), "no b64_json or url"),
+        ],
+        ids=[
+            "bad-b64",
+            "b64-padding",
+            "b64-number",
+            "cut-json",
+            "html",
+            "empty",
+            "list",
+            "data-text",
+            "item-text",
+        ],
+    )
+    def test_every_malformed_200_is_invalid_output(
+        self, server: FakeOpenAI, answer: Answer, says: str
+    ) -> None:
+        server.answers.append(answer)
+        with pytest.raises(InvalidOutputError, match=says) as info:
+            _gen(server).generate(prompt="a desk")
+        assert "base_url" in str(info.value) or "image data" in str(info.value)
+        assert len(server.received) == 1  # a broken answer is not retried by deskgen
+
+    def test_a_data_url_answer_is_decoded(self, server: FakeOpenAI) -> None:
+        png = server.image_answer({"size": "256x256"}, {})["data"][0]["b64_json"]
+        server.answers.append(
+            Answer(body={"created": 1, "data": [{"b64_json": "data:image/png;base64," + png}]})
+        )
+        assert _gen(server).generate(prompt="a desk").images[0].size == (16, 16)
+
+    @pytest.mark.parametrize(
+        ("answer", "says"),
+        [
+            (Answer(raw=b'{"id": "chatcmpl-1", "choi'), "not valid JSON"),
+            (Answer(raw=b"upstream timed out"), "not valid JSON"),
+            (Answer(body=[1]), "chat completion"),
+            (Answer(body={"choices": "x"}), "chat completion"),
+            (Answer(body={"choices": [{"message": "hi"}]}), "chat completion"),
+            (Answer(body={"id": "x", "object": "chat.completion", "choices": []}), "no choices"),
+        ],
+        ids=["cut-json", "text", "list", "choices-text", "message-text", "no-choices"],
+    )
+    def test_malformed_descriptions_are_invalid_output(
+        self, server: FakeOpenAI, answer: Answer, says: str
+    ) -> None:
+        server.answers.append(answer)
+        with pytest.raises(InvalidOutputError, match=says):
+            _gen(server).describe(_phone_photo())
+
 
 class TestSecrets:
     def test_the_key_is_never_shown(
@@ -452,6 +583,44 @@ class TestSecrets:
         with pytest.raises(ConfigError) as info:
             DeskGenerator("openai", api_key="x", openai_api_key=SECRET)
         assert SECRET not in "".join(traceback.format_exception(info.value))
+
+    @pytest.mark.parametrize(
+        ("status", "error"),
+        [(401, AuthenticationError), (400, ServiceRequestError), (500, ServiceError)],
+    )
+    def test_a_key_the_server_echoes_is_scrubbed(
+        self, server: FakeOpenAI, status: int, error: type[ServiceError]
+    ) -> None:
+        server.answers.append(Answer(status, _echo("Incorrect API key provided")))
+        with pytest.raises(error) as info:
+            _gen(server).generate(prompt="a desk")
+        assert server.received[0].headers["authorization"] == f"Bearer {SECRET}"
+        _assert_scrubbed(info.value, SECRET)
+        assert "Incorrect API key provided: ***" in str(info.value)  # still says what's wrong
+        if status == 401:
+            assert "OPENAI_API_KEY" in str(info.value)  # and how to fix it
+
+    def test_the_environments_key_is_scrubbed_too(
+        self, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        key = "proxy-key-not-sk-shaped-0123456789"
+        monkeypatch.setenv("OPENAI_API_KEY", key)
+        server.answers.append(Answer(403, _echo("Key not allowed")))
+        gen = DeskGenerator("openai", base_url=server.base_url, max_retries=0)
+        with pytest.raises(AuthenticationError) as info:
+            gen.generate(prompt="a desk")
+        _assert_scrubbed(info.value, key)
+
+    def test_describe_and_other_keys_are_scrubbed(self, server: FakeOpenAI) -> None:
+        other = "sk-proj-SOMEONE-ELSES-KEY-abcdefghijklmnop"
+        server.answers.append(
+            Answer(401, {"error": {"message": f"{Answer.ECHO_KEY} is not {other}"}})
+        )
+        with pytest.raises(AuthenticationError) as info:
+            _gen(server).describe(_phone_photo())
+        _assert_scrubbed(info.value, SECRET)
+        _assert_scrubbed(info.value, other)
+        assert "*** is not sk-***" in str(info.value)
 
     def test_missing_key(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv("OPENAI_API_KEY", raising=False)

@@ -4,15 +4,16 @@ Text to image with ``images.generate``; a makeover of the user's desk photo with
 (GPT image models, and ``dall-e-2`` with a square PNG made for it). The client's own retries are
 the only retries (``max_retries``, ``Retry-After`` honoured); its exceptions are translated into
 deskgen's `ServiceError` tree at this boundary. The API key is a `SecretStr`: it never appears in
-repr, logs, errors or records. Needs the ``openai`` extra, not torch.
+repr, logs, errors or records, and is scrubbed from every exception that leaves the backend (and
+what it chains) when a server echoes it. Needs the ``openai`` extra, not torch.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
-import email.utils
+import binascii
 import io
+import json
 import os
 import re
 import threading
@@ -23,19 +24,23 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field, SecretStr, field_validator
 
 from .._exceptions import (
-    AuthenticationError,
     ConfigError,
     ContentPolicyError,
     InvalidOutputError,
     InvalidRequestError,
-    RateLimitedError,
     ServiceError,
-    ServiceRequestError,
-    ServiceTimeoutError,
 )
 from .._registry import register_backend
+from .._secrets import scrub_exception
 from ..prompts import LongPromptMode, character_limit, resolve_negative_prompt
 from ._base import Backend, BackendOptions, BackendOutput, Job
+from ._openai_errors import malformed_answer, translate_openai_error
+from ._openai_prices import (
+    IMAGE_PRICES_DATE,
+    IMAGE_PRICES_SOURCE,
+    IMAGE_PRICES_USD,
+    price_per_image,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -43,7 +48,13 @@ if TYPE_CHECKING:
     from .._models import GenerationRequest
     from ..prompts import DeskDescription
 
-__all__ = ["IMAGE_PRICES_USD", "OpenAIBackend", "OpenAIOptions"]
+__all__ = [
+    "IMAGE_PRICES_DATE",
+    "IMAGE_PRICES_SOURCE",
+    "IMAGE_PRICES_USD",
+    "OpenAIBackend",
+    "OpenAIOptions",
+]
 
 _RETIRED = {
     "gpt-image-1": "shut down on 2026-10-23",
@@ -61,31 +72,6 @@ _SIZES: dict[str, tuple[str, ...]] = {
     "gpt-image": ("1024x1024", "1536x1024", "1024x1536", "auto"),
 }
 _MAX_IMAGES = {"dall-e-3": 1, "dall-e-2": 10, "gpt-image": 10}
-_REFUSAL_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
-
-IMAGE_PRICES_USD: dict[str, float] = {
-    # "model|quality|size": US dollars per image (OpenAI's published image prices)
-    "dall-e-3|standard|1024x1024": 0.04,
-    "dall-e-3|standard|1792x1024": 0.08,
-    "dall-e-3|standard|1024x1792": 0.08,
-    "dall-e-3|hd|1024x1024": 0.08,
-    "dall-e-3|hd|1792x1024": 0.12,
-    "dall-e-3|hd|1024x1792": 0.12,
-    "dall-e-2|standard|1024x1024": 0.02,
-    "dall-e-2|standard|512x512": 0.018,
-    "dall-e-2|standard|256x256": 0.016,
-    "gpt-image-1|low|1024x1024": 0.011,
-    "gpt-image-1|low|1536x1024": 0.016,
-    "gpt-image-1|low|1024x1536": 0.016,
-    "gpt-image-1|medium|1024x1024": 0.042,
-    "gpt-image-1|medium|1536x1024": 0.063,
-    "gpt-image-1|medium|1024x1536": 0.063,
-    "gpt-image-1|high|1024x1024": 0.167,
-    "gpt-image-1|high|1536x1024": 0.25,
-    "gpt-image-1|high|1024x1536": 0.25,
-}
-"""Estimated price per image, keyed ``"model|quality|size"``; override or extend it with the
-``prices`` option. GPT image models are billed by tokens: these are OpenAI's per-image estimates."""
 
 
 def _family(model: str) -> str:
@@ -125,7 +111,8 @@ class OpenAIOptions(BackendOptions):
     describe_model: str = "gpt-5.4-mini"
     """The vision chat model `describe` asks (structured outputs)."""
     prices: dict[str, float] = Field(default_factory=dict)
-    """Overrides of `IMAGE_PRICES_USD` (``"model|quality|size"``: dollars per image)."""
+    """Your own prices, over `IMAGE_PRICES_USD` (OpenAI's, as of `IMAGE_PRICES_DATE`):
+    ``{"model|quality|size": dollars per image}``, or ``"model|quality|*"`` for every size."""
 
     @field_validator("api_key", mode="before")
     @classmethod
@@ -161,90 +148,6 @@ def _with_negative(prompt: str, negative: str | None) -> str:
     return f"{prompt}\n\nAvoid: {negative}." if negative else prompt
 
 
-def _retry_after(exc: Any) -> float | None:
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None) or {}
-    for name in ("retry-after-ms", "retry-after"):
-        value = headers.get(name)
-        if value:
-            try:
-                seconds = float(value)
-            except ValueError:
-                try:  # an HTTP date
-                    when = email.utils.parsedate_to_datetime(value)
-                except (TypeError, ValueError):
-                    continue
-                return max(0.0, when.timestamp() - time.time())
-            return seconds / 1000 if name.endswith("ms") else seconds
-    return None
-
-
-def translate_openai_error(exc: Exception, *, retries: int) -> Exception:
-    """deskgen's exception for an ``openai`` client exception (the caller chains it)."""
-    import openai
-
-    status = getattr(exc, "status_code", None)
-    code = getattr(exc, "code", None)
-    detail = str(getattr(exc, "message", "") or exc)
-    request = getattr(getattr(exc, "response", None), "request", None)
-    if request is not None:  # the client's own count (it skips retries the server forbids)
-        with contextlib.suppress(TypeError, ValueError):
-            retries = int(request.headers.get("x-stainless-retry-count", retries))
-    tried = f" after {retries} retr{'y' if retries == 1 else 'ies'}" if retries else ""
-    if isinstance(exc, openai.ContentFilterFinishReasonError):
-        return ContentPolicyError(
-            "The service's content filter stopped the answer. Use another photo or instruction."
-        )
-    if isinstance(exc, openai.LengthFinishReasonError):
-        return ServiceError("The service's answer was cut off before it was complete.")
-    if isinstance(exc, openai.APITimeoutError):
-        return ServiceTimeoutError(
-            f"The image service did not answer in time{tried}. Raise timeout=..., or try later."
-        )
-    if isinstance(exc, openai.APIConnectionError):
-        return ServiceTimeoutError(
-            f"Could not connect to the image service{tried} ({detail}). Check base_url and the "
-            "network."
-        )
-    if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
-        return AuthenticationError(
-            f"The image service refused the API key ({status}: {detail}). Check OPENAI_API_KEY "
-            "or api_key=..., and that the key's project may use this model.",
-            status=status,
-            code=code,
-        )
-    if isinstance(exc, openai.RateLimitError):
-        wait = _retry_after(exc)
-        hint = f" The service asks to wait {wait:g} s." if wait is not None else ""
-        return RateLimitedError(
-            f"Rate limited by the image service{tried} ({detail}).{hint} Slow down, or raise "
-            "max_retries.",
-            retry_after=wait,
-            code=code,
-        )
-    if isinstance(exc, openai.BadRequestError) and code in _REFUSAL_CODES:
-        return ContentPolicyError(
-            f"The image service's safety system refused the request ({code}): {detail}. "
-            "Rephrase the prompt or use another photo; retrying the same request won't help.",
-            status=status,
-            code=code,
-        )
-    if isinstance(exc, openai.APIStatusError) and status is not None and status < 500:
-        return ServiceRequestError(
-            f"The image service rejected the request ({status}{', ' + code if code else ''}): "
-            f"{detail}",
-            status=status,
-            code=code,
-        )
-    if isinstance(exc, openai.APIStatusError):
-        return ServiceError(
-            f"The image service failed ({status}){tried}: {detail}. Try again later.",
-            status=status,
-            code=code,
-        )
-    return ServiceError(f"The image service call failed: {type(exc).__name__}: {detail}")
-
-
 @register_backend("openai")
 class OpenAIBackend(Backend):
     """DALL-E 2/3 and GPT image models (``gpt-image-1`` and later) on OpenAI's Images API."""
@@ -269,6 +172,7 @@ class OpenAIBackend(Backend):
             )
         import openai
 
+        self._key = SecretStr(key)  # scrubbed from every error that leaves the backend
         self._client: Any = openai.OpenAI(
             api_key=key,
             base_url=options.base_url,
@@ -449,7 +353,12 @@ class OpenAIBackend(Backend):
         b64 = getattr(data, "b64_json", None)
         url = getattr(data, "url", None)
         if b64:
-            raw = base64.b64decode(b64)
+            if isinstance(b64, str) and b64.startswith("data:") and "," in b64:
+                b64 = b64.split(",", 1)[1]  # a data URL, as some compatible servers send
+            try:
+                raw = base64.b64decode(b64)
+            except (binascii.Error, TypeError, ValueError) as exc:
+                raise malformed_answer("has image data that is not base64", exc) from exc
         elif url:
             raw = self._download(url)
         else:
@@ -474,16 +383,13 @@ class OpenAIBackend(Backend):
         except Exception as exc:
             raise ServiceError(f"Could not download the generated image: {exc}") from exc
 
-    def _price(self, size: str) -> float | None:
-        quality = self.opts.quality or ("standard" if self._family != "gpt-image" else "medium")
-        key = f"{self.opts.model}|{quality}|{size}"
-        prices = {**IMAGE_PRICES_USD, **self.opts.prices}
-        return prices.get(key)
-
     def generate(self, job: Job) -> BackendOutput:
         self._enter()
         try:
             return self._generate(job)
+        except Exception as exc:  # the API key, as a proxy may echo it, never leaves
+            scrub_exception(exc, [self._key])
+            raise
         finally:
             self._leave()
 
@@ -533,7 +439,12 @@ class OpenAIBackend(Backend):
                     response = self._client.images.generate(**params)
             except openai.OpenAIError as exc:
                 raise translate_openai_error(exc, retries=self.opts.max_retries) from exc
-            data = list(getattr(response, "data", None) or [])
+            except json.JSONDecodeError as exc:  # a 200 whose body is cut short, or not JSON
+                raise malformed_answer("is not valid JSON", exc) from exc
+            data = getattr(response, "data", None)
+            if not isinstance(data, list):
+                found = "nothing" if data is None else f"a {type(data).__name__}"
+                raise malformed_answer(f"has no list of images under 'data' ({found} there)")
             if len(data) < n:
                 raise InvalidOutputError(
                     f"The image service returned {len(data)} image(s) where {n} were asked for."
@@ -547,7 +458,8 @@ class OpenAIBackend(Backend):
             if remaining:
                 job.on_step(req.num_images - remaining, req.num_images)
         elapsed = time.perf_counter() - start
-        price = self._price(size)
+        quality = self.opts.quality or ("standard" if self._family != "gpt-image" else "medium")
+        price = price_per_image(self.opts.model, quality, size, self.opts.prices, warnings)
         width, height = images[0].size
         resolved = req.model_copy(update={"width": width, "height": height})
         return BackendOutput(
@@ -573,6 +485,9 @@ class OpenAIBackend(Backend):
         self._enter()
         try:
             return self._describe(photo, instruction=instruction)
+        except Exception as exc:
+            scrub_exception(exc, [self._key])
+            raise
         finally:
             self._leave()
 
@@ -608,11 +523,18 @@ class OpenAIBackend(Backend):
             )
         except openai.OpenAIError as exc:
             raise translate_openai_error(exc, retries=self.opts.max_retries) from exc
+        except json.JSONDecodeError as exc:  # a 200 whose body is cut short, or not JSON
+            raise malformed_answer("is not valid JSON", exc) from exc
         except ValueError as exc:  # an answer that does not match the schema
             raise InvalidOutputError(
                 f"The service's description did not match DeskDescription: {exc}"
             ) from exc
-        message = completion.choices[0].message
+        except (AttributeError, TypeError, KeyError, IndexError) as exc:  # the client's parsing
+            raise malformed_answer("is not a chat completion", exc) from exc
+        choices = getattr(completion, "choices", None)
+        if not isinstance(choices, list) or not choices:
+            raise malformed_answer("is a chat completion with no choices")
+        message = choices[0].message
         if getattr(message, "refusal", None):
             raise ContentPolicyError(
                 f"The service refused to describe the photo: {message.refusal}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,15 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from .._exceptions import ConfigError, MissingDependencyError
 from .._generator import _format_validation_error
 from .._models import GenerationRequest
+from .._secrets import MASK, SECRET_NAME
 from ..quant._plan import MemoryMode
 
 __all__ = ["BenchConfig", "BenchEntry", "load_bench_config"]
 
-_SECRET = re.compile(
-    r"(?:^|[_-])(?:api_?key|key|token|secret|password|passwd|auth|credentials?)(?:$|[_-])",
-    re.IGNORECASE,
-)
-"""Option names whose values are secrets: api_key, hf_token, auth_token... (not "keyword")."""
 _REQUEST_FIELDS = frozenset(GenerationRequest.model_fields) - {"image", "mask", "control_image"}
 _ENTRY_KEYS = frozenset({"backend", "model", "device", "dtype", "memory"})
 
@@ -34,8 +29,8 @@ def mask_value(value: Any, *, key: str = "") -> Any:
     model folders), models and other objects as their JSON fields."""
     from .._record import public_model_name
 
-    if isinstance(value, SecretStr) or (key and _SECRET.search(key) and value is not None):
-        return "***"
+    if isinstance(value, SecretStr) or (key and SECRET_NAME.search(key) and value is not None):
+        return MASK
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
     if isinstance(value, dict):
