@@ -220,3 +220,31 @@ def test_openai_backend_through_the_fake_service(tmp_path: Path) -> None:
     rows = read_metadata(tmp_path / "data")
     assert sorted(r["caption"].split(", ")[0] for r in rows) == ["dskgn", "dskgn"]
     assert json.loads(rows[0]["record"])["backend"] == "openai"
+
+
+def test_a_cut_last_metadata_line_is_repaired_for_datasets(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A disk full or a power loss while appending a line: the resume rewrites the file without
+    the cut line and makes its image again, so `datasets` reads every row."""
+    datasets = pytest.importorskip("datasets")
+    out = tmp_path / "data"
+    plan = DatasetPlan(prompts=["a walnut desk", "a glass desk"], images_per_prompt=2)
+    with DeskGenerator("fake") as gen:
+        assert generate_dataset(gen, plan, out, progress=False).complete
+        metadata = out / "train" / "metadata.jsonl"
+        data = metadata.read_bytes()
+        last = data.rstrip(b"\n").rsplit(b"\n", 1)[1]
+        cut_name = json.loads(last)["file_name"]
+        metadata.write_bytes(data[: len(data) - len(last) // 2 - 1])  # its first half stays
+        with caplog.at_level("WARNING", logger="deskgen"):
+            report = generate_dataset(gen, plan, out, progress=False)
+    assert (report.skipped, report.generated, report.complete) == (3, 1, True)
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(out), split="train")
+    assert loaded.num_rows == 4
+    lines = metadata.read_text().splitlines()
+    assert len(lines) == 4 and all(json.loads(line) for line in lines)
+    assert sorted(loaded["caption"]) == sorted(json.loads(line)["caption"] for line in lines)
+    assert cut_name in {json.loads(line)["file_name"] for line in lines}  # its image made again
+    assert "dropped 1 line" in caplog.text
+    assert not list(out.rglob("*.tmp"))

@@ -20,6 +20,7 @@ from deskgen import (
     DeskGenerator,
     LoraSpec,
     LoraTrainingConfig,
+    ModelLoadError,
     TrainingProgress,
     train_lora,
 )
@@ -163,6 +164,173 @@ def test_an_interrupted_run_resumes_exactly(
         _config(tiny_sdxl_path, data, out, max_steps=2, resume=False), progress=False
     )
     assert fresh.resumed_from is None and fresh.steps == 2
+
+
+def test_a_metadata_line_cut_inside_a_character_is_skipped(data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from deskgen._training import _read_data
+
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    line = json.dumps(
+        {"file_name": "desk0.png", "caption": "un bureau \u00e9l\u00e9gant"}, ensure_ascii=False
+    )
+    with (copy / "train" / "metadata.jsonl").open("ab") as fh:
+        fh.write(line.encode("utf-8")[: line.encode("utf-8").index(b"\xc3\xa9") + 1])
+    samples = _read_data(_config(Path("unused"), copy, tmp_path / "out"))
+    assert [s.path.name for s in samples] == [f"desk{i}.png" for i in range(6)]
+
+
+def _damage(folder: Path, how: str) -> None:
+    if how == "cut state.pt":
+        state = folder / "state.pt"
+        state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    elif how == "empty adapter":
+        (folder / "adapter.safetensors").write_bytes(b"")
+    else:  # a flipped byte in a tensor: the file still loads, its checksum does not match
+        adapter = folder / "adapter.safetensors"
+        data = bytearray(adapter.read_bytes())
+        data[-3] ^= 0x40
+        adapter.write_bytes(bytes(data))
+
+
+def test_checkpoints_are_written_durably_and_verified(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from deskgen._checkpoints import (
+        DamagedCheckpointError,
+        list_checkpoints,
+        load_checkpoint,
+        newest_good,
+        save_checkpoint,
+    )
+
+    synced: list[str] = []  # what each fsync was for, by its path (Linux)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}") if os.path.isdir("/proc/self") else "")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    adapter = {"unet.a.lora_A.weight": torch.arange(12.0).reshape(3, 4)}
+    state: dict[str, Any] = {
+        "format": 1,
+        "config": "c",
+        "step": 2,
+        "epoch": 0,
+        "next_batch": 4,
+        "optimizer": {"state": {}, "param_groups": []},
+        "schedule": {},
+        "scaler": {},
+        "generator": torch.Generator().get_state(),
+        "rng": [3, [1, 2], None],
+        "loss_before": 0.5,
+        "data": "d",
+        "total_steps": 4,
+    }
+    out = tmp_path / "out"
+    for step in (1, 2):
+        save_checkpoint(out / "checkpoints" / f"step-{step:06d}", adapter, state | {"step": step})
+    folders = list_checkpoints(out)
+    assert [f.name for f in folders] == ["step-000001", "step-000002"]
+    assert not list(out.rglob("*.tmp"))
+    if os.path.isdir("/proc/self"):  # every file, and the folders that name them, synced
+        for name in ("adapter.safetensors", "state.pt", "checksums.json"):
+            assert any(f"/.step-000002.tmp/.{name}." in path for path in synced), name
+        assert str(out / "checkpoints" / ".step-000002.tmp") in synced  # before the rename
+        assert synced[-1] == str(out / "checkpoints")  # after it
+    tensors, loaded = load_checkpoint(folders[1])
+    torch.testing.assert_close(tensors["unet.a.lora_A.weight"], adapter["unet.a.lora_A.weight"])
+    assert loaded["step"] == 2
+
+    for how, why in [
+        ("cut state.pt", "state.pt does not match its checksum"),
+        ("empty adapter", "adapter.safetensors does not match its checksum"),
+        ("flipped byte", "adapter.safetensors does not match its checksum"),
+    ]:
+        save_checkpoint(folders[1], adapter, state)
+        _damage(folders[1], how)
+        with pytest.raises(DamagedCheckpointError, match=why):
+            load_checkpoint(folders[1])
+        resumable = newest_good(out)
+        assert resumable is not None and resumable.folder == folders[0]
+        assert [f for f, _ in resumable.damaged] == [folders[1]]
+        assert resumable.state["step"] == 1
+        if how != "flipped byte":  # without checksums (an older deskgen's) loading still tells
+            (folders[1] / "checksums.json").unlink()
+            with pytest.raises(DamagedCheckpointError, match="does not load"):
+                load_checkpoint(folders[1])
+    save_checkpoint(folders[1], adapter, state)
+    (folders[1] / "state.pt").unlink()
+    with pytest.raises(DamagedCheckpointError, match=r"state\.pt is missing"):
+        load_checkpoint(folders[1])
+    _damage(folders[0], "empty adapter")
+    with pytest.raises(ModelLoadError, match=r"Every checkpoint .* is damaged") as info:
+        newest_good(out)
+    assert "step-000002: state.pt is missing" in str(info.value)
+    assert "resume=False" in str(info.value) and str(out / "checkpoints") in str(info.value)
+
+
+@pytest.mark.slow
+def test_a_damaged_latest_checkpoint_resumes_from_the_one_before(
+    tiny_sdxl_path: Path, data: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from deskgen._checkpoints import newest_good
+
+    whole = train_lora(_config(tiny_sdxl_path, data, tmp_path / "whole"), progress=False)
+
+    def stop_at_three(progress: TrainingProgress) -> None:
+        if progress.step == 3:
+            raise KeyboardInterrupt
+
+    stopped = tmp_path / "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        train_lora(
+            _config(tiny_sdxl_path, data, stopped, checkpoint_every=1),
+            progress=False,
+            on_step=stop_at_three,
+        )
+    steps = ["step-000001", "step-000002", "step-000003"]
+    assert sorted(c.name for c in (stopped / "checkpoints").iterdir()) == steps
+    a = load_file(str(whole.lora))
+    for how in ("cut state.pt", "empty adapter"):
+        out = tmp_path / how.replace(" ", "-")
+        shutil.copytree(stopped, out)
+        _damage(out / "checkpoints" / "step-000003", how)
+        resumed = train_lora(_config(tiny_sdxl_path, data, out, checkpoint_every=1), progress=False)
+        assert resumed.resumed_from == 2 and resumed.steps == 4
+        [warning] = resumed.warnings
+        assert "step-000003" in warning and "damaged" in warning
+        assert "resumed from step-000002" in warning
+        assert ("state.pt" if how == "cut state.pt" else "adapter.safetensors") in warning
+        assert resumed.loss_before == whole.loss_before
+        b = load_file(str(resumed.lora))
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+        losses = [json.loads(x)["loss"] for x in whole.loss_log.read_text().splitlines()]
+        again = [json.loads(x)["loss"] for x in resumed.loss_log.read_text().splitlines()]
+        assert again == pytest.approx(losses, abs=1e-6)
+        # the damaged checkpoint was written again, whole
+        assert [c.name for c in resumed.checkpoints] == [*steps[1:], "step-000004"]
+        check = newest_good(out)
+        assert check is not None and check.folder.name == "step-000004" and not check.damaged
+
+    # nothing to resume from: a typed error that says what to do, before the model loads
+    for folder in (stopped / "checkpoints").iterdir():
+        _damage(folder, "cut state.pt")
+    with pytest.raises(ModelLoadError, match="Every checkpoint") as info:
+        train_lora(_config(tiny_sdxl_path, data, stopped), progress=False)
+    assert "Delete the folder" in str(info.value) and "resume=False" in str(info.value)
+    fresh = train_lora(_config(tiny_sdxl_path, data, stopped, resume=False), progress=False)
+    assert fresh.resumed_from is None
+    assert [c.name for c in fresh.checkpoints] == ["step-000002", "step-000004"]
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -62,6 +63,7 @@ SPLIT = "train"
 _PER_REQUEST = {"prompt", "image", "mask", "seed", "num_images", "image_sha256", "mask_sha256"}
 _FATAL = (AuthenticationError, GeneratorClosedError, MissingDependencyError)
 """Errors that every further item would hit too: they stop the run."""
+_log = logging.getLogger(__name__)
 
 
 class DeskGrid(BaseModel):
@@ -242,14 +244,38 @@ def inside(folder: Path, name: str) -> Path | None:
 def _read_lines(path: Path) -> Iterator[dict[str, Any]]:
     if not path.is_file():
         return
-    with path.open(encoding="utf-8") as fh:
+    with path.open("rb") as fh:  # bytes: a line cut inside a character must not stop the rest
         for line in fh:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the last line of an interrupted run
-            if isinstance(row, dict):
+            row = _row(line)
+            if row is not None:  # else the last line of an interrupted run
                 yield row
+
+
+def _row(line: bytes) -> dict[str, Any] | None:
+    """The JSON object on ``line``, or ``None`` if it is not one (cut short, not UTF-8)."""
+    try:
+        row = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return row if isinstance(row, dict) else None
+
+
+def _repair_metadata(path: Path) -> int:
+    """Rewrite ``path`` without its lines that are not whole JSON objects (a line cut short by
+    a full disk or a power loss), atomically; the number of lines dropped.
+
+    deskgen's readers skip such a line, but ``datasets``' imagefolder stops at it. The image of
+    a dropped line has no line any more, so the run makes it again (and appends its line).
+    """
+    if not path.is_file():
+        return 0
+    lines = path.read_bytes().split(b"\n")
+    broken = [line for line in lines if line.strip() and _row(line) is None]
+    if not broken:
+        return 0
+    kept = b"".join(line + b"\n" for line in lines if line.strip() and _row(line) is not None)
+    atomic_write_bytes(path, kept)
+    return len(broken)
 
 
 def _previous_runs(path: Path) -> list[dict[str, Any]]:
@@ -285,7 +311,9 @@ def generate_dataset(
 
     Images already in ``out`` (same prompt, request and seed) are skipped; an item that fails
     is written to ``failures.jsonl`` and the run goes on, except for errors every item would
-    hit (a refused API key, a closed generator, a missing extra), which stop it.
+    hit (a refused API key, a closed generator, a missing extra), which stop it. A
+    ``metadata.jsonl`` line cut short by an earlier run (a full disk, a power loss) is removed
+    first (the file is rewritten atomically, with a logged warning) and its image made again.
 
     Args:
         on_item: called after each image with the item and ``None``, or the error it failed with.
@@ -316,6 +344,14 @@ def generate_dataset(
     runs = [*_previous_runs(info_path), run]  # a folder may hold images of several runs
     text = json.dumps({"runs": runs}, indent=2, ensure_ascii=False).encode("utf-8")
     atomic_write_bytes(info_path, text)
+    dropped = _repair_metadata(folder / METADATA)
+    if dropped:
+        _log.warning(
+            "%s: dropped %d line(s) cut short by an interrupted run (datasets' imagefolder "
+            "would stop at them); their images are made again.",
+            folder / METADATA,
+            dropped,
+        )
     done = {row["file_name"] for row in read_metadata(out)}
     todo = [item for item in items if f"{item.key}.png" not in done]
     skipped = len(items) - len(todo)

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import random
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ._checkpoints import FORMAT, Resumable, list_checkpoints, newest_good, save_checkpoint
 from ._dataset import METADATA, SPLIT, inside
 from ._exceptions import ConfigError, DeskgenError, ModelLoadError
 from ._lora import canonical_safetensors
@@ -45,9 +45,6 @@ if TYPE_CHECKING:
     from PIL import Image
 
 __all__ = ["LoraTrainingConfig", "TrainingProgress", "TrainingResult", "train_lora"]
-
-_FORMAT = 1
-"""Version of the checkpoint layout."""
 
 
 class LoraTrainingConfig(BaseModel):
@@ -110,7 +107,7 @@ class LoraTrainingConfig(BaseModel):
     keep_checkpoints: int | None = Field(default=3, ge=1)
     """Older checkpoints are deleted; ``None`` keeps them all."""
     resume: bool = True
-    """Continue from the latest checkpoint in ``out`` when there is one."""
+    """Continue from the latest checkpoint in ``out`` that verifies, when there is one."""
     variant: str | None = None
     revision: str | None = None
     local_files_only: bool = False
@@ -178,14 +175,16 @@ def _read_data(config: LoraTrainingConfig) -> list[_Sample]:
             'a line {"file_name": ..., "caption": ...} per image (deskgen dataset writes one).'
         )
     samples = []
-    with (folder / METADATA).open(encoding="utf-8") as fh:
+    with (folder / METADATA).open("rb") as fh:  # bytes: a line may be cut inside a character
         for number, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
+                row = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
                 continue  # cut short by an interrupted dataset run
+            if not isinstance(row, dict):
+                row = {}
             name, caption = row.get("file_name"), row.get(config.caption_column)
             if not isinstance(name, str) or not isinstance(caption, str):
                 raise ConfigError(
@@ -697,14 +696,6 @@ def _config_digest(config: LoraTrainingConfig) -> str:
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _checkpoints(out: Path) -> list[Path]:
-    folder = out / "checkpoints"
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"step-\d+", p.name)]
-    return sorted(found, key=lambda p: int(p.name.removeprefix("step-")))
-
-
 def train_lora(
     config: LoraTrainingConfig,
     *,
@@ -714,12 +705,14 @@ def train_lora(
     """Train a LoRA on ``config.data`` and write ``OUT/NAME.safetensors`` (see the module).
 
     With ``config.resume`` and a checkpoint in ``OUT/checkpoints``, the run continues from the
-    latest one exactly as if it had not stopped. ``on_step`` is called after every optimizer
-    step; an exception it raises stops training (checkpoints already written stay).
+    latest one that verifies exactly as if it had not stopped (a damaged newer one is skipped,
+    with a warning in the result). ``on_step`` is called after every optimizer step; an
+    exception it raises stops training (checkpoints already written stay).
 
     Raises:
         ConfigError: no usable data, a checkpoint from other settings, or mixed precision
             without a GPU.
+        ModelLoadError: every checkpoint in ``OUT/checkpoints`` is damaged.
         ModelNotFoundError, ModelLoadError, ModelMismatchError: the base model (as for
             `DeskGenerator`).
         MissingDependencyError: the ``local`` extra is not installed.
@@ -756,6 +749,8 @@ def _train(
     started = time.perf_counter()
     out = Path(os.path.expanduser(config.out))
     out.mkdir(parents=True, exist_ok=True)
+    # verified before the model loads: all of them damaged is an error at once
+    resume: Resumable | None = newest_good(out) if config.resume else None
     devices = [torch.device(d).index or 0 for d in [_device_of(config)] if d.startswith("cuda")]
     with torch.random.fork_rng(devices=devices):  # the caller's random state stays as it was
         torch.manual_seed(config.seed)  # the LoRA's gaussian initialisation
@@ -793,11 +788,16 @@ def _train(
     data_digest = trainer.data_digest()
 
     step, epoch, next_batch, resumed_from = 0, 0, 0, None
-    existing = _checkpoints(out) if config.resume else []
-    if existing:
-        latest = existing[-1]
-        state = torch.load(latest / "state.pt", map_location="cpu", weights_only=True)
-        if state.get("format") != _FORMAT or state.get("config") != digest:
+    loss_before: float | None = None
+    if resume is not None:
+        latest, state = resume.folder, resume.state
+        for folder, why in resume.damaged:
+            trainer.warnings.append(
+                f"The checkpoint {str(folder)!r} is damaged ({why}): resumed from "
+                f"{latest.name} instead; the damaged one is deleted when this run writes its "
+                "first checkpoint."
+            )
+        if state.get("format") != FORMAT or state.get("config") != digest:
             raise ConfigError(
                 f"The checkpoint {str(latest)!r} was made with other settings (model, rank, "
                 "learning rate...): train into another out folder, or pass resume=False to "
@@ -816,45 +816,39 @@ def _train(
                 f"for {total_steps}: a {config.lr_scheduler!r} schedule depends on the length. "
                 "Keep max_steps/epochs as they were, or use a constant schedule."
             )
-        from safetensors.torch import load_file
-
-        trainer.load_lora_state(load_file(str(latest / "adapter.safetensors")))
+        trainer.load_lora_state(resume.adapter)
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         scaler.load_state_dict(state["scaler"])
         generator.set_state(state["generator"])
         rng.setstate(_as_random_state(state["rng"]))
         step, epoch, next_batch = state["step"], state["epoch"], state["next_batch"]
-        resumed_from = step
-    # a fresh start replaces the old checkpoints, but only once it has one of its own
-    stale = [] if resumed_from is not None else _checkpoints(out)
+        resumed_from, loss_before = step, float(state["loss_before"])  # the first run's
+    # a fresh start replaces the old checkpoints, and a resumed one the damaged ones it skipped,
+    # but only once it has one of its own
+    stale = [f for f, _ in resume.damaged] if resume is not None else list_checkpoints(out)
+    resume = None  # its tensors are in the modules now
     log_path = out / "loss.jsonl"
     if resumed_from is None:
         log_path.unlink(missing_ok=True)
     else:  # drop what the interrupted run logged after its last checkpoint
         _truncate_log(log_path, step)
 
-    loss_before = _fixed_loss(trainer, resumed_from, out)
+    if loss_before is None:
+        loss_before = trainer.fixed_loss()
     for module in trainer.trained:
         module.train()
     saved: list[Path] = []
     accum = config.gradient_accumulation_steps
 
     def checkpoint() -> None:
-        from safetensors.torch import save_file
-
         folder = out / "checkpoints" / f"step-{step:06d}"
-        tmp = folder.with_name(f".{folder.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         flat = {f"{c}.{k}": v for c, part in trainer.lora_state().items() for k, v in part.items()}
-        for old in stale:
-            shutil.rmtree(old, ignore_errors=True)
-        stale.clear()
-        save_file(flat, str(tmp / "adapter.safetensors"))
-        torch.save(
+        save_checkpoint(
+            folder,
+            flat,
             {
-                "format": _FORMAT,
+                "format": FORMAT,
                 "config": digest,
                 "step": step,
                 "epoch": epoch,
@@ -868,13 +862,14 @@ def _train(
                 "data": data_digest,
                 "total_steps": total_steps,
             },
-            tmp / "state.pt",
         )
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+        for old in stale:
+            if old != folder:  # the same step written again has replaced it
+                shutil.rmtree(old, ignore_errors=True)
+        stale.clear()
         saved.append(folder)
         if config.keep_checkpoints is not None:
-            for old in _checkpoints(out)[: -config.keep_checkpoints]:
+            for old in list_checkpoints(out)[: -config.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
 
     bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", desc="training")
@@ -938,21 +933,10 @@ def _train(
         loss_before=loss_before,
         loss_after=loss_after,
         loss_log=log_path,
-        checkpoints=_checkpoints(out),
+        checkpoints=list_checkpoints(out),
         seconds=time.perf_counter() - started,
         warnings=trainer.warnings,
     )
-
-
-def _fixed_loss(trainer: _Trainer, resumed_from: int | None, out: Path) -> float:
-    """The fixed-noise loss before training; a resumed run reads its first run's."""
-    import torch
-
-    if resumed_from is not None:
-        latest = _checkpoints(out)[-1]
-        state = torch.load(latest / "state.pt", map_location="cpu", weights_only=True)
-        return float(state["loss_before"])
-    return trainer.fixed_loss()
 
 
 def _metadata(
