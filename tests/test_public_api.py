@@ -46,6 +46,7 @@ EXPECTED = {
     "ModelLoadError",
     "ModelMismatchError",
     "ModelNotFoundError",
+    "OutOfMemoryError",
     "PeakMemory",
     "PromptReport",
     "PromptTooLongError",

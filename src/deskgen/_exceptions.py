@@ -16,6 +16,8 @@ DeskgenError                      base of everything deskgen raises on purpose
 │       └── LoraMismatchError     a LoRA for another base model, or with modules this one lacks
 ├── BackendError                  a backend failed while generating (RuntimeError)
 │   ├── InvalidOutputError        NaN/black output, or an API answer without an image
+│   ├── OutOfMemoryError          a request too large for the memory free (refused before it
+│   │                             runs, from an estimate), or an allocation that failed (MemoryError)
 │   └── ServiceError              a hosted API (OpenAI) failed, after the client's own retries
 │       ├── AuthenticationError   the API key was refused (401/403)
 │       ├── RateLimitedError      still rate limited (429) after the retries; has retry_after
@@ -50,6 +52,7 @@ __all__ = [
     "ModelLoadError",
     "ModelMismatchError",
     "ModelNotFoundError",
+    "OutOfMemoryError",
     "PromptTooLongError",
     "RateLimitedError",
     "RecordError",
@@ -151,6 +154,27 @@ class BackendError(DeskgenError, RuntimeError):
 
 class InvalidOutputError(BackendError):
     """The model produced NaN or all-black images; they are never returned as valid images."""
+
+
+class OutOfMemoryError(BackendError, MemoryError):
+    """A request that does not fit in the memory available: refused before it runs when its
+    estimated working memory is over what is free (``largest_size`` is then the largest size
+    that fits, at its aspect ratio), or an allocation that failed while it ran (torch's
+    ``OutOfMemoryError`` on a GPU, the CPU allocator's error). The message says what to change:
+    a smaller size, fewer images at once, VAE tiling, half precision."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        needed_bytes: int | None = None,
+        available_bytes: int | None = None,
+        largest_size: tuple[int, int] | None = None,
+    ) -> None:
+        self.needed_bytes = needed_bytes
+        self.available_bytes = available_bytes
+        self.largest_size = largest_size
+        super().__init__(message)
 
 
 class ServiceError(BackendError):

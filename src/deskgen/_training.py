@@ -725,13 +725,16 @@ def train_lora(
     except DeskgenError:
         raise
     except Exception as exc:
-        import torch
+        from ._device import resolve_device
+        from .backends._request_memory import is_out_of_memory, out_of_memory_error
 
-        if isinstance(exc, torch.OutOfMemoryError):
-            raise ConfigError(
-                "Out of memory while training: lower batch_size (raise "
-                "gradient_accumulation_steps to keep the effective batch), the resolution, "
-                "or turn on gradient_checkpointing."
+        if is_out_of_memory(exc):
+            raise out_of_memory_error(
+                exc,
+                device=resolve_device(config.device),
+                what="while training",
+                hint="Lower batch_size (raise gradient_accumulation_steps to keep the effective "
+                "batch), the resolution, or turn on gradient_checkpointing.",
             ) from exc
         raise
 

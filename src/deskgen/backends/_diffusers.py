@@ -55,6 +55,12 @@ from .._lora import LoraSpec, as_lora_spec
 from ..prompts import PromptPlan, TextEncoderSpec
 from ..quant._config import ComponentMemory, QuantConfig
 from ._base import Backend, BackendOptions, BackendOutput, Job
+from ._request_memory import (
+    check_request_fits,
+    estimate_request_memory,
+    is_out_of_memory,
+    out_of_memory_error,
+)
 from ._speed import SPEED_OPTIONS, CompileMode, DistillKind, Preset, Recipe, preset_recipe
 
 if TYPE_CHECKING:
@@ -1043,6 +1049,7 @@ class DiffusersBackend(Backend):
             self._check_open()
         pipe = self._view(template)
         do_cfg = guidance > 1 and self._uses_cfg_embeds
+        self._check_memory(pipe, mode=mode, width=width, height=height, do_cfg=do_cfg, job=job)
 
         marks: dict[str, float] = {}
 
@@ -1088,13 +1095,16 @@ class DiffusersBackend(Backend):
                     self._after_request()
         except DeskgenError:
             raise
-        except torch.OutOfMemoryError as exc:
-            raise BackendError(
-                f"Out of memory on {self._device} generating {request.num_images} image(s) at "
-                f"{width}x{height}. Generate fewer images at once, a smaller size, or use "
-                "dtype='float16'/'bfloat16'."
-            ) from exc
         except Exception as exc:
+            if is_out_of_memory(exc):
+                tiling = "" if self.opts.vae_tiling else ", vae_tiling=True"
+                raise out_of_memory_error(
+                    exc,
+                    device=self._device,
+                    what=f"generating {request.num_images} image(s) at {width}x{height}",
+                    hint="Generate fewer images at once, a smaller size, or use "
+                    f"dtype='float16'/'bfloat16'{tiling}.",
+                ) from exc
             raise BackendError(
                 f"The {self.name!r} backend failed: {type(exc).__name__}: {exc}"
             ) from exc
@@ -1148,6 +1158,35 @@ class DiffusersBackend(Backend):
             control_images=inputs.control_images,
             loras=used,
             scheduler_settings=dict(self._scheduler_settings),
+        )
+
+    def _check_memory(
+        self, pipe: Any, *, mode: Mode, width: int, height: int, do_cfg: bool, job: Job
+    ) -> None:
+        """Refuse a request whose estimated working memory is over what the device has free
+        (`deskgen.backends._request_memory`), before any step runs."""
+        images = len(job.seeds)
+        element = self._torch_dtype.itemsize
+        estimate = estimate_request_memory(
+            pipe,
+            denoiser=self.denoiser,
+            width=width,
+            height=height,
+            images=images,
+            guidance_branches=2 if do_cfg else 1,
+            img2img=mode == "img2img",
+            element_bytes=element,
+            # SDXL pipelines upcast a force_upcast VAE to float32 for the decode
+            vae_element_bytes=4 if self._call_lock is not None else element,
+        )
+        check_request_fits(
+            estimate,
+            device=self._device,
+            width=width,
+            height=height,
+            images=images,
+            multiple=self.vae_scale_factor * 8,
+            tiling_on=self.opts.vae_tiling,
         )
 
     def _after_request(self) -> None:
