@@ -38,6 +38,7 @@ from ._models import (
     StepProgress,
     Timings,
 )
+from ._quiet import quiet_loading
 from ._registry import get_backend_class
 from ._secrets import scrub, scrub_exception, secret_values
 from ._version import __version__
@@ -185,6 +186,7 @@ class DeskGenerator:
         with (
             self._boundary(ModelLoadError, f"The {backend!r} backend failed to load {model!r}"),
             PeakMemorySampler(_sampled_device(device, cls.requirements)) as sampler,
+            quiet_loading(cls.requirements),  # no loading bars, no libraries' import noise
         ):
             self._backend: Backend | None = cls(opts)
         self.load_seconds: float = time.perf_counter() - started

@@ -1,13 +1,43 @@
-"""Quieting diffusers' and transformers' logs for a block: what they say there is no news to a
-deskgen user (e.g. a LoRA's load report listing every base weight as missing)."""
+"""Keeping the libraries deskgen loads with from printing what is no news to a deskgen user.
+
+A library prints nothing unless asked: deskgen's own messages go through `logging`
+(``deskgen.*``) and results' ``warnings``. What diffusers, transformers, torchao and
+huggingface_hub print on their own while deskgen loads weights is kept back here:
+
+- `quiet_loading` (around every backend's loading, at the facade): no loading progress bars
+  ("Loading pipeline components", "Loading weights", "Fetching files"), and the import-time
+  lines of libraries pulled in by that loading (torchao's "Failed to load ... .so" and "no
+  triton" on a CPU, torch's pytree deprecations it triggers, diffusers' "Unable to import
+  `torchao` Tensor objects", transformers' torchvision fallback) only at error level;
+- `quiet_logs`: diffusers' (and transformers') logging at error level for a block (e.g. a LoRA's
+  load report listing every base weight as missing);
+- `drop_vae_upcast_notices`: what SDXL pipelines say about their own VAE upcast on every float16
+  call, which no caller can act on: diffusers' "modules in AutoencoderKL should be kept in
+  float32: []" (twice per call: an empty list, nothing to keep; the message naming modules
+  still shows) and its "`upcast_vae` is deprecated" FutureWarning (raised inside diffusers'
+  own pipeline), dropped for good.
+
+The user's own settings win outside these blocks: levels and progress bars are restored after.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import logging
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["quiet_logs"]
+__all__ = ["drop_vae_upcast_notices", "quiet_loading", "quiet_logs"]
+
+_IMPORT_NOISE_LOGGERS = (
+    "torchao",  # "Failed to load .../_C_mxfp8...so", "Detected no triton"
+    "torch.utils._pytree",  # "<enum ...> is an Enum subclass ... register_constant()"
+    "diffusers.quantizers.torchao.torchao_quantizer",  # "Unable to import `torchao` Tensor..."
+    "transformers.utils.import_utils",  # "`CLIPImageProcessor` requires torchvision ..."
+    "optimum.quanto",
+)
 
 
 @contextlib.contextmanager
@@ -29,3 +59,73 @@ def quiet_logs(*, transformers: bool = False) -> Iterator[None]:
     finally:
         for logger, level in levels:
             logger.set_verbosity(level)
+
+
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def quiet_loading(requirements: tuple[str, ...] = ("diffusers", "transformers")) -> Iterator[None]:
+    """No loading progress bars and no import-time noise while the block loads weights (see the
+    module); only the libraries in ``requirements`` are touched (an API backend's loading
+    imports none of them)."""
+    levels = []
+    for name in _IMPORT_NOISE_LOGGERS:
+        logger = logging.getLogger(name)
+        levels.append((logger, logger.level))
+        if logger.getEffectiveLevel() < logging.ERROR:
+            logger.setLevel(logging.ERROR)
+    restore: list[Any] = []
+    try:
+        if "diffusers" in requirements and _installed("diffusers"):
+            from diffusers.utils import logging as diffusers_logging
+
+            drop_vae_upcast_notices()
+            if diffusers_logging.is_progress_bar_enabled():
+                diffusers_logging.disable_progress_bar()
+                restore.append(diffusers_logging.enable_progress_bar)
+        if "transformers" in requirements and _installed("transformers"):
+            from transformers.utils import logging as transformers_logging
+
+            if transformers_logging.is_progress_bar_enabled():
+                transformers_logging.disable_progress_bar()
+                restore.append(transformers_logging.enable_progress_bar)
+        if restore:  # hub downloads ("Fetching files") of the same loading
+            from huggingface_hub.utils import (
+                are_progress_bars_disabled,
+                disable_progress_bars,
+                enable_progress_bars,
+            )
+
+            if not are_progress_bars_disabled():
+                disable_progress_bars()
+                restore.append(enable_progress_bars)
+        yield
+    finally:
+        for undo in reversed(restore):
+            undo()
+        for logger, level in levels:
+            logger.setLevel(level)
+
+
+class _EmptyFp32Notice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "should be kept in float32: []" not in message
+
+
+_FP32_FILTER = _EmptyFp32Notice()
+
+
+def drop_vae_upcast_notices() -> None:
+    """Drop the SDXL pipelines' VAE-upcast notices (see the module); idempotent."""
+    logger = logging.getLogger("diffusers.models.modeling_utils")
+    if _FP32_FILTER not in logger.filters:
+        logger.addFilter(_FP32_FILTER)
+        warnings.filterwarnings(
+            "ignore", message=r"`upcast_vae` is deprecated", category=FutureWarning
+        )
