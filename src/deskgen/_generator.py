@@ -24,6 +24,7 @@ from ._exceptions import (
     GeneratorClosedError,
     InvalidRequestError,
     ModelLoadError,
+    OutOfMemoryError,
     UnsupportedOperationError,
 )
 from ._images import ImageInfo, ImageInput, load_image
@@ -43,6 +44,7 @@ from ._registry import get_backend_class
 from ._secrets import scrub, scrub_exception, secret_values
 from ._version import __version__
 from .backends._base import Job
+from .backends._request_memory import is_out_of_memory
 from .prompts._description import DESCRIBE_INSTRUCTION, DeskDescription
 from .prompts._report import LongPromptMode, PromptReport
 from .quant._config import MemoryReport
@@ -652,6 +654,11 @@ def _backend_boundary(
         raise
     except Exception as exc:
         scrub_exception(exc, hide)
+        if is_out_of_memory(exc):  # e.g. from a custom backend, or a library's own thread
+            raise OutOfMemoryError(
+                scrub(f"{what}: out of memory ({type(exc).__name__}: {exc}). ", hide)
+                + "Generate fewer images at once, a smaller size, or use half precision.",
+            ) from exc
         raise error(scrub(f"{what}: {type(exc).__name__}: {exc}", hide)) from exc
 
 

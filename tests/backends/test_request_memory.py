@@ -203,3 +203,20 @@ def test_an_allocation_failure_while_generating_is_an_out_of_memory_error(
     assert cause in ("RuntimeError", "MemoryError", "OutOfMemoryError")
     assert message.startswith("Out of memory on cpu generating 1 image(s) at 2048x2048")
     assert "a smaller size" in message and "vae_tiling=True" in message
+
+
+def test_an_allocation_failure_in_any_backend_is_an_out_of_memory_error() -> None:
+    """At the facade's boundary too: a custom backend that lets torch's CPU allocator error (or
+    a MemoryError) escape gets deskgen's error, not a bare BackendError."""
+    import torch
+
+    from .. import fakes  # noqa: F401  (registers the fake backend)
+
+    try:
+        torch.empty(2**50, dtype=torch.uint8)
+    except RuntimeError as exc:
+        allocator_text = str(exc)
+    gen = DeskGenerator("fake", fail_with=allocator_text)
+    with pytest.raises(OutOfMemoryError, match=r"out of memory .*smaller size") as caught:
+        gen.generate(prompt="a desk", seed=1, steps=1)
+    assert isinstance(caught.value.__cause__, RuntimeError)

@@ -24,6 +24,7 @@ largest size that fits at its aspect ratio and VAE tiling where it would help.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -231,9 +232,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
     the CPU allocator's ``RuntimeError``, or Python's ``MemoryError``."""
     if isinstance(exc, MemoryError):
         return True
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - the diffusers backends need torch
+    torch = sys.modules.get("torch")  # not imported: the error can't be one of torch's
+    if torch is None:
         return False
     if isinstance(exc, torch.OutOfMemoryError):
         return True
