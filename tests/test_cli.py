@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -131,6 +132,47 @@ def test_unwritable_output_fails_before_loading(
     assert "Loading" not in err
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--steps", "-1"], "Invalid request: steps: Input should be greater than or equal to 1"),
+        (["--num-images", "99"], "Invalid request: num_images"),
+        (["--control-scale", "3"], "control scale 3.0 is outside 0..2"),
+        (["--option", "nope=1"], "Invalid options for the 'sdxl' backend: nope"),
+        (["--option", "offload=sideways"], "Invalid options for the 'sdxl' backend: offload"),
+        (["--image", "missing-photo.jpg"], "missing-photo.jpg"),
+        (["--backend", "hidream", "--option", "max_sequence_length=9999"], "max_sequence_length"),
+    ],
+)
+def test_requests_and_options_are_checked_before_loading(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a real model folder: the check must come first, not the load's own errors
+    code = main(["generate", "a desk", "--model", str(tmp_path), "--out", str(tmp_path / "o.png")])
+    assert code == 1 and "Loading" in capsys.readouterr().err  # (the folder is no model)
+    argv = [
+        "generate",
+        "a desk",
+        "--model",
+        str(tmp_path / "model"),
+        "--out",
+        str(tmp_path / "o.png"),
+    ]
+    assert main([*argv, *flags]) == 1
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert "Loading" not in err and "denoising" not in err
+
+
+def test_option_text_is_typed_by_the_backend(tmp_path: Path) -> None:
+    from deskgen.cli import _checked_options
+
+    typed = _checked_options(
+        "sdxl", str(tmp_path), "cpu", "auto", {"local_files_only": "true", "variant": "fp16"}
+    )
+    assert typed == {"local_files_only": True, "variant": "fp16"}
+
+
 def test_demo_with_an_unknown_backend(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--backend", "nope"]) == 1
     assert "Unknown backend 'nope'" in capsys.readouterr().err
@@ -193,6 +235,65 @@ def test_help_is_complete(
         assert option in text
 
 
+def test_help_says_what_each_command_does(capsys: pytest.CaptureFixture[str]) -> None:
+    def help_of(command: str) -> str:
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        return " ".join(capsys.readouterr().out.split())  # argparse's line breaks joined
+
+    demo = help_of("demo")
+    assert "omit for txt2img" not in demo and "default: random" not in demo  # generate's
+    assert "instead of the sample one" in demo and "(default: 42)" in demo
+    assert "default: preset:photo_default" in demo and "sdxl-controlnet" in demo
+    generate = help_of("generate")
+    assert "omit for txt2img" in generate and "(default: random)" in generate
+    assert "--from" not in help_of("bench")  # compare's flag
+    assert "with --from: where to write" in help_of("compare")
+
+
+def test_library_bars_and_chatter_are_off_even_when_imported_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import huggingface_hub.utils
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    from deskgen.cli import _quiet_libraries
+
+    for name in ("DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        monkeypatch.delenv(name, raising=False)
+    # as if imported without the variable (the tests' conftest sets it before importing)
+    monkeypatch.setattr(
+        sys.modules["huggingface_hub.utils.tqdm"], "HF_HUB_DISABLE_PROGRESS_BARS", None
+    )
+    levels = (diffusers_logging.get_verbosity(), transformers_logging.get_verbosity())
+    try:
+        huggingface_hub.utils.enable_progress_bars()
+        transformers_logging.enable_progress_bar()
+        diffusers_logging.enable_progress_bar()
+        _quiet_libraries()  # the libraries were imported before: their variables were read
+        assert huggingface_hub.utils.are_progress_bars_disabled()
+        assert not transformers_logging.is_progress_bar_enabled()
+        assert not diffusers_logging.is_progress_bar_enabled()
+        assert transformers_logging.get_verbosity() == transformers_logging.ERROR
+    finally:
+        huggingface_hub.utils.enable_progress_bars()
+        transformers_logging.enable_progress_bar()
+        diffusers_logging.enable_progress_bar()
+        diffusers_logging.set_verbosity(levels[0])
+        transformers_logging.set_verbosity(levels[1])
+
+
+@pytest.mark.slow
+def test_prompt_command_imports_no_pipeline_library() -> None:
+    code = (
+        "import sys; from deskgen.cli import main; code = main(['prompt', 'a desk']); "
+        "print(code, 'diffusers' in sys.modules, 'torch' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split()[-3:] == ["0", "False", "False"], proc.stderr
+
+
 def test_progress_bar_is_shown(
     tiny_sd_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -212,8 +313,13 @@ def test_progress_bar_is_shown(
             str(tmp_path / "p.png"),
         ]
     )
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert "denoising" in err and "4/4" in err  # PNDM: 3 steps + PLMS's repeated one
+    assert "denoising: 0step" not in err  # no empty bar before the first step
+    assert len([line for line in err.split("\n") if "denoising" in line]) == 1  # one bar
+    # the summary's total is the request's, the load apart
+    assert re.search(r": total \d+\.\d\d s \(\+ load \d+\.\d\d s\): encode ", captured.out)
 
 
 def test_demo_on_the_sd_backend(
@@ -533,6 +639,14 @@ def test_bench_then_compare_from_the_folder(
     assert main(args) == 0
     captured = capsys.readouterr()
     assert "[1/2] xl: " in captured.err and "[2/2] sd (balanced): " in captured.err
+    # progress as it goes: each configuration's load and each repeat, before its row
+    for line in (
+        "[1/2] xl: loading...",
+        "[1/2] xl: loaded in ",
+        "[2/2] sd (balanced): repeat 2/2: ",
+    ):
+        assert line in captured.err
+    assert captured.err.index("[1/2] xl: repeat 2/2") < captured.err.index(" per image")
     table = captured.out.splitlines()
     assert table[0].startswith("| run | model | resolution |")
     assert table[2].startswith("| xl | tiny-sdxl |") and "| img2img | 1 |" in table[2]
@@ -606,5 +720,5 @@ def test_run_specs_split_at_keys_not_inside_json() -> None:
             "loras": ["a.safetensors", "b.safetensors"],
             "compile": True,
         },
-        "request": {"steps": "20"},
+        "request": {"steps": 20},  # typed: requests are strict
     }

@@ -150,3 +150,91 @@ def test_saved_quantized_folders_and_loras_plan_no_quantization(
         "sdxl", model=SDXL, device="cpu", budget_bytes=GiB, allow_quantization=False
     )
     assert plain.quantization is None and any("LoRAs" in note for note in plain.notes)
+
+
+def test_the_backend_comes_from_the_model_index(
+    tiny_sd_path: Path, tiny_sdxl_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert plan_memory(model=str(tiny_sd_path), device="cpu", budget_bytes=GiB).backend == "sd"
+    assert plan_memory(model=str(tiny_sdxl_path), device="cpu", budget_bytes=GiB).backend == "sdxl"
+    # a hub repo whose index is in the local cache, and a known hub id that is not cached
+    from huggingface_hub import constants
+
+    snapshot = tmp_path / "models--someone--my-hidream" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "model_index.json").write_text('{"_class_name": "HiDreamImagePipeline"}')
+    (tmp_path / "models--someone--my-hidream" / "refs").mkdir()
+    (tmp_path / "models--someone--my-hidream" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    cached = plan_memory(model="someone/my-hidream", device="cpu", budget_bytes=64 * GiB)
+    assert cached.backend == "hidream"
+    for edition in ("Full", "Dev", "Fast"):
+        model = f"HiDream-ai/HiDream-I1-{edition}"
+        assert plan_memory(model=model, device="cpu", budget_bytes=GiB).backend == "hidream"
+    assert plan_memory(device="cpu", budget_bytes=GiB).backend == "sdxl"  # no model: as before
+
+
+def test_models_of_no_known_backend_are_refused_with_the_choices(tiny_sd_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match="Can't tell which backend 'someone/thing' is for"
+    ) as info:
+        plan_memory(model="someone/thing", device="cpu", budget_bytes=GiB)
+    assert "one of hidream, sd, sdxl, sdxl-controlnet" in str(info.value)
+    with pytest.raises(ConfigError, match=r"the 'sdxl' backend doesn't load: plan it with"):
+        plan_memory("sdxl", model="HiDream-ai/HiDream-I1-Full", device="cpu", budget_bytes=GiB)
+    with pytest.raises(ConfigError, match=r"StableDiffusionPipeline \(the sd backend's\)"):
+        plan_memory("hidream", model=str(tiny_sd_path), device="cpu", budget_bytes=GiB)
+    from deskgen import ModelNotFoundError
+
+    for missing in ("./nowhere", str(tiny_sd_path / "nowhere")):  # not SDXL's published sizes
+        with pytest.raises(ModelNotFoundError, match="No model folder at"):
+            plan_memory("sdxl", model=missing, device="cpu", budget_bytes=GiB)
+
+
+def test_plans_for_a_device_that_is_not_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    plan = plan_memory("sdxl", model=SDXL, device="cuda", budget_bytes=16 * GiB)
+    assert (plan.device, plan.dtype, plan.budget_bytes) == ("cuda", "bfloat16", 16 * GiB)
+    assert any("not on this machine" in note for note in plan.notes)
+    assert plan_memory("sdxl", model=SDXL, device="cuda:1", budget_bytes=GiB).offload != "none"
+    with pytest.raises(ConfigError, match="--budget 16GB"):
+        plan_memory("sdxl", model=SDXL, device="cuda")  # the free memory of what? say so
+    with pytest.raises(ConfigError, match="Unknown device"):
+        plan_memory("sdxl", model=SDXL, device="gpu", budget_bytes=GiB)
+
+
+def test_plan_command_infers_the_backend_and_takes_a_budget_in_gb(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = ["plan", "HiDream-ai/HiDream-I1-Full", "--device", "cuda", "--budget", "16GB"]
+    assert main([*argv, "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert (plan["backend"], plan["device"], plan["budget_bytes"]) == ("hidream", "cuda", 16 * GiB)
+    assert main(["plan", "someone/thing", "--budget", "8"]) == 1
+    assert "--backend NAME" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["plan", "--budget", "lots"])
+    assert "not a memory size" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("16GB", 16 * GiB),
+        ("24GiB", 24 * GiB),
+        ("12", 12 * GiB),
+        ("512MB", GiB // 2),
+        ("1.5g", 3 * GiB // 2),
+    ],
+)
+def test_memory_sizes(text: str, size: int) -> None:
+    from deskgen.cli import _memory_size
+
+    assert _memory_size(text) == size

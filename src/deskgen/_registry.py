@@ -17,7 +17,14 @@ from pydantic import BaseModel, ConfigDict
 from ._exceptions import MissingDependencyError, UnknownBackendError
 from .backends._base import Backend
 
-__all__ = ["BackendInfo", "get_backend_class", "list_backends", "register_backend"]
+__all__ = [
+    "BackendInfo",
+    "backends_for_pipeline",
+    "get_backend_class",
+    "list_backends",
+    "pipeline_classes",
+    "register_backend",
+]
 
 _REGISTRY: dict[str, type[Backend]] = {}
 _LOCK = threading.Lock()
@@ -48,6 +55,9 @@ class BackendInfo(BaseModel):
     """All of its dependencies can be imported."""
     missing: list[str]
     """Dependencies that cannot be imported."""
+    pipelines: list[str] = []
+    """The diffusers pipeline classes (``model_index.json``'s ``_class_name``) it is the
+    backend for (`pipeline_classes`)."""
 
 
 def register_backend(name: str, *, replace: bool = False) -> Callable[[B], B]:
@@ -105,6 +115,7 @@ def list_backends() -> list[BackendInfo]:
                 default_model=cls.default_model,
                 installed=not missing,
                 missing=missing,
+                pipelines=list(pipeline_classes(cls)),
             )
         )
     return infos
@@ -126,3 +137,30 @@ def get_backend_class(name: str, *, check_installed: bool = True) -> type[Backen
     if check_installed and (missing := _missing(cls)):
         raise MissingDependencyError(f"The {name!r} backend", extra=cls.extra, missing=missing)
     return cls
+
+
+def pipeline_classes(cls: type[Backend], *, accepted: bool = False) -> tuple[str, ...]:
+    """The diffusers pipeline classes a backend declares as its own: its ``txt2img_class``
+    and ``img2img_class`` (with ``accepted=True`` also the others it can load, its
+    ``accepted_pipelines``: ``sdxl-controlnet`` takes plain SDXL pipelines too). Empty for
+    backends that load no diffusers pipeline."""
+    own = [getattr(cls, name, None) for name in ("txt2img_class", "img2img_class")]
+    names = [name for name in own if isinstance(name, str)]
+    if accepted:
+        names += sorted(set(getattr(cls, "accepted_pipelines", ())) - set(names))
+    return tuple(names)
+
+
+def backends_for_pipeline(class_name: str) -> list[str]:
+    """The registered backends whose own pipeline classes include ``class_name`` (else those
+    that accept it), sorted by name: what ``model_index.json`` says a model is for."""
+    _load_builtins()
+    with _LOCK:
+        classes = sorted(_REGISTRY.items())
+    for accepted in (False, True):
+        names = [
+            name for name, cls in classes if class_name in pipeline_classes(cls, accepted=accepted)
+        ]
+        if names:
+            return names
+    return []

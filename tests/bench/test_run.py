@@ -12,6 +12,7 @@ from PIL import Image
 
 from deskgen import read_record
 from deskgen.bench import BenchConfig, BenchEntry, BenchReport, run_bench
+from deskgen.bench._run import BenchProgress
 
 
 def test_rows_have_sane_numbers(bench_run: tuple[BenchReport, Path, list[str]]) -> None:
@@ -142,14 +143,58 @@ def test_isolated_runs_measure_in_their_own_process(
             BenchEntry(backend="sd", label="bad", model=str(tmp_path / "missing")),
         ],
     )
-    report = run_bench(config, out=tmp_path)
+    events: list[BenchProgress] = []
+    report = run_bench(config, out=tmp_path, on_progress=events.append)
     good, bad = report.rows
     assert good.ok and len(good.seconds_per_image) == 2
+    # the workers' progress, as it happened: each repeat of the good one, the bad one's start
+    stages = [(e.number, e.stage, e.index, e.count) for e in events]
+    assert stages == [
+        (1, "start", 0, 0),
+        (1, "loaded", 0, 0),
+        (1, "repeat", 1, 2),
+        (1, "repeat", 2, 2),
+        (2, "start", 0, 0),
+    ]
+    assert all(e.seconds is not None and e.seconds > 0 for e in events[1:4])
+    assert {e.label for e in events} == {"sd", "bad"} and {e.total for e in events} == {2}
     assert good.peak_memory_bytes is not None and good.peak_memory_bytes > 2**20
     assert (tmp_path / str(good.image)).is_file()
     assert bad.error is not None and bad.error.startswith("ModelNotFoundError")
     assert str(tmp_path) not in bad.error
     assert not list(tmp_path.glob(".*.row.json"))  # the workers' row files are gone
+
+
+def test_progress_of_each_configuration_and_repeat(
+    tiny_paths: dict[str, Path], tmp_path: Path
+) -> None:
+    config = BenchConfig(
+        prompt="a desk",
+        request={"steps": 2},
+        warmup=1,
+        repeats=2,
+        device="cpu",
+        isolate=False,
+        runs=[BenchEntry(backend="sd", model=str(tiny_paths["sd"]))],
+    )
+    events: list[BenchProgress] = []
+    rows: list[str] = []
+    report = run_bench(
+        config,
+        out=tmp_path,
+        on_row=lambda number, total, row: rows.append(f"row {number}/{total}"),
+        on_progress=lambda event: (events.append(event), rows.append(event.stage)),
+    )
+    assert report.rows[0].ok
+    assert [(e.stage, e.index, e.count) for e in events] == [
+        ("start", 0, 0),
+        ("loaded", 0, 0),
+        ("warmup", 1, 1),
+        ("repeat", 1, 2),
+        ("repeat", 2, 2),
+    ]
+    assert events[1].seconds == report.rows[0].load_seconds
+    assert rows[-1] == "row 1/1"  # the row after its progress
 
 
 def test_isolated_runs_stop_at_the_timeout(tiny_paths: dict[str, Path], tmp_path: Path) -> None:

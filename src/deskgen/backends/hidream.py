@@ -137,10 +137,22 @@ class HiDreamBackend(DiffusersBackend):
         TextEncoderSpec(name="text_encoder", family=EncoderFamily.CLIP, max_tokens=CLIP_LIMIT),
         TextEncoderSpec(name="text_encoder_2", family=EncoderFamily.CLIP, max_tokens=CLIP_LIMIT),
         TextEncoderSpec(
-            name="text_encoder_3", family=EncoderFamily.T5, max_tokens=DEFAULT_SEQUENCE_CAP
+            name="text_encoder_3",
+            family=EncoderFamily.T5,
+            max_tokens=DEFAULT_SEQUENCE_CAP,
+            # for counting without the model: each edition's own, or T5-XXL's (the same)
+            tokenizers=(
+                "HiDream-ai/HiDream-I1-Full/tokenizer_3",
+                "HiDream-ai/HiDream-I1-Dev/tokenizer_3",
+                "HiDream-ai/HiDream-I1-Fast/tokenizer_3",
+                "google/t5-v1_1-xxl",
+            ),
         ),
         TextEncoderSpec(
-            name="text_encoder_4", family=EncoderFamily.LLAMA, max_tokens=DEFAULT_SEQUENCE_CAP
+            name="text_encoder_4",
+            family=EncoderFamily.LLAMA,
+            max_tokens=DEFAULT_SEQUENCE_CAP,
+            tokenizers=("meta-llama/Llama-3.1-8B-Instruct",),  # llama_model's default
         ),
     )
     default_long_prompt: ClassVar[LongPromptMode] = LongPromptMode.FIT

@@ -40,6 +40,7 @@ from ..prompts._tokenizers import TOKENIZER_LOCK
 from ..quant import QuantBackend, WeightBits
 from ._base import Backend, BackendOptions, BackendOutput, Job
 from ._diffusers import _MISSING_SAFETENSORS, missing_hub_message, weights_source
+from ._request_memory import is_out_of_memory, out_of_memory_error
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -147,7 +148,13 @@ class JanusBackend(Backend):
     default_model: ClassVar[str | None] = "deepseek-community/Janus-Pro-7B"
     options_class: ClassVar[type[BackendOptions]] = JanusOptions
     text_encoders: ClassVar[tuple[TextEncoderSpec, ...]] = (
-        TextEncoderSpec(name="language_model", family=EncoderFamily.LLAMA, max_tokens=4096),
+        TextEncoderSpec(
+            name="language_model",
+            family=EncoderFamily.LLAMA,
+            max_tokens=4096,
+            # Janus-Pro's own (DeepSeek's vocabulary, not Llama 3's), for counting without it
+            tokenizers=("deepseek-community/Janus-Pro-7B", "deepseek-community/Janus-Pro-1B"),
+        ),
     )
     default_long_prompt: ClassVar[LongPromptMode] = LongPromptMode.FIT
     default_guidance: ClassVar[float] = 5.0
@@ -425,12 +432,15 @@ class JanusBackend(Backend):
                 images = self._to_images(pixels)
         except DeskgenError:
             raise
-        except torch.OutOfMemoryError as exc:
-            raise BackendError(
-                f"Out of memory on {self._device} drawing {len(job.seeds)} image(s). Generate "
-                "fewer at once, use dtype='bfloat16', or quantize_language_model='int8'."
-            ) from exc
         except Exception as exc:
+            if is_out_of_memory(exc):
+                raise out_of_memory_error(
+                    exc,
+                    device=self._device,
+                    what=f"drawing {len(job.seeds)} image(s)",
+                    hint="Generate fewer at once, use dtype='bfloat16', or "
+                    "quantize_language_model='int8'.",
+                ) from exc
             raise BackendError(f"The 'janus' backend failed: {type(exc).__name__}: {exc}") from exc
         finished = time.perf_counter()
         images = images if isinstance(images, list) else [images]

@@ -11,10 +11,13 @@ import os
 import re
 import statistics
 import sys
+import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, SecretStr
 
@@ -25,10 +28,45 @@ from .._version import __version__
 from ._config import BenchConfig, BenchEntry
 from ._report import BenchMode, BenchReport, BenchRow
 
-__all__ = ["run_bench"]
+if TYPE_CHECKING:
+    from .._models import GenerationRequest, GenerationResult
+
+__all__ = ["BenchProgress", "ProgressCallback", "run_bench"]
 
 RowCallback = Callable[[int, int, BenchRow], None]
 """Called after each configuration with (its number from 1, how many, its row)."""
+
+Stage = Literal["start", "loaded", "warmup", "repeat"]
+
+
+@dataclass(frozen=True)
+class BenchProgress:
+    """Where a benchmark is: a configuration starts (and loads), has loaded, or finished one
+    of its warm-up or measured runs."""
+
+    number: int
+    """The configuration, from 1."""
+    total: int
+    """Configurations in all."""
+    label: str
+    stage: Stage
+    """``start``: loading begins; ``loaded``: the generator is ready; ``warmup``/``repeat``:
+    that run finished."""
+    index: int = 0
+    """The warm-up or measured run that finished, from 1 (0 for ``start``/``loaded``)."""
+    count: int = 0
+    """Warm-up or measured runs in all (0 for ``start``/``loaded``)."""
+    seconds: float | None = None
+    """The load's seconds (``loaded``) or that run's (``warmup``/``repeat``)."""
+
+
+ProgressCallback = Callable[[BenchProgress], None]
+"""Called as a configuration starts, loads and finishes each run, in the caller's thread
+(isolated configurations report from their worker process as they go)."""
+StageCallback = Callable[[Stage, int, int, "float | None"], None]
+"""`measure`'s reports: (stage, index, count, seconds)."""
+PROGRESS_MARK = "\x1edeskgen-bench-progress "
+"""Starts the worker's progress lines on its stdout (anything else there is ignored)."""
 
 PHOTO_FILE = "photo.png"
 _RESERVED = frozenset({"photo", "sheet", "report", "bench"})
@@ -40,8 +78,12 @@ def run_bench(
     *,
     out: str | os.PathLike[str],
     on_row: RowCallback | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> BenchReport:
     """Measure every configuration of ``config`` on the same photo, prompt and seed.
+
+    ``on_row`` gets each configuration's row as it finishes; ``on_progress`` a `BenchProgress`
+    as each starts, has loaded and finishes each warm-up and measured run.
 
     Writes into ``out``: ``photo.png`` (the photo as run), one PNG per configuration (its first
     measured image, with its generation record), and ``bench.json``/``bench.md``/``bench.csv``
@@ -65,10 +107,11 @@ def run_bench(
     names = _file_names([entry.name for entry in config.runs])
     for number, (entry, name) in enumerate(zip(config.runs, names, strict=True), 1):
         image_path = folder / f"{name}.png"
+        stages = _stage_reporter(on_progress, number, len(config.runs), entry.name)
         if config.isolate:
-            row = _measure_isolated(config, number - 1, image_path)
+            row = _measure_isolated(config, number - 1, image_path, progress=stages)
         else:
-            row = measure(config, entry, image_path)
+            row = measure(config, entry, image_path, progress=stages)
         row = _scrub(row, local_paths)
         rows.append(row)
         if on_row is not None:
@@ -86,15 +129,46 @@ def run_bench(
     return report
 
 
-def measure(config: BenchConfig, entry: BenchEntry, image_path: Path) -> BenchRow:
+def _stage_reporter(
+    on_progress: ProgressCallback | None, number: int, total: int, label: str
+) -> StageCallback | None:
+    if on_progress is None:
+        return None
+
+    def report(stage: Stage, index: int, count: int, seconds: float | None) -> None:
+        on_progress(BenchProgress(number, total, label, stage, index, count, seconds))
+
+    return report
+
+
+def measure(
+    config: BenchConfig,
+    entry: BenchEntry,
+    image_path: Path,
+    *,
+    progress: StageCallback | None = None,
+) -> BenchRow:
     """Load ``entry``'s generator in this process, warm it up, time its repeats and
     save the first measured image to ``image_path``. An exception (a deskgen error, or one a
-    backend let through) becomes the row's error."""
+    backend let through) becomes the row's error. ``progress`` hears of each stage."""
     from .._generator import DeskGenerator
+
+    def report(stage: Stage, index: int = 0, count: int = 0, seconds: float | None = None) -> None:
+        if progress is not None:
+            progress(stage, index, count, seconds)
+
+    def timed(
+        gen: DeskGenerator, request: GenerationRequest, stage: Stage, index: int, count: int
+    ) -> GenerationResult:
+        started = time.perf_counter()
+        result = gen.generate(request)
+        report(stage, index, count, time.perf_counter() - started)
+        return result
 
     base = _stub(entry)
     try:
         request = config.request_for(entry)
+        report("start")
         with DeskGenerator(
             entry.backend,
             model=entry.model,
@@ -104,11 +178,12 @@ def measure(config: BenchConfig, entry: BenchEntry, image_path: Path) -> BenchRo
             **entry.options,
         ) as gen:
             base.model = public_model_name(gen.model)
+            report("loaded", seconds=gen.load_seconds)
             warmup = config.warmup if entry.warmup is None else entry.warmup
             repeats = config.repeats if entry.repeats is None else entry.repeats
-            for _ in range(warmup):
-                gen.generate(request)
-            results = [gen.generate(request) for _ in range(repeats)]
+            for i in range(warmup):
+                timed(gen, request, "warmup", i + 1, warmup)
+            results = [timed(gen, request, "repeat", i + 1, repeats) for i in range(repeats)]
             memory = gen.memory_report()
             loras = [lora.name for lora in gen.loras]
             speed = list(getattr(gen.backend, "performance", []))
@@ -176,9 +251,16 @@ def _mode(backend: str, mode: str, controls: bool) -> BenchMode:
 # -- isolation ---------------------------------------------------------------------------------
 
 
-def _measure_isolated(config: BenchConfig, index: int, image_path: Path) -> BenchRow:
+def _measure_isolated(
+    config: BenchConfig,
+    index: int,
+    image_path: Path,
+    *,
+    progress: StageCallback | None = None,
+) -> BenchRow:
     """`measure` in a fresh interpreter (``python -m deskgen.bench._worker``): the job goes in
-    on stdin (never on disk: options may hold keys), the row comes back in a file."""
+    on stdin (never on disk: options may hold keys), its progress comes back as lines on its
+    stdout (`PROGRESS_MARK`), the row in a file."""
     import signal  # here, not at `import deskgen`
     import subprocess
 
@@ -189,6 +271,7 @@ def _measure_isolated(config: BenchConfig, index: int, image_path: Path) -> Benc
         "index": index,
         "image_path": str(image_path),
         "result_path": str(result_path),
+        "progress": progress is not None,
     }
     failed = _stub(config.runs[index])
     # its own session: on a timeout the whole group goes (compile workers included)
@@ -201,12 +284,38 @@ def _measure_isolated(config: BenchConfig, index: int, image_path: Path) -> Benc
         errors="replace",
         start_new_session=True,
     )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    errors: list[str] = []
+    stderr_pipe = proc.stderr
+    drain = threading.Thread(target=lambda: errors.append(stderr_pipe.read()), daemon=True)
+    drain.start()
+    timed_out = threading.Event()
+
+    def stop() -> None:
+        if proc.poll() is None:
+            timed_out.set()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    timer = threading.Timer(config.timeout_s, stop) if config.timeout_s is not None else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
     try:
-        _, stderr = proc.communicate(json.dumps(job), timeout=config.timeout_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.write(json.dumps(job))
+            proc.stdin.close()
+        for line in proc.stdout:  # until the worker (and any process it started) is done
+            at = line.find(PROGRESS_MARK)
+            if progress is not None and at >= 0:
+                _relay(progress, line[at + len(PROGRESS_MARK) :])
+        proc.wait()
+    finally:
+        if timer is not None:
+            timer.cancel()
+    drain.join()
+    stderr = "".join(errors)
+    if timed_out.is_set():
         for leftover in image_path.parent.glob(f".{image_path.name}.*.tmp"):
             leftover.unlink(missing_ok=True)
         result_path.unlink(missing_ok=True)
@@ -219,6 +328,23 @@ def _measure_isolated(config: BenchConfig, index: int, image_path: Path) -> Benc
         return BenchRow.model_validate_json(result_path.read_text(encoding="utf-8"))
     finally:
         result_path.unlink(missing_ok=True)
+
+
+def _relay(progress: StageCallback, text: str) -> None:
+    """One progress line of a worker, to ``progress`` (a garbled one is skipped)."""
+    try:
+        data = json.loads(text)
+        stage, index, count, seconds = data["stage"], data["index"], data["count"], data["seconds"]
+    except (ValueError, KeyError, TypeError):
+        return
+    if stage in ("start", "loaded", "warmup", "repeat"):
+        progress(stage, int(index), int(count), None if seconds is None else float(seconds))
+
+
+def progress_line(stage: Stage, index: int, count: int, seconds: float | None) -> str:
+    """The worker's progress line for a stage (`_relay` reads it back)."""
+    data = {"stage": stage, "index": index, "count": count, "seconds": seconds}
+    return f"{PROGRESS_MARK}{json.dumps(data)}\n"
 
 
 def _exit_reason(code: int) -> str:

@@ -15,7 +15,8 @@ print(check_prompt(long_text, backend="sdxl").summary())  # before any model is 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ._chunks import CHUNK_TOKENS, PromptChunk, split_on_break
 from ._description import DESCRIBE_INSTRUCTION, DeskDescription
@@ -25,7 +26,12 @@ from ._plan import PromptPlan, plan_prompt
 from ._presets import list_negative_presets, register_negative_preset, resolve_negative_prompt
 from ._report import EncoderReport, LongPromptMode, PromptReport, TextEncoderSpec
 from ._spec import DeskItem, DeskSpec, Priority, RenderedPrompt
-from ._tokenizers import EncoderFamily, count_tokens, packaged_clip_tokenizer, resolve_tokenizer
+from ._tokenizers import (
+    EncoderFamily,
+    count_tokens,
+    encoder_tokenizers,
+    packaged_clip_tokenizer,
+)
 from ._triggers import apply_trigger_words
 
 __all__ = [
@@ -75,29 +81,30 @@ def check_prompt(
     long_prompt: LongPromptMode | str | None = None,
     trigger_words: Sequence[str] = (),
     remove_words: Sequence[str] = (),
+    tokenizers: Mapping[str, Any] | None = None,
 ) -> PromptReport:
     """The `PromptReport` a request would get on ``backend``, without loading any model.
 
     CLIP counts are exact (the real vocabulary ships with deskgen); T5 and Llama tokenizers
-    come from the local Hugging Face cache. A loaded generator's ``gen.check_prompt`` uses the
-    pipeline's own tokenizers instead.
+    come from ``tokenizers`` or the local Hugging Face cache, never from a download nobody
+    asked for. A loaded generator's ``gen.check_prompt`` uses the pipeline's own tokenizers.
+
+    Args:
+        tokenizers: tokenizers by encoder name (``{"text_encoder_3": "/models/t5-tok"}``) or
+            family (``{"llama": ...}``): a folder, a hub id (downloaded when not cached) or a
+            tokenizer object. Encoders left out use the packaged CLIP vocabulary or the cache.
 
     Raises:
         PromptTooLongError: with ``long_prompt="error"``, a text over an encoder's limit.
         UnknownBackendError: no such backend.
+        ModelNotFoundError: a T5/Llama tokenizer neither given nor cached (the message says
+            which, and what to pass).
+        ConfigError: a key of ``tokenizers`` that is no encoder of the backend.
     """
     from .._registry import get_backend_class
 
     cls = get_backend_class(backend, check_installed=False)
-    encoders = [
-        (
-            spec,
-            packaged_clip_tokenizer()
-            if spec.family is EncoderFamily.CLIP
-            else resolve_tokenizer(spec.family)[0],
-        )
-        for spec in cls.text_encoders
-    ]
+    encoders = encoder_tokenizers(backend, cls.text_encoders, tokenizers)
     plan = plan_prompt(
         backend=backend,
         prompt=prompt,

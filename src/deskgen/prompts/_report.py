@@ -34,6 +34,11 @@ class TextEncoderSpec(BaseModel):
     family: EncoderFamily
     max_tokens: int
     """Tokens the encoder sees at once, special tokens included (CLIP: 77)."""
+    tokenizers: tuple[str, ...] = ()
+    """Where the encoder's tokenizer is published, for counting without the model
+    (`deskgen.prompts.check_prompt`): hub ids, or ``REPO/SUBFOLDER``; the first one found in
+    the local Hugging Face cache is used. Empty: the family's (CLIP's packaged vocabulary, or
+    the hub id in `DEFAULT_TOKENIZERS`)."""
 
 
 class EncoderReport(BaseModel):

@@ -17,12 +17,20 @@ for a mode:
 offload the largest component) plus the backend's working memory (activations and the VAE
 decode of one 1024 px image, a published-figure estimate) within the memory at hand.
 ``DeskGenerator(..., memory="auto")`` applies the plan; ``deskgen plan`` prints it.
+
+Without a backend, the model's own index says which one (``model_index.json``'s
+``_class_name``, from a folder or the Hugging Face cache, matched against the pipeline classes
+each backend declares), or, for a hub id not cached, the published models the planner knows
+(`PUBLISHED_MODELS`). With a budget, the plan may be for a device that is not on this machine
+(``device="cuda"`` on a laptop: a plan for a card you may not own).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ._config import QuantConfig
 
-__all__ = ["MemoryMode", "MemoryPlan", "plan_memory"]
+__all__ = ["PUBLISHED_MODELS", "MemoryMode", "MemoryPlan", "infer_backend", "plan_memory"]
 
 MemoryMode = Literal["auto", "low", "balanced", "max-speed"]
 Offload = Literal["none", "model", "sequential"]
@@ -59,6 +67,16 @@ KNOWN_PARAMETERS: dict[str, dict[str, int]] = {
         "vae": 83_819_683,
     },
 }
+PUBLISHED_MODELS: dict[str, str] = {
+    "stabilityai/stable-diffusion-xl-base-1.0": "sdxl",
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd",
+    "runwayml/stable-diffusion-v1-5": "sd",
+    "HiDream-ai/HiDream-I1-Full": "hidream",
+    "HiDream-ai/HiDream-I1-Dev": "hidream",  # the same components as Full, distilled
+    "HiDream-ai/HiDream-I1-Fast": "hidream",
+}
+"""Hub ids whose backend (and sizes, `KNOWN_PARAMETERS`) the planner knows without their
+files; each registered backend's ``default_model`` counts too."""
 CONTROLNET_PARAMETERS = 1_251_517_440
 """An SDXL ControlNet (diffusers/controlnet-canny-sdxl-1.0)."""
 WORK_BYTES: dict[str, int] = {
@@ -179,8 +197,144 @@ def _cached_folder(model: str) -> Path | None:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - comes with diffusers
         return None
-    path = try_to_load_from_cache(model, "model_index.json")
+    try:
+        path = try_to_load_from_cache(model, "model_index.json")
+    except ValueError:  # not a hub id (a path): nothing cached under it
+        return None
     return Path(path).parent if isinstance(path, str) else None
+
+
+def _check_folder(model: str) -> None:
+    """Refuse a path that names no folder, rather than plan it with published sizes."""
+    from .._exceptions import ModelNotFoundError
+
+    path = os.path.expanduser(model)
+    pathlike = model.startswith(("/", "./", "../", "~")) or "\\" in model or os.path.isabs(path)
+    if pathlike and not Path(path).is_dir():
+        raise ModelNotFoundError(
+            f"No model folder at {model!r}: give a pipeline folder (with model_index.json) or a "
+            "hub id."
+        )
+
+
+def _index_class(model: str) -> str | None:
+    """``_class_name`` of the model's ``model_index.json`` (a folder, or a hub repo in the
+    local cache), or ``None`` when there is none to read."""
+    folder = Path(os.path.expanduser(model))
+    if not (folder / "model_index.json").is_file():
+        folder = _cached_folder(model) or folder
+    try:
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    name = index.get("_class_name") if isinstance(index, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _published_backend(model: str) -> str | None:
+    """The backend of a hub id the planner knows (`PUBLISHED_MODELS`, default models)."""
+    from .._registry import get_backend_class, list_backends
+
+    known = {k.casefold(): v for k, v in PUBLISHED_MODELS.items()}
+    for info in list_backends():
+        default = get_backend_class(info.name, check_installed=False).default_model
+        if default is not None:
+            known.setdefault(default.casefold(), info.name)
+    return known.get(model.strip("/").casefold())
+
+
+def _plannable() -> list[str]:
+    from .._registry import list_backends
+
+    return [info.name for info in list_backends() if info.pipelines]
+
+
+def infer_backend(model: str) -> str:
+    """The backend a model is for: from its ``model_index.json`` (a folder or the Hugging Face
+    cache), matched against each backend's declared pipeline classes
+    (`deskgen._registry.pipeline_classes`), else from the published models the planner knows.
+
+    Raises:
+        ConfigError: no index to read and not a known model, an index no backend loads, or
+            one that several backends claim; the message lists the backends to choose from.
+    """
+    from .._exceptions import ConfigError
+    from .._registry import backends_for_pipeline
+
+    choices = ", ".join(_plannable())
+    class_name = _index_class(model)
+    if class_name is not None:
+        names = backends_for_pipeline(class_name)
+        if len(names) == 1:
+            return names[0]
+        if names:
+            raise ConfigError(
+                f"{model!r} is a {class_name}, which the backends {', '.join(names)} all load: "
+                "pass the backend (--backend NAME)."
+            )
+        raise ConfigError(
+            f"{model!r} is a {class_name}, which no registered backend loads: pass one of "
+            f"{choices} (--backend NAME) if it is such a model."
+        )
+    published = _published_backend(model)
+    if published is not None:
+        return published
+    raise ConfigError(
+        f"Can't tell which backend {model!r} is for: no model_index.json in a folder or the "
+        "local Hugging Face cache, and not one of the models deskgen knows "
+        f"({', '.join(PUBLISHED_MODELS)}). Pass the backend (--backend NAME): one of {choices}."
+    )
+
+
+def _check_backend(backend: str, model: str) -> None:
+    """Refuse a model whose index (or published name) says it is another backend's."""
+    from .._exceptions import ConfigError
+    from .._registry import backends_for_pipeline, get_backend_class, pipeline_classes
+
+    accepted = set(
+        pipeline_classes(get_backend_class(backend, check_installed=False), accepted=True)
+    )
+    if not accepted:
+        return
+    class_name = _index_class(model)
+    if class_name is not None:
+        owners = backends_for_pipeline(class_name)
+    else:
+        owners = [name] if (name := _published_backend(model)) else []
+        class_name = (
+            next(iter(pipeline_classes(get_backend_class(owners[0], check_installed=False))), None)
+            if owners
+            else None
+        )
+    if class_name is None or class_name in accepted or not owners:
+        return
+    raise ConfigError(
+        f"{model!r} is a {class_name} (the {' or '.join(owners)} backend's), which the "
+        f"{backend!r} backend doesn't load: plan it with backend={owners[0]!r} "
+        f"(--backend {owners[0]}), or leave the backend out to infer it."
+    )
+
+
+_DEVICE_NAME = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+
+
+def _plan_device(device: str, budget_bytes: int | None) -> tuple[str, bool]:
+    """The device to plan for, and whether it is absent from this machine: with a budget, a
+    well-formed device name needs no hardware (a plan for a card you may not own)."""
+    from .._device import resolve_device
+    from .._exceptions import ConfigError
+
+    try:
+        return resolve_device(device), False
+    except ConfigError as exc:
+        if budget_bytes is not None and _DEVICE_NAME.match(device):
+            return device, True
+        if _DEVICE_NAME.match(device):
+            raise ConfigError(
+                f"{exc} To plan for a {device} device that is not here, give its memory: "
+                "budget_bytes=... (deskgen plan --device cuda --budget 16GB)."
+            ) from exc
+        raise
 
 
 def _parameters(
@@ -228,7 +382,7 @@ def _budget(device: str, budget_bytes: int | None) -> tuple[int, Literal["gpu", 
 
 
 def plan_memory(
-    backend: str = "sdxl",
+    backend: str | None = None,
     *,
     model: str | None = None,
     mode: MemoryMode = "auto",
@@ -242,6 +396,10 @@ def plan_memory(
     """Plan how to load ``model`` on ``device`` in the memory at hand (see the module).
 
     Args:
+        backend: the backend; ``None``: the one the model's index says (`infer_backend`), or
+            ``sdxl`` without a model.
+        device: with ``budget_bytes``, also a device this machine lacks (``"cuda"`` on a CPU
+            machine; ``dtype="auto"`` is then bfloat16 for CUDA, as on Ampere and newer).
         budget_bytes: the memory to fit in; ``None``: the free GPU memory, or the available RAM
             on the CPU.
         method: the quantization library the plan uses when it quantizes.
@@ -252,17 +410,38 @@ def plan_memory(
 
     Raises:
         UnknownBackendError: no such backend.
-        ConfigError: a backend without known sizes or local weights (e.g. the API ones).
+        ConfigError: a backend without known sizes or local weights (e.g. the API ones); no
+            backend given and none to infer, or a model that is another backend's; a device
+            that is not here, without a budget.
     """
-    from .._device import dtype_name, resolve_device, resolve_dtype
+    from .._device import dtype_name, resolve_dtype
     from .._exceptions import ConfigError
     from .._registry import get_backend_class
 
+    if model is not None:
+        _check_folder(model)
+    if backend is None:
+        backend = infer_backend(model) if model is not None else "sdxl"
+    elif model is not None:
+        _check_backend(backend, model)
     cls = get_backend_class(backend, check_installed=False)
     model = model if model is not None else cls.default_model
     if model is None or "torch" not in cls.requirements:
         raise ConfigError(f"The {backend!r} backend has no local weights to plan memory for.")
-    resolved_device = resolve_device(device)
+    resolved_device, absent = _plan_device(device, budget_bytes)
+    absent_notes: list[str] = []
+    if absent:
+        absent_notes.append(f"{device} is not on this machine: planned for its given memory")
+    if absent and dtype == "auto" and resolved_device != "cpu":
+        dtype = "bfloat16" if resolved_device.startswith("cuda") else "float16"
+        absent_notes.append(
+            f"dtype auto is {dtype} there"
+            + (
+                " (CUDA cards from Ampere on; pass float16 for older ones)"
+                if dtype == "bfloat16"
+                else ""
+            )
+        )
     torch_dtype = resolve_dtype(dtype, resolved_device)
     width = 4 if dtype_name(torch_dtype) == "float32" else 2
     parameters, saved, source = _parameters(backend, model, options)
@@ -279,7 +458,7 @@ def plan_memory(
     budget, budget_source = _budget(resolved_device, budget_bytes)
     on_gpu = resolved_device.startswith(("cuda", "xpu"))
     work = WORK_BYTES.get(backend, 4 * GiB) * (2 if width == 4 else 1)
-    notes: list[str] = notes_saved
+    notes: list[str] = absent_notes + notes_saved
     if not allow_quantization and not saved:
         notes.append(
             "plans without quantization (LoRAs need full-precision layers; fused QKV "
