@@ -50,7 +50,7 @@ class Control(BaseModel):
     room, the desk edge and the monitor where they are, loose enough to drop the clutter.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: ControlKind
     """How the control image is made from the photo (``canny``, ``depth``) or taken as is

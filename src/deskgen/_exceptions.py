@@ -16,8 +16,8 @@ DeskgenError                      base of everything deskgen raises on purpose
 │       └── LoraMismatchError     a LoRA for another base model, or with modules this one lacks
 ├── BackendError                  a backend failed while generating (RuntimeError)
 │   ├── InvalidOutputError        NaN/black output, or an API answer without an image
-│   ├── OutOfMemoryError          a request too large for the memory free (refused before it
-│   │                             runs, from an estimate), or an allocation that failed (MemoryError)
+│   ├── OutOfMemoryError          a request too large for the free memory (refused before it
+│   │                             runs), or an allocation that failed (MemoryError)
 │   └── ServiceError              a hosted API (OpenAI) failed, after the client's own retries
 │       ├── AuthenticationError   the API key was refused (401/403)
 │       ├── RateLimitedError      still rate limited (429) after the retries; has retry_after

@@ -49,7 +49,7 @@ _MAX_HEADER = 100 * 2**20
 class LoraSpec(BaseModel):
     """One LoRA to apply: where it is, how strongly, under which name."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     path: str
     """A ``.safetensors`` file, a folder, or a Hugging Face repo id (with ``weight_name``)."""

@@ -57,9 +57,9 @@ class GenerationRequest(BaseModel):
     long_prompt: LongPromptMode | None = Field(default=None, strict=False)  # "fit" or the enum
     """What to do with a prompt over a text encoder's limit: ``chunk``, ``fit``, ``truncate``
     or ``error``; ``None`` is the backend's default (``chunk`` for sd/sdxl)."""
-    trigger_words: list[str] = Field(default_factory=list)
+    trigger_words: list[str] = Field(default_factory=list, strict=False)  # a tuple will do
     """LoRA trigger words to put at the front of the prompt (those it lacks)."""
-    remove_words: list[str] = Field(default_factory=list)
+    remove_words: list[str] = Field(default_factory=list, strict=False)
     """Words or phrases to take out of the prompt (case-insensitive, whole words), e.g. an
     unwanted LoRA trigger such as ``"3D 0ff1c3"``."""
     loras: dict[str, float] | None = None

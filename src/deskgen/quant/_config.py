@@ -26,7 +26,7 @@ class QuantConfig(BaseModel):
     activations.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     method: Literal["quanto", "torchao"] = "torchao"
     weights: WeightBits = "int8"
