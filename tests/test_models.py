@@ -107,3 +107,32 @@ def test_the_facade_refuses_lax_values_and_an_empty_model() -> None:
             DeskGenerator("fake", model=model)
     with pytest.raises(ConfigError, match="fail_on_load"):
         DeskGenerator("fake", fail_on_load="yes")
+
+
+def test_numpy_numbers_and_tuples_are_taken() -> None:
+    np = pytest.importorskip("numpy")
+    req = GenerationRequest(
+        prompt="x",
+        seed=np.int64(3),
+        width=np.int32(512),
+        strength=np.float32(0.5),
+        control_scale=(0.5, 0.8),  # type: ignore[arg-type]
+        trigger_words=("topview",),  # type: ignore[arg-type]
+    )
+    assert (req.seed, req.width, req.control_scale, req.trigger_words) == (
+        3,
+        512,
+        [0.5, 0.8],
+        ["topview"],
+    )
+    assert type(req.seed) is int and type(req.width) is int
+
+
+def test_text_is_read_only_where_all_values_are_text() -> None:
+    """The command line's values are text: `model_validate_strings` reads them as numbers."""
+    req = GenerationRequest.model_validate_strings(
+        {"prompt": "x", "steps": "3", "seed": "42", "strength": "0.5"}
+    )
+    assert (req.steps, req.seed, req.strength) == (3, 42, 0.5)
+    with pytest.raises(ValidationError):
+        GenerationRequest.model_validate_strings({"prompt": "x", "steps": "three"})

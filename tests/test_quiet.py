@@ -86,3 +86,33 @@ def test_the_users_progress_bar_setting_is_restored() -> None:
     finally:
         for lib, enabled in zip(libraries, before, strict=True):
             (lib.enable_progress_bar if enabled else lib.disable_progress_bar)()
+
+
+def test_overlapping_loads_restore_the_settings_once() -> None:
+    """T1 enters, T2 enters, T1 leaves, T2 leaves: the levels are the user's again (not the
+    quiet ones T2 would have saved on entering)."""
+    import logging
+    import threading
+
+    from deskgen._quiet import quiet_loading
+
+    logger = logging.getLogger("torchao")
+    before = logger.level
+    entered, release = threading.Barrier(2), threading.Event()
+
+    def load(first: bool) -> None:
+        with quiet_loading():
+            entered.wait()
+            if first:
+                return  # leaves while the other is still loading
+            release.wait(10)
+
+    first = threading.Thread(target=load, args=(True,))
+    second = threading.Thread(target=load, args=(False,))
+    first.start()
+    second.start()
+    first.join()
+    assert logger.level == logging.ERROR  # the second load is still quiet
+    release.set()
+    second.join()
+    assert logger.level == before

@@ -43,7 +43,8 @@ from ._quiet import quiet_loading
 from ._registry import get_backend_class
 from ._secrets import scrub, scrub_exception, secret_values
 from ._version import __version__
-from .backends._base import Job
+from .backends._base import BackendOptions, Job
+from .backends._request_memory import HINT as OOM_HINT
 from .backends._request_memory import is_out_of_memory
 from .prompts._description import DESCRIBE_INSTRUCTION, DeskDescription
 from .prompts._report import LongPromptMode, PromptReport
@@ -91,6 +92,25 @@ def _format_validation_error(exc: ValidationError, *, whole: str = "request") ->
         where = ".".join(str(p) for p in err["loc"]) or whole
         parts.append(f"{where}: {err['msg']}")
     return "; ".join(parts)
+
+
+def validate_options(
+    backend: str,
+    options_class: type[BackendOptions],
+    model: str,
+    device: str,
+    dtype: str,
+    options: dict[str, Any],
+) -> BackendOptions:
+    """A backend's options, validated (strictly), or a `ConfigError` listing the accepted ones."""
+    try:
+        return options_class(model=model, device=device, dtype=dtype, **options)
+    except ValidationError as exc:
+        accepted = ", ".join(sorted(options_class.model_fields))
+        raise ConfigError(
+            f"Invalid options for the {backend!r} backend: "
+            f"{_format_validation_error(exc, whole='options')}. Accepted options: {accepted}."
+        ) from exc
 
 
 class _EitherFlag:
@@ -174,15 +194,7 @@ class DeskGenerator:
                 else:
                     options.setdefault(key, value)
             self.memory_plan = plan
-        try:
-            opts = cls.options_class(model=model, device=device, dtype=dtype, **options)
-        except ValidationError as exc:
-            accepted = ", ".join(sorted(cls.options_class.model_fields))
-            raise ConfigError(
-                f"Invalid options for the {backend!r} backend: "
-                f"{_format_validation_error(exc, whole='options')}. "
-                f"Accepted options: {accepted}."
-            ) from exc
+        opts = validate_options(backend, cls.options_class, model, device, dtype, options)
         self._secrets = secret_values(opts)  # scrubbed from every error (`_backend_boundary`)
         started = time.perf_counter()
         with (
@@ -654,10 +666,10 @@ def _backend_boundary(
         raise
     except Exception as exc:
         scrub_exception(exc, hide)
-        if is_out_of_memory(exc):  # e.g. from a custom backend, or a library's own thread
+        # while generating (loading keeps its ModelLoadError), e.g. from a custom backend
+        if issubclass(OutOfMemoryError, error) and is_out_of_memory(exc):
             raise OutOfMemoryError(
-                scrub(f"{what}: out of memory ({type(exc).__name__}: {exc}). ", hide)
-                + "Generate fewer images at once, a smaller size, or use half precision.",
+                scrub(f"{what}: out of memory ({type(exc).__name__}: {exc}). {OOM_HINT}.", hide)
             ) from exc
         raise error(scrub(f"{what}: {type(exc).__name__}: {exc}", hide)) from exc
 

@@ -5,14 +5,23 @@ from __future__ import annotations
 import base64
 import html
 import io
+import operator
 import os
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, SkipValidation, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SkipValidation,
+    ValidationInfo,
+    field_validator,
+)
 
 from ._controls import Control
 from ._images import ImageInfo, ImageInput
@@ -36,6 +45,34 @@ MAX_SEED = 2**64 - 1
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
+def _whole_number(value: Any, info: ValidationInfo) -> Any:
+    """Counts, sizes and seeds: an int or what is exactly one (numpy integers), never a bool,
+    a text or a float (``steps=True``, ``steps="3"`` and ``width=512.0`` are refused). Text is
+    read only where all values are text (``model_validate_strings``: the command line)."""
+    if str(info.mode) == "string" and isinstance(value, str):  # typed python|json, is "string"
+        return value
+    if isinstance(value, (bool, str, bytes, float)):
+        raise ValueError(f"{value!r} is not a whole number: give an int")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{value!r} is not a whole number: give an int") from None
+
+
+def _number(value: Any, info: ValidationInfo) -> Any:
+    """Scales and strengths: any real number (ints, numpy floats), never a bool or a text (but
+    in ``model_validate_strings``, as `_whole_number`)."""
+    if str(info.mode) == "string" and isinstance(value, str):  # typed python|json, is "string"
+        return value
+    if isinstance(value, (bool, str, bytes)):
+        raise ValueError(f"{value!r} is not a number: give a float")
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
+Number = Annotated[float, BeforeValidator(_number)]
+
+
 class GenerationRequest(BaseModel):
     """Everything that decides one generation, independent of backend and weights.
 
@@ -44,25 +81,23 @@ class GenerationRequest(BaseModel):
     replayed exactly.
     """
 
-    # strict: a bool or a string is not a step count, nor a float a width (no lax coercion);
-    # JSON records validate the same way (their numbers are numbers)
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, strict=True)
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    prompt: str = Field(min_length=1)
+    prompt: str = Field(min_length=1, strict=True)
     """What the improved desk should look like."""
-    negative_prompt: str | None = None
+    negative_prompt: str | None = Field(default=None, strict=True)
     """What to keep out of the image: text, or a preset reference such as
     ``"preset:photo_default"``, ``"preset:default"`` (the backend's preset) or
     ``"preset:sdxl_default, text"``. ``None``: no negative prompt (as diffusers)."""
-    long_prompt: LongPromptMode | None = Field(default=None, strict=False)  # "fit" or the enum
+    long_prompt: LongPromptMode | None = None
     """What to do with a prompt over a text encoder's limit: ``chunk``, ``fit``, ``truncate``
     or ``error``; ``None`` is the backend's default (``chunk`` for sd/sdxl)."""
-    trigger_words: list[str] = Field(default_factory=list, strict=False)  # a tuple will do
+    trigger_words: list[str] = Field(default_factory=list)
     """LoRA trigger words to put at the front of the prompt (those it lacks)."""
-    remove_words: list[str] = Field(default_factory=list, strict=False)
+    remove_words: list[str] = Field(default_factory=list)
     """Words or phrases to take out of the prompt (case-insensitive, whole words), e.g. an
     unwanted LoRA trigger such as ``"3D 0ff1c3"``."""
-    loras: dict[str, float] | None = None
+    loras: dict[str, Number] | None = None
     """LoRA adapters to use, by adapter name, with their weights; adapters left out are off
     (``{}``: none). ``None`` is every adapter loaded into the generator at its own weight.
     Results record the weights used."""
@@ -92,24 +127,24 @@ class GenerationRequest(BaseModel):
     control_image_sha256: list[str | None] | None = None
     """Digests of the given control images (``None`` where computed); replays refuse to run
     without them."""
-    control_scale: float | list[float] | None = None
+    control_scale: Number | list[Number] | None = None
     """``sdxl-controlnet`` only: conditioning scale of every control, or one per control;
     ``None`` is each `Control`'s own ``scale``."""
-    strength: float | None = Field(default=None, gt=0.0, le=1.0)
+    strength: Number | None = Field(default=None, gt=0.0, le=1.0)
     """img2img only: how far to move from the photo (1.0 ignores it). Runs
     ``int(steps * strength)`` denoising steps. ``None`` is the backend's default (0.6 for
     sd/sdxl, 0.8 for sdxl-controlnet, whose ControlNet holds the structure)."""
-    steps: int | None = Field(default=None, ge=1, le=1000)
+    steps: WholeNumber | None = Field(default=None, ge=1, le=1000)
     """Length of the denoising schedule; ``None`` is the backend's default (30 for sd/sdxl,
     each HiDream edition's own), resolved in the result."""
-    guidance_scale: float | None = Field(default=None, ge=0.0, le=100.0)
+    guidance_scale: Number | None = Field(default=None, ge=0.0, le=100.0)
     """Classifier-free guidance; ``None`` is the backend's default (sdxl 5.0, sd 7.5)."""
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    seed: WholeNumber | None = Field(default=None, ge=0, le=MAX_SEED)
     """Seed of the first image; image ``i`` uses ``seed + i``. ``None`` picks one at random."""
-    num_images: int = Field(default=1, ge=1, le=16)
-    width: int | None = Field(default=None, ge=8, le=8192)
+    num_images: WholeNumber = Field(default=1, ge=1, le=16)
+    width: WholeNumber | None = Field(default=None, ge=8, le=8192)
     """Output width; ``None`` is the model's native size, or the photo's aspect at that size."""
-    height: int | None = Field(default=None, ge=8, le=8192)
+    height: WholeNumber | None = Field(default=None, ge=8, le=8192)
 
     @field_validator("control_image_sha256")
     @classmethod

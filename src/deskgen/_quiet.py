@@ -5,7 +5,7 @@ A library prints nothing unless asked: deskgen's own messages go through `loggin
 huggingface_hub print on their own while deskgen loads weights is kept back here:
 
 - `quiet_loading` (around every backend's loading, at the facade): no loading progress bars
-  ("Loading pipeline components", "Loading weights", "Fetching files"), and the import-time
+  ("Loading pipeline components", "Loading weights"; download bars stay), and the import-time
   lines of libraries pulled in by that loading (torchao's "Failed to load ... .so" and "no
   triton" on a CPU, torch's pytree deprecations it triggers, diffusers' "Unable to import
   `torchao` Tensor objects", transformers' torchvision fallback) only at error level;
@@ -23,10 +23,12 @@ The user's own settings win outside these blocks: levels and progress bars are r
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import logging
+import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 __all__ = ["drop_vae_upcast_notices", "quiet_loading", "quiet_logs"]
@@ -68,48 +70,57 @@ def _installed(name: str) -> bool:
         return False
 
 
+_loading_lock = threading.Lock()
+_loading_count = 0
+_loading_undo: list[Callable[[], None]] = []
+
+
+def _quiet_for_loading(requirements: tuple[str, ...]) -> list[Callable[[], None]]:
+    """Turn the noise off; returns how to turn each thing back as it was."""
+    undo: list[Callable[[], None]] = []
+    for name in _IMPORT_NOISE_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < logging.ERROR:
+            undo.append(functools.partial(logger.setLevel, logger.level))
+            logger.setLevel(logging.ERROR)
+    if "diffusers" in requirements and _installed("diffusers"):
+        from diffusers.utils import logging as diffusers_logging
+
+        drop_vae_upcast_notices()
+        if diffusers_logging.is_progress_bar_enabled():
+            diffusers_logging.disable_progress_bar()
+            undo.append(diffusers_logging.enable_progress_bar)
+    if "transformers" in requirements and _installed("transformers"):
+        from transformers.utils import logging as transformers_logging
+
+        if transformers_logging.is_progress_bar_enabled():
+            transformers_logging.disable_progress_bar()
+            undo.append(transformers_logging.enable_progress_bar)
+    return undo
+
+
 @contextlib.contextmanager
 def quiet_loading(requirements: tuple[str, ...] = ("diffusers", "transformers")) -> Iterator[None]:
     """No loading progress bars and no import-time noise while the block loads weights (see the
     module); only the libraries in ``requirements`` are touched (an API backend's loading
-    imports none of them)."""
-    levels = []
-    for name in _IMPORT_NOISE_LOGGERS:
-        logger = logging.getLogger(name)
-        levels.append((logger, logger.level))
-        if logger.getEffectiveLevel() < logging.ERROR:
-            logger.setLevel(logging.ERROR)
-    restore: list[Any] = []
+    imports none of them). Download bars (huggingface_hub's) are left as the user has them.
+
+    Loads in several threads at once share one quiet period: the settings are saved by the
+    first to enter and restored by the last to leave."""
+    global _loading_count
+    with _loading_lock:
+        if _loading_count == 0:
+            _loading_undo[:] = _quiet_for_loading(requirements)
+        _loading_count += 1
     try:
-        if "diffusers" in requirements and _installed("diffusers"):
-            from diffusers.utils import logging as diffusers_logging
-
-            drop_vae_upcast_notices()
-            if diffusers_logging.is_progress_bar_enabled():
-                diffusers_logging.disable_progress_bar()
-                restore.append(diffusers_logging.enable_progress_bar)
-        if "transformers" in requirements and _installed("transformers"):
-            from transformers.utils import logging as transformers_logging
-
-            if transformers_logging.is_progress_bar_enabled():
-                transformers_logging.disable_progress_bar()
-                restore.append(transformers_logging.enable_progress_bar)
-        if restore:  # hub downloads ("Fetching files") of the same loading
-            from huggingface_hub.utils import (
-                are_progress_bars_disabled,
-                disable_progress_bars,
-                enable_progress_bars,
-            )
-
-            if not are_progress_bars_disabled():
-                disable_progress_bars()
-                restore.append(enable_progress_bars)
         yield
     finally:
-        for undo in reversed(restore):
-            undo()
-        for logger, level in levels:
-            logger.setLevel(level)
+        with _loading_lock:
+            _loading_count -= 1
+            if _loading_count == 0:
+                for undo in reversed(_loading_undo):
+                    undo()
+                _loading_undo.clear()
 
 
 class _EmptyFp32Notice(logging.Filter):
@@ -122,10 +133,11 @@ _FP32_FILTER = _EmptyFp32Notice()
 
 
 def drop_vae_upcast_notices() -> None:
-    """Drop the SDXL pipelines' VAE-upcast notices (see the module); idempotent."""
+    """Drop the SDXL pipelines' VAE-upcast notices (see the module); idempotent. The warning
+    filter matches diffusers' own deprecation of its own ``upcast_vae`` only."""
     logger = logging.getLogger("diffusers.models.modeling_utils")
     if _FP32_FILTER not in logger.filters:
         logger.addFilter(_FP32_FILTER)
-        warnings.filterwarnings(
-            "ignore", message=r"`upcast_vae` is deprecated", category=FutureWarning
-        )
+    warnings.filterwarnings(
+        "ignore", message=r"`upcast_vae` is deprecated", category=FutureWarning, module="diffusers"
+    )

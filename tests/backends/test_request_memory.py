@@ -220,3 +220,46 @@ def test_an_allocation_failure_in_any_backend_is_an_out_of_memory_error() -> Non
     with pytest.raises(OutOfMemoryError, match=r"out of memory .*smaller size") as caught:
         gen.generate(prompt="a desk", seed=1, steps=1)
     assert isinstance(caught.value.__cause__, RuntimeError)
+
+
+def _real_sdxl(**vae: object) -> object:
+    """What the estimate reads of SDXL base: its VAE's and UNet's published configs."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        vae=SimpleNamespace(
+            config=SimpleNamespace(block_out_channels=[128, 256, 512, 512], sample_size=1024),
+            **vae,
+        ),
+        unet=SimpleNamespace(config=SimpleNamespace(block_out_channels=[320, 640, 1280])),
+        vae_scale_factor=8,
+    )
+
+
+@pytest.mark.parametrize(
+    ("images", "side", "vae_bytes", "most_gib"),
+    [
+        (1, 1024, 2, 3.0),  # bfloat16: decoded in bfloat16
+        (1, 1024, 4, 5.5),  # float16: SDXL upcasts the VAE to float32 for the decode
+        (4, 1024, 2, 10.0),
+        (1, 2048, 2, 10.0),
+    ],
+)
+def test_real_sdxl_requests_are_not_overestimated(
+    images: int, side: int, vae_bytes: int, most_gib: float
+) -> None:
+    """Ordinary SDXL requests fit on a 24 GB card after its ~7 GB of weights: the estimate must
+    not refuse them (it is a bound, not a scare)."""
+    estimate = estimate_request_memory(
+        _real_sdxl(),
+        denoiser="unet",
+        width=side,
+        height=side,
+        images=images,
+        guidance_branches=2,
+        img2img=True,
+        element_bytes=2,
+        vae_element_bytes=vae_bytes,
+    )
+    assert estimate.peak < most_gib * 2**30
+    assert estimate.vae_decode > estimate.denoise  # the decode is what grows with pixels

@@ -629,3 +629,12 @@ class TestReviewFindings:
                 assert np.array_equal(_pixels(alone.image), _pixels(result.image))
                 for a, b in zip(alone.control_images, result.control_images, strict=True):
                     assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_tuples_of_controls_and_controlnets_are_lists() -> None:
+    """Options are strict; a tuple of controls or ControlNets is still the list it means."""
+    from deskgen.backends.sdxl_controlnet import ControlNetOptions
+
+    opts = ControlNetOptions(model="m", control=("canny", "depth"), controlnet=("a", "b"))
+    assert [c.kind for c in opts.resolved_controls()] == ["canny", "depth"]
+    assert opts.controlnet == ["a", "b"]

@@ -55,6 +55,7 @@ from .._lora import LoraSpec, as_lora_spec
 from ..prompts import PromptPlan, TextEncoderSpec
 from ..quant._config import ComponentMemory, QuantConfig
 from ._base import Backend, BackendOptions, BackendOutput, Job
+from ._request_memory import HINT as OOM_HINT
 from ._request_memory import (
     check_request_fits,
     estimate_request_memory,
@@ -377,6 +378,8 @@ class DiffusersBackend(Backend):
             and self._torch_dtype != torch.float32
         )
         self._call_lock: threading.Lock | None = threading.Lock() if mutates_vae else None
+        self._upcasts_vae = mutates_vae and self._torch_dtype == torch.float16
+        """Whether the pipeline decodes in float32 (diffusers upcasts only float16 VAEs)."""
         self._request_lock: threading.Lock | None = (
             threading.Lock() if self.offload != "none" else None
         )
@@ -1049,7 +1052,6 @@ class DiffusersBackend(Backend):
             self._check_open()
         pipe = self._view(template)
         do_cfg = guidance > 1 and self._uses_cfg_embeds
-        self._check_memory(pipe, mode=mode, width=width, height=height, do_cfg=do_cfg, job=job)
 
         marks: dict[str, float] = {}
 
@@ -1090,6 +1092,10 @@ class DiffusersBackend(Backend):
                         call.update(self.encode_prompt(pipe, job.prompt, do_cfg=do_cfg))
                     encoded = marks["last_step"] = time.perf_counter()
                     with lock:
+                        # measured here, after the requests this one waited for have let go
+                        self._check_memory(
+                            pipe, mode=mode, width=width, height=height, do_cfg=do_cfg, job=job
+                        )
                         output = pipe(**call)
                 finally:
                     self._after_request()
@@ -1102,8 +1108,7 @@ class DiffusersBackend(Backend):
                     exc,
                     device=self._device,
                     what=f"generating {request.num_images} image(s) at {width}x{height}",
-                    hint="Generate fewer images at once, a smaller size, or use "
-                    f"dtype='float16'/'bfloat16'{tiling}.",
+                    hint=f"{OOM_HINT}{tiling}.",
                 ) from exc
             raise BackendError(
                 f"The {self.name!r} backend failed: {type(exc).__name__}: {exc}"
@@ -1176,8 +1181,8 @@ class DiffusersBackend(Backend):
             guidance_branches=2 if do_cfg else 1,
             img2img=mode == "img2img",
             element_bytes=element,
-            # SDXL pipelines upcast a force_upcast VAE to float32 for the decode
-            vae_element_bytes=4 if self._call_lock is not None else element,
+            # SDXL pipelines upcast a float16 force_upcast VAE to float32 for the decode
+            vae_element_bytes=4 if self._upcasts_vae else element,
         )
         check_request_fits(
             estimate,

@@ -31,6 +31,7 @@ from typing import Any
 from .._exceptions import OutOfMemoryError
 
 __all__ = [
+    "HINT",
     "RequestMemory",
     "available_bytes",
     "check_request_fits",
@@ -46,6 +47,8 @@ UNET_FACTOR = 24.0
 TRANSFORMER_FACTOR = 32.0
 FIXED_BYTES = 256 * 2**20
 OUTPUT_BYTES_PER_PIXEL = 16  # float32 RGB arrays, then the 8-bit PIL images
+HINT = "Generate fewer images at once, a smaller size, or use dtype='float16'/'bfloat16'"
+"""What to change after an allocation failed while generating."""
 HEADROOM = 0.9
 """Share of the free memory a request may plan to use."""
 
@@ -75,7 +78,8 @@ def _tile_side(vae: Any) -> int:
         value = getattr(vae, name, None)
         if isinstance(value, int) and value > 0:
             return value
-    return int(getattr(vae.config, "sample_size", 512) or 512)
+    size = getattr(vae.config, "sample_size", None) or 512
+    return int(size[0] if isinstance(size, (list, tuple)) else size)  # configs may give [h, w]
 
 
 def _denoiser_elements_per_pixel(denoiser: Any, latent_scale: int) -> float:
@@ -203,7 +207,10 @@ def check_request_fits(
     else:
         hints.append("even a small size does not fit now: free memory first")
     if images > 1:
-        hints.append("generate fewer images at once (num_images)")
+        hints.append(
+            "generate fewer images at once (num_images), or decode them one at a time with "
+            "vae_slicing=True"
+        )
     if not tiling_on and estimate.peak_tiled <= room:
         hints.append(
             "or turn on VAE tiling, which decodes in tiles: "

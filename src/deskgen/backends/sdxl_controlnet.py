@@ -52,7 +52,10 @@ _FIT_KEYS = ("cross_attention_dim", "addition_embed_type", "in_channels", "block
 
 def _split(value: Any) -> Any:
     """Text from the CLI's ``--option``: JSON (``[{"kind": "canny", "low_threshold": 150}]``)
-    or a comma-separated list (``"canny,depth"`` -> ``["canny", "depth"]``)."""
+    or a comma-separated list (``"canny,depth"`` -> ``["canny", "depth"]``); a tuple is a list
+    (the options are strict: a tuple would not be one)."""
+    if isinstance(value, tuple):
+        return list(value)
     if not isinstance(value, str):
         return value
     text = value.strip()

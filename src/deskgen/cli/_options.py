@@ -255,20 +255,19 @@ def _check_output(path: Path) -> None:
 
 
 def _lax(model: Any, values: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
-    """``values`` typed as ``model``'s fields take them from text (lax mode: ``"5"`` is 5,
-    ``"true"`` True): command-line values are text, and deskgen's models are strict. Values
-    that don't validate stay as given, for the strict check to report."""
-    try:
-        done = model.model_validate(base | values, strict=False)
-    except ValidationError:
-        typed = dict(values)
-        for key, value in values.items():
-            try:
-                typed[key] = getattr(model.model_validate(base | {key: value}, strict=False), key)
-            except ValidationError:
-                continue
-        return typed
-    return {key: getattr(done, key) for key in values}
+    """``values`` typed as ``model``'s fields read them from text (``"5"`` is 5, ``"true"``
+    True: pydantic's ``model_validate_strings``): command-line values are text, and deskgen's
+    models are strict. Values that are not text, or don't validate, stay as given, for the
+    strict check to report."""
+    typed = dict(values)
+    for key, value in values.items():
+        if not isinstance(value, str):
+            continue
+        try:
+            typed[key] = getattr(model.model_validate_strings(base | {key: value}), key)
+        except ValidationError:
+            continue
+    return typed
 
 
 def _checked_options(
@@ -276,23 +275,15 @@ def _checked_options(
 ) -> dict[str, Any]:
     """The backend options, typed from the command line's text and validated as
     `DeskGenerator` validates them, before any weights load."""
-    from .._generator import _format_validation_error
+    from .._generator import validate_options
     from .._registry import get_backend_class
 
     cls = get_backend_class(backend)
     model = model if model is not None else cls.default_model
     if model is None:
         raise ConfigError(f"The {backend!r} backend has no default model: pass --model.")
-    base = {"model": model, "device": device, "dtype": dtype}
-    typed = _lax(cls.options_class, options, base)
-    try:
-        cls.options_class.model_validate(base | typed)
-    except ValidationError as exc:
-        accepted = ", ".join(sorted(cls.options_class.model_fields))
-        raise ConfigError(
-            f"Invalid options for the {backend!r} backend: "
-            f"{_format_validation_error(exc, whole='options')}. Accepted options: {accepted}."
-        ) from exc
+    typed = _lax(cls.options_class, options, {"model": model, "device": device, "dtype": dtype})
+    validate_options(backend, cls.options_class, model, device, dtype, typed)
     return typed
 
 
