@@ -82,21 +82,9 @@ def test_the_estimate_grows_with_pixels_images_and_guidance(
 def test_vae_tiling_bounds_the_decode(tiny_sdxl_path: Path) -> None:
     with DeskGenerator("sdxl", model=str(tiny_sdxl_path), device="cpu", vae_tiling=True) as gen:
         pipe = gen.backend._txt2img  # type: ignore[attr-defined]
-        tiled = estimate_request_memory(
-            pipe,
-            denoiser="unet",
-            width=8192,
-            height=8192,
-            images=1,
-            guidance_branches=2,
-            img2img=True,
-            element_bytes=4,
-            vae_element_bytes=4,
-        )
-        assert tiled.vae_decode == tiled.decode_tiled
-        pipe.vae.disable_tiling()
-        try:
-            whole = estimate_request_memory(
+
+        def estimate() -> RequestMemory:
+            return estimate_request_memory(
                 pipe,
                 denoiser="unet",
                 width=8192,
@@ -107,6 +95,12 @@ def test_vae_tiling_bounds_the_decode(tiny_sdxl_path: Path) -> None:
                 element_bytes=4,
                 vae_element_bytes=4,
             )
+
+        tiled = estimate()
+        assert tiled.vae_decode == tiled.decode_tiled
+        pipe.vae.disable_tiling()
+        try:
+            whole = estimate()
         finally:
             pipe.vae.enable_tiling()
         assert whole.vae_decode > 4 * tiled.vae_decode
