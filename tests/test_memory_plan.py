@@ -238,3 +238,12 @@ def test_memory_sizes(text: str, size: int) -> None:
     from deskgen.cli import _memory_size
 
     assert _memory_size(text) == size
+
+
+def test_an_empty_model_name_is_refused() -> None:
+    from deskgen import ConfigError
+    from deskgen.quant import plan_memory
+
+    for model in ("", "   "):
+        with pytest.raises(ConfigError, match="empty"):
+            plan_memory("sdxl", model=model, budget_bytes=16 * 2**30)

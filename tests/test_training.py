@@ -452,3 +452,12 @@ def test_captions_outside_the_folder_or_too_long(
     metadata.write_text(json.dumps({"file_name": "../../x.png", "caption": "x"}) + "\n")
     with pytest.raises(ConfigError, match="outside the dataset folder"):
         train_lora(_config(tiny_sdxl_path, copy, tmp_path / "o2"), progress=False)
+
+
+def test_an_empty_base_model_is_refused() -> None:
+    from pydantic import ValidationError
+
+    from deskgen import LoraTrainingConfig
+
+    with pytest.raises(ValidationError, match="model"):
+        LoraTrainingConfig(model="", data="d", out="o")

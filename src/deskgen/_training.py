@@ -52,8 +52,9 @@ class LoraTrainingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str
-    """The base pipeline (SDXL or SD 1.x/2.x): hub id or local folder."""
+    model: str = Field(min_length=1, pattern=r"\S")
+    """The base pipeline (SDXL or SD 1.x/2.x): hub id or local folder (not empty: that would be
+    the current folder)."""
     data: str
     """An imagefolder: ``metadata.jsonl`` (``file_name`` and a caption per line) at its top or in
     its ``train/`` folder, as `generate_dataset` writes."""
@@ -715,6 +716,8 @@ def train_lora(
         ModelLoadError: every checkpoint in ``OUT/checkpoints`` is damaged.
         ModelNotFoundError, ModelLoadError, ModelMismatchError: the base model (as for
             `DeskGenerator`).
+        OutOfMemoryError: the GPU (or the CPU's allocator) ran out of memory while training;
+            the message says what to lower.
         MissingDependencyError: the ``local`` extra is not installed.
     """
     from ._registry import get_backend_class

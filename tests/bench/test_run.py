@@ -197,6 +197,30 @@ def test_progress_of_each_configuration_and_repeat(
     assert rows[-1] == "row 1/1"  # the row after its progress
 
 
+@pytest.mark.slow
+def test_a_raising_progress_callback_stops_the_worker(
+    tiny_paths: dict[str, Path], tmp_path: Path
+) -> None:
+    """An isolated worker whose progress callback raises is killed, not left running."""
+    import psutil
+
+    config = BenchConfig(
+        prompt="a desk",
+        warmup=0,
+        repeats=1,
+        device="cpu",
+        runs=[BenchEntry(backend="sd", model=str(tiny_paths["sd"]))],
+    )
+
+    def on_progress(event: BenchProgress) -> None:
+        if event.stage == "loaded":  # reported by the worker process
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(config, out=tmp_path, on_progress=on_progress)
+    assert psutil.Process().children(recursive=True) == []
+
+
 def test_isolated_runs_stop_at_the_timeout(tiny_paths: dict[str, Path], tmp_path: Path) -> None:
     config = BenchConfig(
         prompt="a desk",

@@ -291,11 +291,14 @@ def _measure_isolated(
     drain.start()
     timed_out = threading.Event()
 
+    def kill() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
     def stop() -> None:
         if proc.poll() is None:
             timed_out.set()
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            kill()
 
     timer = threading.Timer(config.timeout_s, stop) if config.timeout_s is not None else None
     if timer is not None:
@@ -310,6 +313,10 @@ def _measure_isolated(
             if progress is not None and at >= 0:
                 _relay(progress, line[at + len(PROGRESS_MARK) :])
         proc.wait()
+    except BaseException:  # the progress callback raised, or an interrupt: the worker goes too
+        kill()
+        proc.wait()
+        raise
     finally:
         if timer is not None:
             timer.cancel()

@@ -206,8 +206,10 @@ def _cached_folder(model: str) -> Path | None:
 
 def _check_folder(model: str) -> None:
     """Refuse a path that names no folder, rather than plan it with published sizes."""
-    from .._exceptions import ModelNotFoundError
+    from .._exceptions import ConfigError, ModelNotFoundError
 
+    if not model.strip():  # "" would read ./model_index.json: the current folder
+        raise ConfigError("The model name is empty: give a hub id or a pipeline folder.")
     path = os.path.expanduser(model)
     pathlike = model.startswith(("/", "./", "../", "~")) or "\\" in model or os.path.isabs(path)
     if pathlike and not Path(path).is_dir():
