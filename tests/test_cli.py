@@ -378,6 +378,10 @@ def test_demo_runs_offline_in_a_fresh_process(tmp_path: Path) -> None:
     assert (tmp_path / "cache" / "tiny-sdxl-demo" / "model_index.json").is_file()
     request = read_record(out)
     assert request.prompt.startswith("A clean, modern desk setup")
+    # what the libraries print on their own while the demo imports and loads them
+    from .test_quiet import NOISE
+
+    assert not [line for line in NOISE if line in proc.stderr], proc.stderr
 
 
 def test_prompt_command_reports_per_encoder(capsys: pytest.CaptureFixture[str]) -> None:

@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["drop_vae_upcast_notices", "quiet_loading", "quiet_logs"]
+__all__ = ["drop_vae_upcast_notices", "quiet_loading", "quiet_logs", "silence_import_noise"]
 
 _IMPORT_NOISE_LOGGERS = (
     "torchao",  # "Failed to load .../_C_mxfp8...so", "Detected no triton"
@@ -68,6 +68,13 @@ def _installed(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
         return False
+
+
+def silence_import_noise() -> None:
+    """The import-time lines of `_IMPORT_NOISE_LOGGERS` at error level for good: for an
+    application (the ``deskgen`` command), which owns its process's logging."""
+    for name in _IMPORT_NOISE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 _loading_lock = threading.Lock()

@@ -175,6 +175,9 @@ def _quiet_libraries(*, diffusers: bool = True) -> None:
 
     ``diffusers=False`` leaves diffusers unimported (it imports torch: seconds) for commands
     that load no pipeline; its environment variable still applies if it is imported later."""
+    from .._quiet import silence_import_noise
+
+    silence_import_noise()  # torchao's "Failed to load ...so" and the like, when diffusers loads
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
