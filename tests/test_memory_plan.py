@@ -247,3 +247,37 @@ def test_an_empty_model_name_is_refused() -> None:
     for model in ("", "   "):
         with pytest.raises(ConfigError, match="empty"):
             plan_memory("sdxl", model=model, budget_bytes=16 * 2**30)
+
+
+def test_a_name_that_is_no_folder_and_no_hub_id_is_refused() -> None:
+    """As the backends tell them apart (`deskgen._hub.is_local`): not planned with SDXL's
+    published sizes."""
+    from deskgen import ModelNotFoundError
+
+    for model in ("my models/sdxl", "a/b/c", "C:\\models\\sdxl"):
+        with pytest.raises(ModelNotFoundError, match="No model folder at"):
+            plan_memory("sdxl", model=model, device="cpu", budget_bytes=GiB)
+
+
+def test_the_budget_is_the_memory_available_bytes_reports(monkeypatch: pytest.MonkeyPatch) -> None:
+    import deskgen._device
+    from deskgen.quant._plan import _budget
+
+    free = {"cpu": 5 * GiB, "cuda": 7 * GiB}
+    monkeypatch.setattr(deskgen._device, "available_bytes", free.get)
+    assert _budget("cpu", None) == (5 * GiB, "ram")
+    assert _budget("cuda", None) == (7 * GiB, "gpu")
+    assert _budget("mps", None) == (5 * GiB, "ram")  # unified memory: the RAM, as before
+    assert _budget("cuda", 3 * GiB) == (3 * GiB, "given")
+    plan = plan_memory("sdxl", model=SDXL, device="cpu")
+    assert (plan.budget_bytes, plan.budget_source) == (5 * GiB, "ram")
+    del free["cuda"]  # unreadable: say what to pass rather than a raw torch error
+    with pytest.raises(ConfigError, match="--budget 16GB"):
+        _budget("cuda", None)
+
+
+def test_the_plan_command_refuses_an_empty_model(capsys: pytest.CaptureFixture[str]) -> None:
+    from deskgen.cli import main
+
+    assert main(["plan", "", "--budget", "16GB"]) == 1
+    assert "empty" in capsys.readouterr().err

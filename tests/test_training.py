@@ -454,10 +454,26 @@ def test_captions_outside_the_folder_or_too_long(
         train_lora(_config(tiny_sdxl_path, copy, tmp_path / "o2"), progress=False)
 
 
-def test_an_empty_base_model_is_refused() -> None:
+def test_an_empty_base_model_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A blank model is not the current folder: refused before any model index is read."""
     from pydantic import ValidationError
 
-    from deskgen import LoraTrainingConfig
+    from deskgen._training import _family
+    from deskgen.cli import main
 
-    with pytest.raises(ValidationError, match="model"):
-        LoraTrainingConfig(model="", data="d", out="o")
+    (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionXLPipeline"}')
+    monkeypatch.chdir(tmp_path)  # what "" would have read
+    for model in ("", "  "):
+        with pytest.raises(ValidationError, match="give a hub id or a pipeline folder"):
+            LoraTrainingConfig(model=model, data="d", out="o")
+        # a copy skips the validator: the model index is not read either
+        copy = LoraTrainingConfig(model="m", data="d", out="o").model_copy(update={"model": model})
+        with pytest.raises(ConfigError, match="The model name is empty"):
+            _family(copy)
+    # the command: deskgen's ConfigError, no traceback
+    assert main(["train-lora", "--model", "", "--data", "d", "--out", "o"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: Invalid training settings: model:"), err
+    assert "give a hub id or a pipeline folder" in err

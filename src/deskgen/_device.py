@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DtypeName",
     "PeakMemorySampler",
+    "available_bytes",
     "dtype_name",
     "free_accelerator_memory",
     "resolve_device",
@@ -82,6 +83,26 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+def available_bytes(device: str) -> int | None:
+    """Memory a request can still use on ``device``: free GPU memory plus what torch's caching
+    allocator holds unused, or the RAM the operating system reports available; ``None`` where it
+    can't be known (MPS, an unreadable device)."""
+    if device.startswith("cuda"):
+        import torch
+
+        try:
+            free, _ = torch.cuda.mem_get_info(torch.device(device))
+            cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        except (RuntimeError, AssertionError):
+            return None
+        return int(free + max(cached, 0))
+    if device.startswith("cpu"):
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    return None
 
 
 def _rss_bytes() -> int:

@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ._checkpoints import FORMAT, Resumable, list_checkpoints, newest_good, save_checkpoint
-from ._dataset import METADATA, SPLIT, inside
+from ._dataset import METADATA, SPLIT, _row, inside
 from ._exceptions import ConfigError, DeskgenError, ModelLoadError
 from ._lora import canonical_safetensors
 from ._quiet import quiet_logs
@@ -52,7 +52,7 @@ class LoraTrainingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(min_length=1, pattern=r"\S")
+    model: str
     """The base pipeline (SDXL or SD 1.x/2.x): hub id or local folder (not empty: that would be
     the current folder)."""
     data: str
@@ -115,11 +115,24 @@ class LoraTrainingConfig(BaseModel):
     vae: str | None = None
     """A VAE to use instead of the model's, e.g. ``madebyollin/sdxl-vae-fp16-fix``."""
 
+    @field_validator("model")
+    @classmethod
+    def _named(cls, model: str) -> str:
+        return _named_model(model)
+
     @model_validator(mode="after")
     def _check(self) -> LoraTrainingConfig:
         if not self.target_modules:
             raise ValueError("target_modules is empty: name the UNet modules to adapt")
         return self
+
+
+def _named_model(model: str) -> str:
+    """``model``, or a `ConfigError` (a ``ValueError``: pydantic's error in the config) when
+    it is blank: ``""`` would read ``./model_index.json``, the current folder."""
+    if not model.strip():
+        raise ConfigError("The model name is empty: give a hub id or a pipeline folder.")
+    return model
 
 
 class TrainingProgress(BaseModel):
@@ -180,12 +193,9 @@ def _read_data(config: LoraTrainingConfig) -> list[_Sample]:
         for number, line in enumerate(fh, 1):
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                continue  # cut short by an interrupted dataset run
-            if not isinstance(row, dict):
-                row = {}
+            row = _row(line)
+            if row is None:
+                continue  # cut short by an interrupted dataset run (skipped as the dataset does)
             name, caption = row.get("file_name"), row.get(config.caption_column)
             if not isinstance(name, str) or not isinstance(caption, str):
                 raise ConfigError(
@@ -628,10 +638,11 @@ def _device_of(config: LoraTrainingConfig) -> str:
 
 def _family(config: LoraTrainingConfig) -> Literal["sdxl", "sd"]:
     """Whether ``config.model`` is an SDXL or an SD 1.x/2.x pipeline, from its model index."""
-    from .backends._diffusers import _is_local, missing_hub_message
+    from ._hub import is_local
+    from .backends._diffusers import missing_hub_message
 
-    source = os.path.expanduser(config.model)
-    if _is_local(config.model):
+    source = os.path.expanduser(_named_model(config.model))  # a copy skips the validator
+    if is_local(config.model):
         index_path = Path(source) / "model_index.json"
         if not index_path.is_file():
             raise ModelLoadError(

@@ -198,10 +198,12 @@ def test_progress_of_each_configuration_and_repeat(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stop", [RuntimeError, KeyboardInterrupt])
 def test_a_raising_progress_callback_stops_the_worker(
-    tiny_paths: dict[str, Path], tmp_path: Path
+    tiny_paths: dict[str, Path], tmp_path: Path, stop: type[BaseException]
 ) -> None:
-    """An isolated worker whose progress callback raises is killed, not left running."""
+    """An isolated worker whose progress callback raises (on its first event, while the worker
+    loads) is killed, not left running without a timeout."""
     import psutil
 
     config = BenchConfig(
@@ -211,13 +213,16 @@ def test_a_raising_progress_callback_stops_the_worker(
         device="cpu",
         runs=[BenchEntry(backend="sd", model=str(tiny_paths["sd"]))],
     )
+    running: list[psutil.Process] = []
 
     def on_progress(event: BenchProgress) -> None:
-        if event.stage == "loaded":  # reported by the worker process
-            raise KeyboardInterrupt
+        running.extend(psutil.Process().children(recursive=True))
+        raise stop("the caller's callback failed")
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(stop, match="callback failed"):
         run_bench(config, out=tmp_path, on_progress=on_progress)
+    assert running, "no worker process while its progress came in"
+    assert not [p for p in running if p.is_running()]  # killed and reaped
     assert psutil.Process().children(recursive=True) == []
 
 

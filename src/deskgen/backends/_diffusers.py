@@ -50,6 +50,8 @@ from .._exceptions import (
     ModelNotFoundError,
     UnsupportedOperationError,
 )
+from .._hub import is_local
+from .._hub import offline as _offline
 from .._images import fit_size, prepare_image
 from .._lora import LoraSpec, as_lora_spec
 from ..prompts import PromptPlan, TextEncoderSpec
@@ -82,7 +84,6 @@ MAX_SIDE = 8192
 _MISSING_SAFETENSORS = re.compile(
     r"Could not find the necessary `safetensors` weights|no file named \S+\.safetensors"
 )
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 class DiffusersOptions(BackendOptions):
@@ -218,24 +219,6 @@ def denoising_steps(steps: int, strength: float | None) -> int:
     return min(int(steps * strength), steps)
 
 
-def _is_local(model: str) -> bool:
-    expanded = os.path.expanduser(model)
-    return (
-        os.path.isabs(expanded)
-        or model.startswith((".", "~"))
-        or os.path.exists(expanded)
-        or not _HUB_ID.match(model)
-    )
-
-
-def _offline() -> bool:
-    try:
-        from huggingface_hub import constants
-    except ImportError:  # pragma: no cover - diffusers depends on it
-        return False
-    return bool(constants.HF_HUB_OFFLINE)
-
-
 def weights_source(name: str, *, what: str, hint: str) -> tuple[bool, str]:
     """``(local, source)`` for a hub id or a folder of one model (``source`` is what
     ``from_pretrained`` takes: the expanded folder, or the id). A folder must hold a
@@ -244,7 +227,7 @@ def weights_source(name: str, *, what: str, hint: str) -> tuple[bool, str]:
     Raises:
         ModelNotFoundError: "No {what} folder with a config.json at ...: {hint}"
     """
-    local = _is_local(name)
+    local = is_local(name)
     source = os.path.expanduser(name) if local else name
     if local and not os.path.isfile(os.path.join(source, "config.json")):
         raise ModelNotFoundError(f"No {what} folder with a config.json at {name!r}: {hint}")
@@ -717,7 +700,7 @@ class DiffusersBackend(Backend):
 
     def _load(self) -> Any:
         model = self.opts.model
-        local = _is_local(model)
+        local = is_local(model)
         index = self._read_model_index(model, local)
         self._check_family(index, model)
         cls = self._pipeline_class(self.txt2img_class)

@@ -28,6 +28,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from .._device import available_bytes
 from .._exceptions import OutOfMemoryError
 
 __all__ = [
@@ -141,26 +142,6 @@ def estimate_request_memory(
         outputs=pixels * images * OUTPUT_BYTES_PER_PIXEL,
         decode_tiled=int(tiled),
     )
-
-
-def available_bytes(device: str) -> int | None:
-    """Memory a request can still use on ``device``: free GPU memory plus what torch's caching
-    allocator holds unused, or the RAM the operating system reports available; ``None`` where it
-    can't be known (MPS, an unreadable device)."""
-    if device.startswith("cuda"):
-        import torch
-
-        try:
-            free, _ = torch.cuda.mem_get_info(torch.device(device))
-            cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        except (RuntimeError, AssertionError):
-            return None
-        return int(free + max(cached, 0))
-    if device.startswith("cpu"):
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    return None
 
 
 def _largest_fitting(

@@ -34,6 +34,7 @@ from .._exceptions import (
     ModelMismatchError,
     UnsupportedOperationError,
 )
+from .._hub import is_local as _is_local
 from .._registry import register_backend
 from ..prompts import EncoderFamily, LongPromptMode, PromptPlan, TextEncoderSpec
 from ..quant import QuantBackend, WeightBits
@@ -43,7 +44,6 @@ from ._diffusers import (
     MAX_SIDE,
     DiffusersBackend,
     DiffusersOptions,
-    _is_local,
     weights_source,
 )
 

@@ -33,10 +33,11 @@ from .._exceptions import (
     ModelMismatchError,
     ModelNotFoundError,
 )
+from .._hub import is_local as _is_local
 from .._images import prepare_image
 from .._registry import register_backend
 from ._base import BackendOptions, Job
-from ._diffusers import _MISSING_SAFETENSORS, DiffusersOptions, ImageInputs, _is_local
+from ._diffusers import _MISSING_SAFETENSORS, DiffusersOptions, ImageInputs
 from .sdxl import SDXLBackend
 
 if TYPE_CHECKING:

@@ -157,7 +157,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {"controlnet": args.controlnet} if args.controlnet else {}
     plan = plan_memory(
         args.backend,
-        model=args.model or args.model_flag,
+        model=args.model if args.model is not None else args.model_flag,
         mode=args.memory,
         device=args.device,
         dtype=args.dtype,

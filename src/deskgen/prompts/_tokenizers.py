@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import ConfigError, MissingDependencyError, ModelNotFoundError
+from .._hub import is_local, offline
 
 if TYPE_CHECKING:
     from ._report import TextEncoderSpec
@@ -118,16 +119,6 @@ def download_hint(source: str) -> str:
     )
 
 
-def _hub_offline() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
-        return True
-    try:
-        from huggingface_hub import constants
-    except ImportError:  # pragma: no cover - comes with transformers
-        return False
-    return bool(constants.HF_HUB_OFFLINE)
-
-
 def _hub_unreachable(timeout: float = HUB_PROBE_SECONDS) -> str | None:
     """Why the Hub can't be reached within ``timeout`` seconds, or ``None`` when it answers.
 
@@ -204,7 +195,7 @@ def _load_tokenizer(name: str, download: bool = True) -> Any:
                 f"No tokenizer could be loaded from the folder {name!r} ({exc}): give a folder "
                 "with the tokenizer files (tokenizer.json or *.model, tokenizer_config.json)."
             ) from exc
-    if name.startswith((".", "~", os.sep)) or os.path.isabs(name) or "\\" in name:
+    if is_local(name, subfolder=True):  # a path with no folder there, or no hub id shape
         raise ModelNotFoundError(
             f"No tokenizer folder {name!r}: give a folder with the tokenizer files, or a hub id."
         )
@@ -224,7 +215,7 @@ def _load_tokenizer(name: str, download: bool = True) -> Any:
             f"The tokenizer {name!r} is not in the local Hugging Face cache. Pass "
             f"encoder=<a tokenizer object or folder>, or {get}."
         ) from cached_error
-    if _hub_offline():
+    if offline():
         raise ModelNotFoundError(
             f"No tokenizer could be loaded from {name!r}: not a folder, not in the local Hugging "
             f"Face cache, and HF_HUB_OFFLINE is set. Give a folder, or {get} with network."

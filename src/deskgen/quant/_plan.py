@@ -207,12 +207,11 @@ def _cached_folder(model: str) -> Path | None:
 def _check_folder(model: str) -> None:
     """Refuse a path that names no folder, rather than plan it with published sizes."""
     from .._exceptions import ConfigError, ModelNotFoundError
+    from .._hub import is_local
 
     if not model.strip():  # "" would read ./model_index.json: the current folder
         raise ConfigError("The model name is empty: give a hub id or a pipeline folder.")
-    path = os.path.expanduser(model)
-    pathlike = model.startswith(("/", "./", "../", "~")) or "\\" in model or os.path.isabs(path)
-    if pathlike and not Path(path).is_dir():
+    if is_local(model) and not Path(os.path.expanduser(model)).is_dir():
         raise ModelNotFoundError(
             f"No model folder at {model!r}: give a pipeline folder (with model_index.json) or a "
             "hub id."
@@ -371,16 +370,26 @@ def _parameters(
 
 
 def _budget(device: str, budget_bytes: int | None) -> tuple[int, Literal["gpu", "ram", "given"]]:
+    """The memory to plan in: the given budget, else `available_bytes` (a GPU's free memory
+    with what torch's allocator holds unused, which the load can reuse; the available RAM);
+    on devices it can't read (MPS, which shares the RAM; XPU), the available RAM as before."""
+    from .._device import available_bytes
+    from .._exceptions import ConfigError
+
     if budget_bytes is not None:
         return budget_bytes, "given"
+    available = available_bytes(device)
     if device.startswith("cuda"):
-        import torch
-
-        free, _ = torch.cuda.mem_get_info(torch.device(device))
-        return int(free), "gpu"
-    import psutil
-
-    return int(psutil.virtual_memory().available), "ram"
+        if available is None:
+            raise ConfigError(
+                f"The free memory of {device} can't be read: give the memory to plan in "
+                "(budget_bytes=..., deskgen plan --budget 16GB)."
+            )
+        return available, "gpu"
+    if available is None:
+        available = available_bytes("cpu")
+    assert available is not None  # the RAM is always known
+    return available, "ram"
 
 
 def plan_memory(
