@@ -27,6 +27,8 @@ from deskgen import (
     StepProgress,
 )
 from deskgen.backends import BackendOptions, BackendOutput, Job
+from deskgen.testing import register_fake_backend
+from deskgen.testing.contract import BackendContract
 
 from . import fakes
 
@@ -302,3 +304,13 @@ def test_cancelling_the_task_stops_the_worker(gen: DeskGenerator) -> None:
 
     asyncio.run(run())
     assert 1 <= backend.steps_done < 50
+
+
+class TestFakeBackendContract(BackendContract):
+    """The pure-Python `deskgen.testing.FakeBackend` passes the backend contract."""
+
+    steps = 3
+
+    def make_generator(self, tmp_path: object) -> DeskGenerator:
+        register_fake_backend("testing-fake")
+        return DeskGenerator("testing-fake", step_seconds=0.002)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from deskgen import ConfigError, DeskGenerator
+from deskgen import ConfigError, DeskGenerator, plan_memory
+from deskgen._planner import known_parameters
+from deskgen.backends._profile import GiB
 from deskgen.cli import main
-from deskgen.quant import plan_memory
-from deskgen.quant._plan import KNOWN_PARAMETERS, GiB
 
 SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
 
@@ -29,7 +29,7 @@ def _plan(budget_gib: float, mode: str = "balanced", **fields: object) -> object
 def test_published_sizes_when_nothing_is_cached() -> None:
     plan = _plan(24)
     assert plan.sizes_from == "published"  # type: ignore[attr-defined]
-    assert plan.component_bytes["unet"] == 2 * KNOWN_PARAMETERS["sdxl"]["unet"]  # type: ignore[attr-defined]
+    assert plan.component_bytes["unet"] == 2 * known_parameters("sdxl")["unet"]  # type: ignore[attr-defined]
     assert plan.fits and plan.quantization is None and plan.offload == "none"  # type: ignore[attr-defined]
 
 
@@ -241,8 +241,7 @@ def test_memory_sizes(text: str, size: int) -> None:
 
 
 def test_an_empty_model_name_is_refused() -> None:
-    from deskgen import ConfigError
-    from deskgen.quant import plan_memory
+    from deskgen import ConfigError, plan_memory
 
     for model in ("", "   "):
         with pytest.raises(ConfigError, match="empty"):
@@ -261,7 +260,7 @@ def test_a_name_that_is_no_folder_and_no_hub_id_is_refused() -> None:
 
 def test_the_budget_is_the_memory_available_bytes_reports(monkeypatch: pytest.MonkeyPatch) -> None:
     import deskgen._device
-    from deskgen.quant._plan import _budget
+    from deskgen._planner import _budget
 
     free = {"cpu": 5 * GiB, "cuda": 7 * GiB}
     monkeypatch.setattr(deskgen._device, "available_bytes", free.get)

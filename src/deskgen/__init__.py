@@ -51,6 +51,7 @@ from ._exceptions import (
 from ._generator import DeskGenerator, RequestFields
 from ._images import ImageInfo, load_image
 from ._lora import LoadedLora, LoraFile, LoraSpec, inspect_lora
+from ._memory_report import MemoryReport
 from ._models import (
     GenerationRequest,
     GenerationResult,
@@ -58,6 +59,7 @@ from ._models import (
     StepProgress,
     Timings,
 )
+from ._planner import MemoryPlan, plan_memory
 from ._record import read_record
 from ._registry import BackendInfo, list_backends, register_backend
 from ._training import LoraTrainingConfig, TrainingProgress, TrainingResult, train_lora
@@ -68,7 +70,7 @@ from .bench._run import run_bench
 from .prompts._description import DeskDescription
 from .prompts._report import LongPromptMode, PromptReport
 from .prompts._spec import DeskItem, DeskSpec
-from .quant._config import MemoryReport, QuantConfig
+from .quant._config import QuantConfig
 
 __all__ = [
     "AuthenticationError",
@@ -105,6 +107,7 @@ __all__ = [
     "LoraMismatchError",
     "LoraSpec",
     "LoraTrainingConfig",
+    "MemoryPlan",
     "MemoryReport",
     "MissingDependencyError",
     "ModelLoadError",
@@ -132,6 +135,7 @@ __all__ = [
     "inspect_lora",
     "list_backends",
     "load_image",
+    "plan_memory",
     "read_record",
     "register_backend",
     "run_bench",

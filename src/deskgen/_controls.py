@@ -7,7 +7,8 @@ A control keeps one kind of structure of the desk photo while the prompt restyle
 - ``image``: no preprocessing: the request's ``control_image`` (a pose, a line drawing, a
   segmentation...), or the photo itself as is (tile or recolour ControlNets).
 
-This module imports nothing heavy; the images are computed in `deskgen.backends.sdxl_controlnet`.
+This module imports nothing heavy; the images are computed in
+`deskgen.backends.diffusers.sdxl_controlnet`.
 """
 
 from __future__ import annotations

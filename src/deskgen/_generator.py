@@ -27,8 +27,10 @@ from ._exceptions import (
     OutOfMemoryError,
     UnsupportedOperationError,
 )
-from ._images import ImageInfo, ImageInput, load_image
+from ._images import ImageInput, load_image
+from ._inputs import read_inputs
 from ._lora import LoadedLora, LoraSource, as_lora_spec
+from ._memory_report import MemoryReport
 from ._models import (
     MAX_SEED,
     CancelFlag,
@@ -39,8 +41,9 @@ from ._models import (
     StepProgress,
     Timings,
 )
+from ._planner import MemoryMode, MemoryPlan
 from ._quiet import quiet_loading
-from ._registry import get_backend_class
+from ._registry import backends_with, either, get_backend_class
 from ._secrets import scrub, scrub_exception, secret_values
 from ._version import __version__
 from .backends._base import BackendOptions, Job
@@ -48,14 +51,10 @@ from .backends._request_memory import HINT as OOM_HINT
 from .backends._request_memory import is_out_of_memory
 from .prompts._description import DESCRIBE_INSTRUCTION, DeskDescription
 from .prompts._report import LongPromptMode, PromptReport
-from .quant._config import MemoryReport
-from .quant._plan import MemoryMode, MemoryPlan
 
 if TYPE_CHECKING:
-    from PIL import Image
-
-    from .backends._adapters import LoraAdapters
     from .backends._base import Backend
+    from .backends.diffusers._adapters import LoraAdapters
 
 __all__ = ["DeskGenerator", "RequestFields"]
 
@@ -76,6 +75,8 @@ class RequestFields(TypedDict, total=False):
     image_sha256: str | None
     control_image: ImageInput | list[ImageInput | None] | None
     control_image_sha256: list[str | None] | None
+    references: list[ImageInput] | None
+    reference_sha256: list[str] | None
     control_scale: float | list[float] | None
     strength: float | None
     steps: int | None
@@ -141,7 +142,7 @@ class DeskGenerator:
         dtype: ``"auto"`` (bfloat16 on CUDA GPUs that have it, float16 on other GPUs, float32 on
             CPU), ``"float32"``, ``"float16"``, ``"bfloat16"``.
         memory: ``"auto"``, ``"low"``, ``"balanced"`` or ``"max-speed"``: let the memory planner
-            (`deskgen.quant.plan_memory`) choose dtype, quantization, offload and VAE tiling for
+            (`deskgen.plan_memory`) choose dtype, quantization, offload and VAE tiling for
             the memory at hand; options given explicitly win. ``None``: as the options say.
         **options: backend options, e.g. ``variant="fp16"``, ``revision=...``,
             ``allow_pickle=True`` for the diffusers backends (`DiffusersOptions`).
@@ -173,7 +174,7 @@ class DeskGenerator:
         self.memory_plan: MemoryPlan | None = None
         """The memory planner's plan, with ``memory=...`` (options given explicitly win)."""
         if memory is not None:
-            from .quant._plan import plan_memory
+            from ._planner import plan_memory
 
             given = {k: options[k] for k in ("controlnet",) if k in options}
             plan = plan_memory(
@@ -302,7 +303,7 @@ class DeskGenerator:
     def memory_report(self) -> MemoryReport:
         """What each component's weights occupy (quantized ones by what they really store, with
         their size before quantization), and the peak memory while the generator loaded."""
-        from .quant._config import ComponentMemory
+        from ._memory_report import ComponentMemory
 
         backend = self._require_open()
         components: dict[str, ComponentMemory] = {}
@@ -324,8 +325,8 @@ class DeskGenerator:
         adapters = self._require_open().lora_adapters
         if adapters is None:
             raise UnsupportedOperationError(
-                f"The {self.backend_name!r} backend does not take LoRAs: use 'sdxl', 'sd' or "
-                "'sdxl-controlnet'."
+                f"The {self.backend_name!r} backend does not take LoRAs: use "
+                f"{either(backends_with('loras'))}."
             )
         return adapters
 
@@ -380,69 +381,6 @@ class DeskGenerator:
         with self._boundary(BackendError, "Could not unfuse the LoRAs"):
             adapters.unfuse()
 
-    @staticmethod
-    def _check_photo(request: GenerationRequest, info: ImageInfo | None) -> list[str]:
-        """Compare the photo with the one a replayed request was recorded from."""
-        expected = request.image_sha256
-        if expected is None:
-            return []
-        if info is None:
-            raise InvalidRequestError(
-                "This request was made from a desk photo (image_sha256 "
-                f"{expected[:12]}...) but no image was given: pass the same photo with "
-                "image=..., or set image_sha256=None to generate from the prompt alone."
-            )
-        if info.sha256 != expected:
-            return [
-                "The photo differs from the one this request was recorded with "
-                f"(sha256 {info.sha256[:12]}... instead of {expected[:12]}...)."
-            ]
-        return []
-
-    def _load_control_images(
-        self, backend: Backend, req: GenerationRequest, warnings: list[str]
-    ) -> tuple[GenerationRequest, list[Image.Image | None] | None]:
-        """Read the request's control images (safely, as photos) and record their digests."""
-        given = req.control_image
-        expected = req.control_image_sha256
-        if not backend.takes_control_images:
-            if given is not None or req.control_scale is not None or expected is not None:
-                raise UnsupportedOperationError(
-                    f"The {self.backend_name!r} backend takes no control images or control "
-                    "scales: leave out control_image/control_scale, or use "
-                    "DeskGenerator('sdxl-controlnet', ...) to keep the photo's structure."
-                )
-            return req, None
-        if given is None:
-            if expected is not None and any(d is not None for d in expected):
-                raise InvalidRequestError(
-                    "This request was made with control images (control_image_sha256) but "
-                    "none was given: pass the same images with control_image=..., or set "
-                    "control_image_sha256=None to compute the controls from the photo."
-                )
-            return req, None
-        items = given if isinstance(given, list) else [given]
-        if not items or all(item is None for item in items):
-            raise InvalidRequestError(
-                "control_image is an empty list (or only None): give an image per control, "
-                "or leave it out to compute the controls from the photo."
-            )
-        images: list[Image.Image | None] = []
-        digests: list[str | None] = []
-        for item in items:
-            if item is None:
-                images.append(None)
-                digests.append(None)
-                continue
-            image, info = load_image(item, background=(0, 0, 0))  # transparent: no signal
-            images.append(image)
-            digests.append(info.sha256)
-        if expected is not None and expected != digests:
-            warnings.append(
-                "The control images differ from the ones this request was recorded with."
-            )
-        return req.model_copy(update={"control_image_sha256": digests}), images
-
     def generate(
         self,
         request: GenerationRequest | None = None,
@@ -476,28 +414,12 @@ class DeskGenerator:
         backend = self._require_open()
         req = self._build_request(request, fields)
         started = time.perf_counter()
-        photo, info = load_image(req.image) if req.image is not None else (None, None)
-        warnings = self._check_photo(req, info)
-        mask = None
-        if req.mask is not None:
-            if photo is None:
-                raise InvalidRequestError("A mask needs a photo to edit: pass image=... too.")
-            mask_image, mask_info = load_image(req.mask)
-            mask = mask_image.convert("L")
-            if req.mask_sha256 not in (None, mask_info.sha256):
-                warnings.append("The mask differs from the one this request was recorded with.")
-            req = req.model_copy(update={"mask_sha256": mask_info.sha256})
-        elif req.mask_sha256 is not None:
-            raise InvalidRequestError(
-                "This request was made with an edit mask (mask_sha256 "
-                f"{req.mask_sha256[:12]}...) but no mask was given: pass the same mask with "
-                "mask=..., or set mask_sha256=None to edit the whole photo."
-            )
-        req, control_images = self._load_control_images(backend, req, warnings)
+        inputs = read_inputs(req, backend.profile, backend_name=self.backend_name)
+        req, warnings = inputs.request, inputs.warnings
         if req.loras and backend.lora_adapters is None:
             raise UnsupportedOperationError(
                 f"The {self.backend_name!r} backend takes no LoRAs: leave out loras=..., or use "
-                "'sdxl', 'sd' or 'sdxl-controlnet'."
+                f"{either(backends_with('loras'))}."
             )
         seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
         if seed + req.num_images - 1 > MAX_SEED:
@@ -530,8 +452,8 @@ class DeskGenerator:
             raise GenerationCancelledError(
                 "Cancelled before the request started.", step=0, total_steps=req.steps or 0
             )
-        if info is not None:
-            req = req.model_copy(update={"image_sha256": info.sha256})
+        if inputs.info is not None:
+            req = req.model_copy(update={"image_sha256": inputs.info.sha256})
         with self._boundary(BackendError, f"The {self.backend_name!r} backend failed"):
             plan = backend.plan_prompt(req)
 
@@ -545,12 +467,13 @@ class DeskGenerator:
 
         job = Job(
             request=req,
-            photo=photo,
-            mask=mask,
+            photo=inputs.photo,
+            mask=inputs.mask,
             seeds=seeds,
             prompt=plan,
             on_step=step_hook,
-            control_images=control_images,
+            control_images=inputs.control_images,
+            references=inputs.references,
             check_cancel=check_cancel,
         )
         try:
@@ -587,7 +510,7 @@ class DeskGenerator:
             ),
             peak_memory=PeakMemory(bytes=memory.peak_bytes, kind=memory.kind),
             warnings=warnings + plan.report.warnings + output.warnings,
-            input_image=info,
+            input_image=inputs.info,
             prompt_report=plan.report,
             cost_usd=output.cost_usd,
             revised_prompts=output.revised_prompts,

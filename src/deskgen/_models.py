@@ -39,7 +39,9 @@ __all__ = [
     "Timings",
 ]
 
-Mode = Literal["txt2img", "img2img"]
+Mode = Literal["txt2img", "img2img", "edit"]
+"""What a result was made by: text alone, the photo re-noised (img2img), or the photo edited
+by an instruction (``edit``: instruction-editing models, the room kept)."""
 
 MAX_SEED = 2**64 - 1
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -124,6 +126,15 @@ class GenerationRequest(BaseModel):
     """``sdxl-controlnet`` only: control images to use as they are instead of computing them
     from the photo: one image, or one per control (``None`` entries are computed). Resized to
     the output size. Never serialised."""
+    references: SkipValidation[list[ImageInput] | None] = Field(
+        default=None, exclude=True, repr=False
+    )
+    """Reference images besides the photo (the lamp to put on the desk, a style to follow), for
+    backends that take them (``qwen-image-edit`` with an Edit Plus model; ``openai``'s edits).
+    Read like photos (safe, upright, no metadata). Never serialised: records keep digests."""
+    reference_sha256: list[str] | None = None
+    """Digests of the reference images a request was made with; replays refuse to run without
+    them and warn when they differ."""
     control_image_sha256: list[str | None] | None = None
     """Digests of the given control images (``None`` where computed); replays refuse to run
     without them."""
@@ -145,6 +156,14 @@ class GenerationRequest(BaseModel):
     width: WholeNumber | None = Field(default=None, ge=8, le=8192)
     """Output width; ``None`` is the model's native size, or the photo's aspect at that size."""
     height: WholeNumber | None = Field(default=None, ge=8, le=8192)
+
+    @field_validator("reference_sha256")
+    @classmethod
+    def _reference_digests(cls, value: list[str] | None) -> list[str] | None:
+        for digest in value or []:
+            if not _SHA256.fullmatch(digest):
+                raise ValueError(f"{digest!r} is not a SHA-256 hex digest")
+        return value
 
     @field_validator("control_image_sha256")
     @classmethod

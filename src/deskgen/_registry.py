@@ -16,10 +16,14 @@ from pydantic import BaseModel, ConfigDict
 
 from ._exceptions import MissingDependencyError, UnknownBackendError
 from .backends._base import Backend
+from .backends._profile import BackendProfile, Capability
+from .prompts._profile import PromptProfile, set_profile_resolver
 
 __all__ = [
     "BackendInfo",
     "backends_for_pipeline",
+    "backends_with",
+    "either",
     "get_backend_class",
     "list_backends",
     "pipeline_classes",
@@ -30,13 +34,14 @@ _REGISTRY: dict[str, type[Backend]] = {}
 _LOCK = threading.Lock()
 _builtins_loaded = False
 _BUILTIN_MODULES = (
-    "deskgen.backends.hidream",
+    "deskgen.backends.diffusers.hidream",
+    "deskgen.backends.diffusers.sd",
+    "deskgen.backends.diffusers.sdxl",
+    "deskgen.backends.diffusers.sdxl_controlnet",
     "deskgen.backends.janus",
     "deskgen.backends.openai",
-    "deskgen.backends.sd",
-    "deskgen.backends.sdxl",
-    "deskgen.backends.sdxl_controlnet",
 )
+"""One line per built-in backend module: adding a backend adds its line here, nothing else."""
 
 B = TypeVar("B", bound=type[Backend])
 
@@ -58,6 +63,8 @@ class BackendInfo(BaseModel):
     pipelines: list[str] = []
     """The diffusers pipeline classes (``model_index.json``'s ``_class_name``) it is the
     backend for (`pipeline_classes`)."""
+    profile: BackendProfile = BackendProfile()
+    """What it can do (`deskgen.backends.BackendProfile`)."""
 
 
 def register_backend(name: str, *, replace: bool = False) -> Callable[[B], B]:
@@ -116,6 +123,7 @@ def list_backends() -> list[BackendInfo]:
                 installed=not missing,
                 missing=missing,
                 pipelines=list(pipeline_classes(cls)),
+                profile=cls.profile,
             )
         )
     return infos
@@ -164,3 +172,37 @@ def backends_for_pipeline(class_name: str) -> list[str]:
         if names:
             return names
     return []
+
+
+def backends_with(capability: Capability, *, mode: str | None = None) -> list[str]:
+    """The registered backends whose profile has ``capability`` (and runs ``mode``, when
+    given), sorted by name: what a refusal suggests instead."""
+    _load_builtins()
+    with _LOCK:
+        classes = sorted(_REGISTRY.items())
+    return [
+        name
+        for name, cls in classes
+        if cls.profile.has(capability) and (mode is None or mode in cls.profile.modes)
+    ]
+
+
+def either(names: list[str], *, conjunction: str = "or") -> str:
+    """``'a', 'b' or 'c'``: backend names as a refusal's hint words them."""
+    quoted = [repr(name) for name in names]
+    if len(quoted) <= 1:
+        return "".join(quoted) or "none"
+    return f"{', '.join(quoted[:-1])} {conjunction} {quoted[-1]}"
+
+
+def _prompt_profile(name: str) -> PromptProfile:
+    cls = get_backend_class(name, check_installed=False)
+    return PromptProfile(
+        name=name,
+        text_encoders=cls.text_encoders,
+        default_long_prompt=cls.default_long_prompt,
+        default_negative_preset=cls.default_negative_preset,
+    )
+
+
+set_profile_resolver(_prompt_profile)  # the prompt builder resolves backend names through it

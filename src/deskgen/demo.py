@@ -6,6 +6,7 @@ import json
 import os
 from importlib import resources
 from pathlib import Path
+from typing import cast
 
 from .testing import TinyKind
 
@@ -57,12 +58,16 @@ def sample_desk_photo() -> Path:
     return Path(str(resources.files("deskgen") / "_data" / "sample" / "desk.jpg"))
 
 
-def tiny_model(kind: TinyKind = "sdxl") -> Path:
-    """The demo's tiny random-weight model of ``kind``, built into the cache on first use."""
+def tiny_model(kind: TinyKind | str = "sdxl") -> Path:
+    """The demo's tiny random-weight model of ``kind`` (a backend profile's ``demo``), built
+    into the cache on first use (`deskgen.testing.make_tiny_pipeline` refuses unknown kinds)."""
     from .testing import make_tiny_pipeline
 
     return make_tiny_pipeline(
-        kind, cache_dir() / f"tiny-{kind}-demo", seed=0, sample_size=TINY_DEMO_SAMPLE_SIZE
+        cast("TinyKind", kind),
+        cache_dir() / f"tiny-{kind}-demo",
+        seed=0,
+        sample_size=TINY_DEMO_SAMPLE_SIZE,
     )
 
 

@@ -28,6 +28,7 @@ from deskgen import (
 )
 from deskgen._images import load_image, prepare_image
 from deskgen.backends import DiffusersBackend
+from deskgen.testing.contract import BackendContract
 
 from ..conftest import draw_desk
 
@@ -538,3 +539,17 @@ class TestHalfPrecisionSDXL:
         backend = generators["sdxl"].backend
         assert isinstance(backend, DiffusersBackend)
         assert backend._call_lock is None
+
+
+class TestSDXLContract(BackendContract):
+    """``sdxl`` passes the backend contract (`deskgen.testing.contract`)."""
+
+    def make_generator(self, tmp_path: Path, tiny_sdxl_path: Path) -> DeskGenerator:
+        return DeskGenerator("sdxl", model=str(tiny_sdxl_path), device="cpu")
+
+
+class TestSDContract(BackendContract):
+    """``sd`` passes the backend contract (`deskgen.testing.contract`)."""
+
+    def make_generator(self, tmp_path: Path, tiny_sd_path: Path) -> DeskGenerator:
+        return DeskGenerator("sd", model=str(tiny_sd_path), device="cpu")

@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -25,6 +25,7 @@ from deskgen import (
     UnsupportedOperationError,
 )
 from deskgen.demo import LONG_DESCRIPTION
+from deskgen.testing.contract import BackendContract
 
 BACKEND = "hidream"
 # the seed's 128-token description and more: 150-200 tokens for every encoder
@@ -350,7 +351,7 @@ class TestReviewFindings:
         ],
     )
     def test_edition_from_the_name(self, name: str, edition: str | None) -> None:
-        from deskgen.backends.hidream import _edition_from_name
+        from deskgen.backends.diffusers.hidream import _edition_from_name
 
         assert _edition_from_name(name) == edition
 
@@ -380,3 +381,19 @@ def test_unknown_edition_warns(tiny_hidream_paths: dict[str, Path]) -> None:
             llama_model=str(tiny_hidream_paths["llama"]),
             device="cpu",
         ).close()
+
+
+class TestHiDreamContract(BackendContract):
+    """``hidream`` passes the backend contract (`deskgen.testing.contract`), at one step."""
+
+    steps = 1
+    mid_run_kwargs: ClassVar[dict[str, Any]] = {"steps": 2}
+
+    def make_generator(self, tmp_path: Path, tiny_hidream_paths: dict[str, Path]) -> DeskGenerator:
+        return DeskGenerator(
+            BACKEND,
+            model=str(tiny_hidream_paths["pipeline"]),
+            llama_model=str(tiny_hidream_paths["llama"]),
+            edition="full",
+            device="cpu",
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -22,7 +22,8 @@ from deskgen import (
     StepProgress,
     UnsupportedOperationError,
 )
-from deskgen.backends.janus import parse_description_json
+from deskgen.prompts._vlm import parse_description_json
+from deskgen.testing.contract import BackendContract
 
 BACKEND = "janus"
 
@@ -267,3 +268,14 @@ class TestReviewFindings:
         assert result.images and result.prompt_report is not None
         # the spec's text, fitted to all four encoders (the render counted CLIP only)
         assert result.prompt_report.prompt.startswith("a realistic photo of a tidy")
+
+
+class TestJanusContract(BackendContract):
+    """``janus`` passes the backend contract (`deskgen.testing.contract`); it draws image
+    tokens (one step each), so its requests take no steps."""
+
+    steps = None
+    mid_run_kwargs: ClassVar[dict[str, Any]] = {}
+
+    def make_generator(self, tmp_path: Path, tiny_janus_path: Path) -> DeskGenerator:
+        return DeskGenerator(BACKEND, model=str(tiny_janus_path), device="cpu")

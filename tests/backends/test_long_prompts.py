@@ -47,7 +47,7 @@ def _plan(backend: DiffusersBackend, prompt: str, negative: str | None, mode: st
 
 
 def _encode(backend: DiffusersBackend, plan: Any, *, chunked: bool) -> dict[str, Any]:
-    from deskgen.backends._chunked import encode_chunked_sd, encode_chunked_sdxl
+    from deskgen.backends.diffusers._chunked import encode_chunked_sd, encode_chunked_sdxl
 
     pipe = backend.pipeline
     with torch.no_grad():

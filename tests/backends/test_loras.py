@@ -565,7 +565,7 @@ class TestGate:
         assert np.array_equal(np.asarray(result[0].image, dtype=np.int16), _pixels(gen, loras={}))
 
     def test_an_interrupted_waiter_gives_up_its_turn(self) -> None:
-        from deskgen.backends._adapters import _Gate
+        from deskgen.backends.diffusers._adapters import _Gate
 
         gate = _Gate()
         admitted: list[Any] = []

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from PIL import Image
@@ -28,6 +28,7 @@ from deskgen import (
 )
 from deskgen.testing import FakeAnswer as Answer
 from deskgen.testing import FakeOpenAIServer as FakeOpenAI
+from deskgen.testing.contract import BackendContract
 
 pytest.importorskip("openai")
 
@@ -633,3 +634,23 @@ class TestSecrets:
         monkeypatch.setenv("OPENAI_API_KEY", SECRET)
         DeskGenerator("openai", base_url=server.base_url).generate(prompt="a desk")
         assert server.received[0].headers["authorization"] == f"Bearer {SECRET}"
+
+
+class TestOpenAIContract(BackendContract):
+    """``openai`` passes the backend contract (`deskgen.testing.contract`) against
+    `FakeOpenAIServer`. The service takes no seed or steps, and reports a step per request
+    only: a request of 11 images (two requests of at most 10) has one before its end."""
+
+    steps = None
+    seeded = False
+    mid_run_kwargs: ClassVar[dict[str, Any]] = {"num_images": 11}
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def contract_server(cls) -> Iterator[FakeOpenAI]:
+        # images at the requested size, as OpenAI's: the backend records the size it got
+        with FakeOpenAI(scale=1) as srv:
+            yield srv
+
+    def make_generator(self, tmp_path: Path, contract_server: FakeOpenAI) -> DeskGenerator:
+        return _gen(contract_server)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from deskgen import ConfigError, DeskGenerator, UnsupportedOperationError
-from deskgen.backends._speed import distill_kind, preset_recipe
+from deskgen.backends.diffusers._speed import distill_kind, preset_recipe
 from deskgen.testing import make_tiny_lora
 
 PROMPT = "a tidy desk with a lamp"

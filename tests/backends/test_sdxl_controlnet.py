@@ -26,6 +26,7 @@ from deskgen import (
     read_record,
 )
 from deskgen._images import load_image, prepare_image
+from deskgen.testing.contract import BackendContract
 
 from ..conftest import draw_desk
 
@@ -395,7 +396,7 @@ class TestBadInputs:
             DeskGenerator(BACKEND, model=str(tiny_sdxl_path), device="cpu", **options)
 
     def test_comma_lists_from_the_command_line(self) -> None:
-        from deskgen.backends.sdxl_controlnet import ControlNetOptions
+        from deskgen.backends.diffusers.sdxl_controlnet import ControlNetOptions
 
         opts = ControlNetOptions(model="m", controlnet="a, b", control="canny,depth")
         assert [(c.kind, c.controlnet) for c in opts.resolved_controls()] == [
@@ -446,13 +447,13 @@ class TestReviewFindings:
             # no preprocessing: the photo itself, at the output size
             expected = prepare_image(_clean(photo), (64, 48))
             assert np.array_equal(np.asarray(result.control_images[0]), np.asarray(expected))
-        from deskgen.backends.sdxl_controlnet import ControlNetOptions
+        from deskgen.backends.diffusers.sdxl_controlnet import ControlNetOptions
 
         opts = ControlNetOptions(model="m", controlnet="a,b", control="canny,image")
         assert [c.kind for c in opts.resolved_controls()] == ["canny", "image"]
 
     def test_json_controls_from_the_command_line(self) -> None:
-        from deskgen.backends.sdxl_controlnet import ControlNetOptions
+        from deskgen.backends.diffusers.sdxl_controlnet import ControlNetOptions
 
         opts = ControlNetOptions(
             model="m",
@@ -633,8 +634,26 @@ class TestReviewFindings:
 
 def test_tuples_of_controls_and_controlnets_are_lists() -> None:
     """Options are strict; a tuple of controls or ControlNets is still the list it means."""
-    from deskgen.backends.sdxl_controlnet import ControlNetOptions
+    from deskgen.backends.diffusers.sdxl_controlnet import ControlNetOptions
 
     opts = ControlNetOptions(model="m", control=("canny", "depth"), controlnet=("a", "b"))
     assert [c.kind for c in opts.resolved_controls()] == ["canny", "depth"]
     assert opts.controlnet == ["a", "b"]
+
+
+class TestSDXLControlNetContract(BackendContract):
+    """``sdxl-controlnet`` passes the backend contract (`deskgen.testing.contract`); its
+    controls come from the photo, so every request carries one."""
+
+    needs_photo = True
+
+    def make_generator(
+        self, tmp_path: Path, tiny_sdxl_path: Path, tiny_control_paths: dict[str, Path]
+    ) -> DeskGenerator:
+        return DeskGenerator(
+            BACKEND,
+            model=str(tiny_sdxl_path),
+            controlnet=str(tiny_control_paths["canny"]),
+            control="canny",
+            device="cpu",
+        )

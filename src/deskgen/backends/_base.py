@@ -19,6 +19,7 @@ from .._exceptions import UnsupportedOperationError
 from ..prompts._description import DeskDescription
 from ..prompts._plan import PromptPlan, plan_prompt
 from ..prompts._report import LongPromptMode, TextEncoderSpec
+from ._profile import BackendProfile
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from .._controls import Control
     from .._lora import LoadedLora
     from .._models import GenerationRequest, Mode
-    from ._adapters import LoraAdapters
+    from .diffusers._adapters import LoraAdapters
 
 __all__ = ["Backend", "BackendOptions", "BackendOutput", "Job"]
 
@@ -63,7 +64,11 @@ class Job:
     """Call after each denoising step with (steps done, total steps); it raises to cancel."""
     control_images: list[Image.Image | None] | None = None
     """The request's own control images (normalised RGB, one per control, ``None`` where the
-    backend computes it), or ``None``. Only backends with ``takes_control_images`` get them."""
+    backend computes it), or ``None``. Only backends whose profile has ``control_images`` get
+    them."""
+    references: list[Image.Image] = field(default_factory=list)
+    """The request's reference images (normalised RGB), in order; only backends whose profile
+    takes ``references`` get any."""
     check_cancel: Callable[[], None] = lambda: None
     """Raises `GenerationCancelledError` when the request was cancelled: call it before work
     that can't be undone (e.g. a paid API request)."""
@@ -119,9 +124,9 @@ class Backend(abc.ABC):
     default_long_prompt: ClassVar[LongPromptMode] = LongPromptMode.CHUNK
     default_negative_preset: ClassVar[str | None] = None
     """What ``negative_prompt="preset:default"`` means on this backend."""
-    takes_control_images: ClassVar[bool] = False
-    """Whether requests may carry ``control_image``/``control_scale`` (ControlNet backends);
-    the facade refuses them for the others."""
+    profile: ClassVar[BackendProfile] = BackendProfile()
+    """What this backend can do (modes, LoRAs, masks, references, quantization, presets,
+    describe, planner sizes): the facade, planner, CLI, bench and docs read it."""
 
     def __init__(self, options: BackendOptions) -> None:
         self.options = options

@@ -14,13 +14,11 @@ One model that both reads and draws:
 
 from __future__ import annotations
 
-import json
-import re
 import threading
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from .._device import dtype_name, free_accelerator_memory, resolve_device, resolve_dtype
 from .._exceptions import (
@@ -30,16 +28,17 @@ from .._exceptions import (
     InvalidRequestError,
     ModelLoadError,
     ModelMismatchError,
-    ModelNotFoundError,
     UnsupportedOperationError,
 )
+from .._loading import load_error, weights_source
 from .._registry import register_backend
 from ..prompts import EncoderFamily, LongPromptMode, TextEncoderSpec
-from ..prompts._description import DescriptionFields, DeskDescription
+from ..prompts._description import DeskDescription
 from ..prompts._tokenizers import TOKENIZER_LOCK
+from ..prompts._vlm import describe_with
 from ..quant import QuantBackend, WeightBits
 from ._base import Backend, BackendOptions, BackendOutput, Job
-from ._diffusers import _MISSING_SAFETENSORS, missing_hub_message, weights_source
+from ._profile import BackendProfile
 from ._request_memory import is_out_of_memory, out_of_memory_error
 
 if TYPE_CHECKING:
@@ -47,29 +46,9 @@ if TYPE_CHECKING:
 
 __all__ = ["JanusBackend", "JanusOptions"]
 
-_FIELD_QUESTIONS: dict[str, str] = {
-    "summary": "Describe the whole scene in one or two sentences.",
-    "items": "List the items on and around the desk, separated by commas.",
-    "keep": "Which main furniture and devices should a desk makeover keep? "
-    "Answer with a comma-separated list.",
-    "remove": "Which clutter should a desk makeover clear? Answer with a comma-separated list.",
-    "style": "In a few words, what is the current style of the desk?",
-    "lighting": "In a few words, describe the lighting.",
-    "clutter": "How cluttered is the desk? Answer with one word: none, low, medium or high.",
-    "colours": "List the main colours, separated by commas.",
-    "room": "In a few words, describe the room around the desk.",
-}
-"""One short question per field, for answers that were not valid JSON."""
-
 _SAMPLING_LOCK = threading.Lock()
 """Janus samples image tokens from torch's process-wide generator: requests of every Janus
 generator in the process run one at a time, each seeded, so every image replays."""
-
-_JSON_REQUEST = (
-    "Now answer as JSON with these keys: summary (one or two sentences), items (list), keep "
-    "(list of main furniture and devices to keep), remove (list of clutter to clear), style, "
-    "lighting, clutter (one of none, low, medium, high), colours (list), room. JSON only."
-)
 
 
 class JanusOptions(BackendOptions):
@@ -90,54 +69,6 @@ class JanusOptions(BackendOptions):
     quantization_backend: QuantBackend = "auto"
 
 
-def _split_list(answer: str) -> list[str]:
-    parts = re.split(r"[,;\n]|\band\b", answer)
-    return [p.strip(" .-*•\t") for p in parts if p.strip(" .-*•\t")][:12]
-
-
-def _first_clutter_word(answer: str) -> str | None:
-    match = re.search(r"\b(none|low|medium|high)\b", answer.lower())
-    return match.group(1) if match else None
-
-
-_CLUTTER_SYNONYMS = {
-    "moderate": "medium",
-    "some": "medium",
-    "messy": "high",
-    "cluttered": "high",
-    "very high": "high",
-    "minimal": "low",
-    "tidy": "low",
-    "clean": "none",
-}
-
-
-def parse_description_json(answer: str) -> DescriptionFields | None:
-    """The structured fields from a JSON answer (inside ``` fences or not), or ``None``."""
-    match = re.search(r"\{.*\}", answer, flags=re.DOTALL)
-    if match is None:
-        return None
-    try:
-        data = json.loads(match.group(0))
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    # near misses a small model makes: a list as one string, a clutter word not in the four
-    for key in ("items", "keep", "remove", "colours"):
-        if isinstance(data.get(key), str):
-            data[key] = _split_list(data[key])
-    clutter = data.get("clutter")
-    if isinstance(clutter, str):
-        data["clutter"] = _first_clutter_word(clutter) or _CLUTTER_SYNONYMS.get(
-            clutter.strip().lower(), clutter
-        )
-    try:
-        return DescriptionFields.model_validate(data)
-    except ValidationError:
-        return None
-
-
 @register_backend("janus")
 class JanusBackend(Backend):
     """Janus-Pro 1B/7B (transformers): ``describe`` a desk photo, and text to image."""
@@ -146,6 +77,7 @@ class JanusBackend(Backend):
     extra: ClassVar[str] = "local"
     requirements: ClassVar[tuple[str, ...]] = ("torch", "transformers")
     default_model: ClassVar[str | None] = "deepseek-community/Janus-Pro-7B"
+    profile: ClassVar[BackendProfile] = BackendProfile(modes=("txt2img",), describes=True)
     options_class: ClassVar[type[BackendOptions]] = JanusOptions
     text_encoders: ClassVar[tuple[TextEncoderSpec, ...]] = (
         TextEncoderSpec(
@@ -255,18 +187,8 @@ class JanusBackend(Backend):
         return model, processor
 
     def _load_error(self, name: str, local: bool, exc: BaseException) -> DeskgenError:
-        text = str(exc)
-        if _MISSING_SAFETENSORS.search(text):
-            return ModelLoadError(
-                f"{name!r} has no safetensors weights. deskgen loads safetensors only by default "
-                "because pickle files can run code; pass allow_pickle=True if you trust it."
-            )
-        if local:
-            return ModelLoadError(
-                f"Could not load {name!r}: {text.splitlines()[0] if text else exc!r}"
-            )
-        return ModelNotFoundError(
-            missing_hub_message(name, exc, offline=self.opts.local_files_only)
+        return load_error(
+            name, exc, local=local, offline=self.opts.local_files_only, remote_missing=True
         )
 
     # -- Backend interface -------------------------------------------------------------------
@@ -320,40 +242,18 @@ class JanusBackend(Backend):
 
     def describe(self, photo: Image.Image, *, instruction: str) -> DeskDescription:
         """The model's answer to ``instruction`` (the seed's "explain details"), then the
-        structured fields: one JSON answer, or, where that is not valid JSON, a short answer
-        per field."""
+        structured fields (`deskgen.prompts.describe_with`)."""
         with self._lock:
             try:
-                text = self._answer(photo, instruction, max_new_tokens=self.opts.max_new_tokens)
-                fields = parse_description_json(
-                    self._answer(photo, f"{instruction}\n{_JSON_REQUEST}", max_new_tokens=384)
+                return describe_with(
+                    lambda question, tokens: self._answer(photo, question, max_new_tokens=tokens),
+                    instruction=instruction,
+                    max_new_tokens=self.opts.max_new_tokens,
                 )
-                if fields is None:
-                    fields = self._fields_one_by_one(photo)
             except DeskgenError:
                 raise
             except Exception as exc:
                 raise BackendError(f"Janus failed to describe the photo: {exc}") from exc
-        return DeskDescription(**fields.model_dump(), text=text)
-
-    def _fields_one_by_one(self, photo: Image.Image) -> DescriptionFields:
-        answers = {
-            name: self._answer(photo, question, max_new_tokens=48)
-            for name, question in _FIELD_QUESTIONS.items()
-        }
-        lists = {
-            name: _split_list(answers[name]) for name in ("items", "keep", "remove", "colours")
-        }
-        return DescriptionFields(
-            summary=answers["summary"],
-            style=answers["style"],
-            lighting=answers["lighting"],
-            room=answers["room"],
-            # an answer without one of the four words: "medium" keeps the makeover's own
-            # clutter-clearing on without claiming the desk is a mess
-            clutter=_first_clutter_word(answers["clutter"]) or "medium",  # type: ignore[arg-type]
-            **lists,
-        )
 
     def generate(self, job: Job) -> BackendOutput:
         import torch

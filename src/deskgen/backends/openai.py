@@ -41,6 +41,7 @@ from ._openai_prices import (
     IMAGE_PRICES_USD,
     price_per_image,
 )
+from ._profile import BackendProfile
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -80,6 +81,10 @@ def _family(model: str) -> str:
     if model in ("dall-e-2", "dall-e-3"):
         return model
     return "gpt-image"  # newer image models follow the GPT image API shape
+
+
+MAX_REFERENCES = 15
+"""Reference images besides the photo: GPT image edits take up to 16 images in all."""
 
 
 class OpenAIOptions(BackendOptions):
@@ -156,6 +161,13 @@ class OpenAIBackend(Backend):
     extra: ClassVar[str] = "openai"
     requirements: ClassVar[tuple[str, ...]] = ("openai",)
     default_model: ClassVar[str | None] = "gpt-image-2.5-flare"
+    profile: ClassVar[BackendProfile] = BackendProfile(
+        # photo requests are edits (images.edit), reported as img2img results as they always were
+        modes=("txt2img", "img2img", "edit"),
+        masks=True,
+        references=MAX_REFERENCES,
+        describes=True,
+    )
     options_class: ClassVar[type[BackendOptions]] = OpenAIOptions
     default_long_prompt: ClassVar[LongPromptMode] = LongPromptMode.ERROR
 
@@ -307,6 +319,11 @@ class OpenAIBackend(Backend):
             return ("desk.jpg", buf.getvalue(), "image/jpeg")
         return ("desk.png", buf.getvalue(), "image/png")
 
+    def _reference_file(self, image: Image.Image, index: int) -> tuple[str, bytes, str]:
+        """A reference image as the edit endpoint takes it: a fresh PNG (no metadata)."""
+        name, data, kind = self._photo_file(_downscaled(image), "auto")
+        return (name.replace("desk", f"reference-{index}"), data, kind)
+
     def _mask_file(
         self, mask: Image.Image, photo: Image.Image, size: str
     ) -> tuple[str, bytes, str]:
@@ -404,6 +421,11 @@ class OpenAIBackend(Backend):
                 "image model) for a "
                 "makeover of the photo, or leave out the image for text to image."
             )
+        if job.references and self._family != "gpt-image":
+            raise InvalidRequestError(
+                f"{self.opts.model} edits one image: reference images need a GPT image model "
+                f"(model='{self.default_model}'), whose edits take up to {MAX_REFERENCES + 1}."
+            )
         size = self._size(job)
         per_call = _MAX_IMAGES[self._family]
         warnings = self._ignored(job)
@@ -419,6 +441,10 @@ class OpenAIBackend(Backend):
         # the models work below 2048 px: smaller uploads, and smaller retries
         photo = _downscaled(job.photo) if job.photo is not None else None
         photo_file = self._photo_file(photo, size) if photo is not None else None
+        # the references follow the photo: the edit endpoint's extra images, in order
+        reference_files = [
+            self._reference_file(ref, i) for i, ref in enumerate(job.references, start=1)
+        ]
         mask_file = None
         if job.mask is not None:
             assert photo is not None
@@ -434,7 +460,8 @@ class OpenAIBackend(Backend):
                     params.pop("style", None)
                     if mask_file is not None:
                         params["mask"] = mask_file
-                    response = self._client.images.edit(image=photo_file, **params)
+                    image: Any = [photo_file, *reference_files] if reference_files else photo_file
+                    response = self._client.images.edit(image=image, **params)
                 else:
                     response = self._client.images.generate(**params)
             except openai.OpenAIError as exc:

@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from .._exceptions import ConfigError, MissingDependencyError
 from .._generator import _format_validation_error
 from .._models import GenerationRequest
+from .._planner import MemoryMode
 from .._secrets import MASK, SECRET_NAME
-from ..quant._plan import MemoryMode
 
 __all__ = ["BenchConfig", "BenchEntry", "load_bench_config"]
 

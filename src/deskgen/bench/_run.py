@@ -243,8 +243,11 @@ def _stub(entry: BenchEntry) -> BenchRow:
 def _mode(backend: str, mode: str, controls: bool) -> BenchMode:
     if controls:
         return "controlnet"
-    if backend == "openai" and mode == "img2img":
-        return "edit"
+    from .._registry import get_backend_class
+
+    modes = get_backend_class(backend, check_installed=False).profile.modes
+    if mode == "edit" or (mode == "img2img" and "edit" in modes):
+        return "edit"  # photo edits (the OpenAI API's report theirs as img2img results)
     return "img2img" if mode == "img2img" else "txt2img"
 
 

@@ -189,7 +189,7 @@ def _print_summary(result: GenerationResult) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .._registry import get_backend_class
+    from .._registry import backends_with, either, get_backend_class
     from ..demo import (
         DEMO_NEGATIVE_PROMPT,
         DEMO_PROMPT,
@@ -200,14 +200,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     model = args.model
     if model is None:
-        get_backend_class(args.backend)  # unknown names fail as such
-        if args.backend not in ("sdxl", "sd", "sdxl-controlnet"):
+        profile = get_backend_class(args.backend).profile  # unknown names fail as such
+        if profile.demo is None:
             raise ConfigError(
-                "The offline demo has tiny models for 'sdxl', 'sd' and 'sdxl-controlnet' only; "
-                f"pass --model to run the {args.backend!r} backend."
+                "The offline demo has tiny models for "
+                f"{either(backends_with('demo'), conjunction='and')} only; pass --model to run "
+                f"the {args.backend!r} backend."
             )
-        if args.backend == "sdxl-controlnet":
-            model = str(tiny_model("sdxl"))
+        if profile.control_images:
+            model = str(tiny_model(profile.demo))
             given = _parse_options(args.option)
             kinds = str(given.get("control", "canny,depth"))
             if kinds.lstrip().startswith(("[", "{")):
@@ -219,7 +220,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             # the tiny models for the user's kinds; the user's own --option entries win
             args.option = [f"{k}={v}" for k, v in tiny.items() if k not in given] + args.option
         else:
-            model = str(tiny_model(args.backend))
+            model = str(tiny_model(profile.demo))
         if args.steps is None:
             args.steps = 20
     if args.image is None:

@@ -5,14 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._options import Subparsers
+
+if TYPE_CHECKING:
+    from ..backends._profile import BackendProfile
 
 
 def register(sub: Subparsers) -> None:
     """Add ``backends`` and ``record``."""
     backends = sub.add_parser("backends", help="list backends and whether they are installed")
     backends.add_argument("--json", action="store_true", help="print JSON")
+    backends.add_argument(
+        "-v", "--verbose", action="store_true", help="also what each can do (its profile)"
+    )
     backends.set_defaults(handler=_cmd_backends, quiet_libraries=None)
 
     record = sub.add_parser("record", help="print the generation record embedded in a PNG")
@@ -38,7 +45,29 @@ def _cmd_backends(args: argparse.Namespace) -> int:
             else f"missing {', '.join(info.missing)}: pip install 'deskgen[{info.extra}]'"
         )
         print(f"{info.name:<{width}}  {info.description}  [{state}]")
+        if args.verbose:
+            print(f"{'':<{width}}  {_capabilities(info.profile)}")
     return 0
+
+
+def _capabilities(profile: BackendProfile) -> str:
+    """A backend's profile in one line (``deskgen backends -v``)."""
+    parts = [f"modes: {', '.join(profile.modes)}"]
+    flags = {
+        "LoRAs": profile.loras,
+        "control images": profile.control_images,
+        "masks": profile.masks,
+        f"{profile.references} reference image(s)": profile.references > 0,
+        "describe": profile.describes,
+        "saves quantized": profile.saves_quantized,
+        "offline demo": profile.demo is not None,
+    }
+    parts += [name for name, on in flags.items() if on]
+    if profile.quantizable:
+        parts.append(f"quantizes {', '.join(profile.quantizable)}")
+    if profile.presets:
+        parts.append(f"presets {', '.join(profile.presets)}")
+    return "; ".join(parts)
 
 
 def _cmd_record(args: argparse.Namespace) -> int:

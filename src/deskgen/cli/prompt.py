@@ -69,14 +69,14 @@ def register(sub: Subparsers) -> None:
 
 def _cmd_describe(args: argparse.Namespace) -> int:
     from .._generator import DeskGenerator
-    from .._registry import get_backend_class
-    from ..backends import Backend
+    from .._registry import backends_with, get_backend_class
 
-    if get_backend_class(args.backend).describe is Backend.describe:  # before loading weights
+    if not get_backend_class(args.backend).profile.describes:  # before loading weights
         from .._exceptions import UnsupportedOperationError
 
+        takers = " or ".join(f"--backend {name}" for name in backends_with("describes"))
         raise UnsupportedOperationError(
-            f"The {args.backend!r} backend can't describe photos: use --backend openai."
+            f"The {args.backend!r} backend can't describe photos: use {takers}."
         )
     from .._images import load_image
 

@@ -150,7 +150,7 @@ def _memory_size(text: str) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from ..quant import plan_memory
+    from .._planner import plan_memory
 
     if args.model and args.model_flag and args.model != args.model_flag:
         raise ConfigError(f"Two models: {args.model!r} and --model {args.model_flag!r}.")

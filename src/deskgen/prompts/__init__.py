@@ -24,10 +24,12 @@ from ._fit import FitResult, fit_phrases
 from ._limits import CHARACTER_LIMITS, character_limit, sequence_length_for
 from ._plan import PromptPlan, plan_prompt
 from ._presets import list_negative_presets, register_negative_preset, resolve_negative_prompt
+from ._profile import PromptProfile, prompt_profile
 from ._report import EncoderReport, LongPromptMode, PromptReport, TextEncoderSpec
 from ._spec import DeskItem, DeskSpec, Priority, RenderedPrompt
 from ._tokenizers import (
     EncoderFamily,
+    TemplatedTokenizer,
     count_tokens,
     encoder_tokenizers,
     packaged_clip_tokenizer,
@@ -48,8 +50,10 @@ __all__ = [
     "Priority",
     "PromptChunk",
     "PromptPlan",
+    "PromptProfile",
     "PromptReport",
     "RenderedPrompt",
+    "TemplatedTokenizer",
     "TextEncoderSpec",
     "apply_trigger_words",
     "character_limit",
@@ -76,7 +80,7 @@ def chunk_prompt(text: str, *, size: int = CHUNK_TOKENS) -> list[PromptChunk]:
 def check_prompt(
     prompt: str,
     *,
-    backend: str = "sdxl",
+    backend: str | PromptProfile = "sdxl",
     negative_prompt: str | None = None,
     long_prompt: LongPromptMode | str | None = None,
     trigger_words: Sequence[str] = (),
@@ -101,18 +105,16 @@ def check_prompt(
             which, and what to pass).
         ConfigError: a key of ``tokenizers`` that is no encoder of the backend.
     """
-    from .._registry import get_backend_class
-
-    cls = get_backend_class(backend, check_installed=False)
-    encoders = encoder_tokenizers(backend, cls.text_encoders, tokenizers)
+    profile = prompt_profile(backend)
+    encoders = encoder_tokenizers(profile.name, profile.text_encoders, tokenizers)
     plan = plan_prompt(
-        backend=backend,
+        backend=profile.name,
         prompt=prompt,
         negative_prompt=negative_prompt,
         encoders=encoders,
         mode=LongPromptMode(long_prompt) if long_prompt is not None else None,
-        default_mode=cls.default_long_prompt,
-        default_negative_preset=cls.default_negative_preset,
+        default_mode=profile.default_long_prompt,
+        default_negative_preset=profile.default_negative_preset,
         trigger_words=trigger_words,
         remove_words=remove_words,
     )

@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ._profile import PromptProfile
+
 __all__ = ["DeskItem", "DeskSpec", "Priority", "RenderedPrompt"]
 
 
@@ -114,18 +116,20 @@ class DeskSpec(BaseModel):
         out += [(e, Priority.LOW) for e in self.extra]
         return out
 
-    def render(self, *, backend: str = "sdxl", max_tokens: int | None = None) -> RenderedPrompt:
+    def render(
+        self, *, backend: str | PromptProfile = "sdxl", max_tokens: int | None = None
+    ) -> RenderedPrompt:
         """Prompt and negative prompt within ``backend``'s text-encoder budget.
 
         Phrases join in priority order while they fit (``max_tokens`` overrides the budget, in
         tokens with special tokens); the output keeps the spec's natural order. Without text
         encoders (API backends) nothing is dropped here.
         """
-        from .._registry import get_backend_class
         from ._presets import resolve_negative_prompt
+        from ._profile import prompt_profile
         from ._tokenizers import EncoderFamily, packaged_clip_tokenizer, token_count
 
-        cls = get_backend_class(backend, check_installed=False)
+        cls = prompt_profile(backend)
         clip = [s for s in cls.text_encoders if s.family is EncoderFamily.CLIP]
         count: Callable[[str], int] | None = None
         budget = max_tokens
@@ -149,7 +153,7 @@ class DeskSpec(BaseModel):
             negative_phrases += [(p.strip(), Priority.NORMAL) for p in preset_text.split(",")]
         negative, negative_dropped = _select(negative_phrases, count, budget)
         return RenderedPrompt(
-            backend=backend,
+            backend=cls.name,
             prompt=prompt,
             negative_prompt=negative or None,
             dropped=dropped,

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_TOKENIZERS",
     "EncoderFamily",
+    "TemplatedTokenizer",
     "Token",
     "clip_tokenizer_dir",
     "count_tokens",
@@ -47,11 +48,14 @@ class EncoderFamily(str, Enum):
     CLIP = "clip"
     T5 = "t5"
     LLAMA = "llama"
+    QWEN = "qwen"
+    """Qwen2/Qwen2.5-VL language models as text encoders (Qwen-Image, Qwen-Image-Edit)."""
 
 
 DEFAULT_TOKENIZERS: dict[EncoderFamily, str] = {
     EncoderFamily.T5: "google/t5-v1_1-xxl",
     EncoderFamily.LLAMA: "meta-llama/Llama-3.1-8B-Instruct",
+    EncoderFamily.QWEN: "Qwen/Qwen2.5-VL-7B-Instruct",
 }
 """Hub ids whose tokenizers stand for a family when no tokenizer is given (HiDream's T5-XXL and
 Llama-3.1-8B-Instruct); they load from the local Hugging Face cache only."""
@@ -364,3 +368,44 @@ def count_tokens(
     """
     tokenizer, _ = resolve_tokenizer(encoder)
     return token_count(tokenizer, text, special=special)
+
+
+class TemplatedTokenizer:
+    """A tokenizer as a pipeline's text encoder sees the prompt: inside a chat template, of
+    which the pipeline keeps all but the first ``drop`` tokens (Qwen-Image's system prompt).
+    The kept template tokens count as the "special tokens" of every text, so the prompt
+    builder's counts, limits and cuts are those of the encoder's real sequence. The template
+    holds ``{}`` where the prompt goes; prefix, prompt and suffix are tokenized apart (the
+    pre-tokenizers of chat models split at the template's newlines and markers)."""
+
+    def __init__(self, tokenizer: Any, *, template: str, drop: int = 0) -> None:
+        prefix, _, suffix = template.partition("{}")
+        self.tokenizer = tokenizer
+        self.template = template
+        self.drop = drop
+        with TOKENIZER_LOCK:
+            self._prefix = list(tokenizer(prefix, add_special_tokens=False)["input_ids"])
+            self._suffix = list(tokenizer(suffix, add_special_tokens=False)["input_ids"])
+        self.model_max_length: int = int(getattr(tokenizer, "model_max_length", 10**6))
+
+    def __call__(
+        self,
+        text: str,
+        *,
+        add_special_tokens: bool = True,
+        return_offsets_mapping: bool = False,
+        verbose: bool = False,
+    ) -> dict[str, Any]:
+        encoded = self.tokenizer(
+            text,
+            add_special_tokens=False,
+            return_offsets_mapping=return_offsets_mapping,
+            verbose=verbose,
+        )
+        if not add_special_tokens:
+            return dict(encoded)
+        ids = [*self._prefix, *encoded["input_ids"], *self._suffix][self.drop :]
+        return {"input_ids": ids}
+
+    def convert_ids_to_tokens(self, ids: Any) -> Any:
+        return self.tokenizer.convert_ids_to_tokens(ids)

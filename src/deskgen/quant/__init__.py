@@ -1,6 +1,7 @@
-"""Quantization: `QuantConfig` for quantizing a generator's components as they load, the memory
-report, and the helpers underneath (weight-only int8/int4/fp8 through optimum-quanto or torchao,
-and the real memory of a module's weights).
+"""Quantization: `QuantConfig` for quantizing a generator's components as they load, and the
+helpers underneath (weight-only int8/int4/fp8 through optimum-quanto or torchao, the real memory
+of a module's weights, the saved quantized format). A leaf: it imports neither the facade nor
+the backends (the memory planner is `deskgen.plan_memory`).
 
 ```python
 from deskgen import DeskGenerator, QuantConfig
@@ -17,20 +18,16 @@ Nothing here imports torch, optimum-quanto or torchao before it is called.
 from __future__ import annotations
 
 from ._config import ComponentMemory, MemoryReport, QuantConfig, quantize
-from ._plan import MemoryMode, MemoryPlan, plan_memory
 from ._saved import save_quantized
 from ._weights import QuantBackend, WeightBits, module_bytes, quantize_weights
 
 __all__ = [
     "ComponentMemory",
-    "MemoryMode",
-    "MemoryPlan",
     "MemoryReport",
     "QuantBackend",
     "QuantConfig",
     "WeightBits",
     "module_bytes",
-    "plan_memory",
     "quantize",
     "quantize_weights",
     "save_quantized",

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .._models import PeakMemory
+from .._memory_report import ComponentMemory, MemoryReport
 from ._weights import WeightBits
 
-if TYPE_CHECKING:
-    from .._generator import DeskGenerator
+__all__ = ["ComponentMemory", "MemoryReport", "QuantConfig", "Quantizable", "quantize"]
 
-__all__ = ["ComponentMemory", "MemoryReport", "QuantConfig", "quantize"]
+
+class Quantizable(Protocol):
+    """What `quantize` needs of a generator (`deskgen.DeskGenerator` is one)."""
+
+    @property
+    def backend_name(self) -> str: ...
+
+    @property
+    def backend(self) -> Any: ...
+
+    def memory_report(self) -> MemoryReport: ...
 
 
 class QuantConfig(BaseModel):
@@ -52,37 +61,7 @@ class QuantConfig(BaseModel):
         return self
 
 
-class ComponentMemory(BaseModel):
-    """The weights of one pipeline component."""
-
-    model_config = ConfigDict(frozen=True)
-
-    bytes: int
-    """What its weights occupy now (quantized ones counted by the data and scales they hold)."""
-    bytes_before: int | None = None
-    """Before quantization (``None``: not quantized)."""
-    quantization: str | None = None
-    """e.g. ``"int8 (quanto)"``."""
-
-    @property
-    def ratio(self) -> float | None:
-        """``bytes_before / bytes``: how many times smaller quantization made it."""
-        return self.bytes_before / self.bytes if self.bytes_before else None
-
-
-class MemoryReport(BaseModel):
-    """Where a generator's memory goes (`DeskGenerator.memory_report`)."""
-
-    components: dict[str, ComponentMemory] = Field(default_factory=dict)
-    load_peak: PeakMemory | None = None
-    """Peak memory while the generator loaded (GPU allocator peak, or the process's RAM)."""
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(c.bytes for c in self.components.values())
-
-
-def quantize(generator: DeskGenerator, config: QuantConfig | None = None, /) -> MemoryReport:
+def quantize(generator: Quantizable, config: QuantConfig | None = None, /) -> MemoryReport:
     """Quantize the components of an already loaded generator in place (``config.components``,
     by default the UNet), waiting for running requests; returns the memory report.
 
@@ -98,10 +77,12 @@ def quantize(generator: DeskGenerator, config: QuantConfig | None = None, /) -> 
 
     backend = generator.backend
     method = getattr(backend, "quantize", None)
-    if method is None or not getattr(backend, "takes_quantization", False):
+    profile = getattr(backend, "profile", None)
+    if method is None or not getattr(profile, "quantizable", ()):
         raise UnsupportedOperationError(
-            f"The {generator.backend_name!r} backend can't be quantized with QuantConfig: use "
-            "'sdxl', 'sd' or 'sdxl-controlnet' (hidream: its quantize_* options at load)."
+            f"The {generator.backend_name!r} backend can't be quantized with QuantConfig: "
+            "`deskgen backends` lists the ones that can (quantization), or use the backend's "
+            "own quantize_* options at load."
         )
     method(config or QuantConfig())
     return generator.memory_report()

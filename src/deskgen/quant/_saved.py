@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -26,8 +26,22 @@ from .._record import atomic_write_bytes
 from ._config import QuantConfig
 from ._weights import WeightBits
 
-if TYPE_CHECKING:
-    from .._generator import DeskGenerator
+
+class SavableGenerator(Protocol):
+    """What `save_quantized` needs of a generator (`deskgen.DeskGenerator` is one)."""
+
+    @property
+    def backend_name(self) -> str: ...
+
+    @property
+    def backend(self) -> Any: ...
+
+    @property
+    def loras(self) -> Any: ...
+
+    @property
+    def dtype(self) -> str: ...
+
 
 __all__ = [
     "QUANTIZED_RECORD",
@@ -75,7 +89,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
-def save_quantized(generator: DeskGenerator, out: str | os.PathLike[str]) -> Path:
+def save_quantized(generator: SavableGenerator, out: str | os.PathLike[str]) -> Path:
     """Write ``generator``'s pipeline, quantized components included, to the folder ``out``
     (created; it must not hold another model). Load it back with ``DeskGenerator(backend,
     model=out)``.
@@ -100,14 +114,14 @@ def save_quantized(generator: DeskGenerator, out: str | os.PathLike[str]) -> Pat
         raise ConfigError(
             f"{str(target)!r} is not an empty folder: save a quantized model to a new folder."
         )
-    if generator.backend_name not in ("sd", "sdxl", "hidream"):
+    if not getattr(getattr(backend, "profile", None), "saves_quantized", False):
         raise ConfigError(
-            f"save_quantized saves 'sd', 'sdxl' and 'hidream' pipelines; for "
-            f"{generator.backend_name!r} save the quantized base with the 'sdxl' backend and "
-            "quantize the ControlNets as they load (QuantConfig(components=(..., 'controlnet')))."
+            f"save_quantized does not save {generator.backend_name!r} pipelines (`deskgen "
+            "backends` lists those it saves); save the quantized base model with its own "
+            "backend and quantize the rest as it loads (QuantConfig(components=(...)))."
         )
-    configs = backend.quantization_configs  # type: ignore[attr-defined]
-    pipe = backend.pipeline  # type: ignore[attr-defined]
+    configs = backend.quantization_configs
+    pipe = backend.pipeline
     # written beside the target, renamed into place when whole: no half-saved model folder
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -230,7 +244,7 @@ def load_quantized_component(
             f"dtype={record.get('dtype')!r} (it is {dtype!r} now)."
         )
     folder = Path(source) / name
-    from ..backends._diffusers import component_class
+    from .._loading import component_class
 
     cls = component_class(entry, name=name)
     with init_empty_weights():

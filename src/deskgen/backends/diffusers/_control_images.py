@@ -11,15 +11,15 @@ from typing import Any
 
 from PIL import Image
 
-from .._controls import DEFAULT_DEPTH_MODEL
-from .._exceptions import (
+from ..._controls import DEFAULT_DEPTH_MODEL
+from ..._exceptions import (
     GeneratorClosedError,
     MissingDependencyError,
     ModelLoadError,
     ModelMismatchError,
     ModelNotFoundError,
 )
-from ._diffusers import _MISSING_SAFETENSORS, weights_source
+from ..._loading import MISSING_SAFETENSORS, weights_source
 
 __all__ = ["DepthEstimator", "canny_edges", "require_opencv"]
 
@@ -109,7 +109,7 @@ class DepthEstimator:
             raise ModelLoadError(f"Could not load the depth model {model!r}: {exc}") from exc
         except OSError as exc:
             text = str(exc)
-            if _MISSING_SAFETENSORS.search(text):
+            if MISSING_SAFETENSORS.search(text):
                 raise ModelLoadError(
                     f"The depth model {model!r} has no safetensors weights. deskgen loads "
                     "safetensors only by default because pickle files can run code; pass "

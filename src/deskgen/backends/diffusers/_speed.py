@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .._exceptions import ConfigError
-from .._lora import LoraSpec
+from ..._exceptions import ConfigError
+from ..._lora import LoraSpec
 
 __all__ = [
     "DISTILLATION",

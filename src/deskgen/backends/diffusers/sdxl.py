@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from .._registry import register_backend
-from ..prompts import EncoderFamily, PromptPlan, TextEncoderSpec
+from ..._registry import register_backend
+from ...prompts import EncoderFamily, PromptPlan, TextEncoderSpec
+from .._profile import BackendProfile, GiB, MemoryProfile
 from ._chunked import encode_chunked_sdxl
-from ._diffusers import DiffusersBackend
+from ._pipeline import DiffusersBackend
 
-__all__ = ["SDXLBackend"]
+__all__ = ["SDXL_PARAMETERS", "SDXLBackend"]
+
+SDXL_PARAMETERS = {  # stabilityai/stable-diffusion-xl-base-1.0
+    "unet": 2_567_463_684,
+    "text_encoder": 123_060_480,
+    "text_encoder_2": 694_659_840,
+    "vae": 83_653_863,
+}
+"""Published parameter counts of SDXL base's components (what the planner sizes without files)."""
 
 
 @register_backend("sdxl")
@@ -30,6 +39,16 @@ class SDXLBackend(DiffusersBackend):
         TextEncoderSpec(name="text_encoder_2", family=EncoderFamily.CLIP, max_tokens=77),
     )
     default_negative_preset: ClassVar[str | None] = "sdxl_default"
+    profile: ClassVar[BackendProfile] = BackendProfile(
+        modes=("txt2img", "img2img"),
+        loras=True,
+        quantizable=("unet", "text_encoder", "text_encoder_2", "vae"),
+        default_quantized=("unet",),
+        saves_quantized=True,
+        presets=("quality", "balanced", "fast"),
+        memory=MemoryProfile(parameters=SDXL_PARAMETERS, work_bytes=4 * GiB),
+        demo="sdxl",
+    )
 
     def encode_prompt(self, pipe: Any, plan: PromptPlan, *, do_cfg: bool) -> dict[str, Any]:
         device = pipe._execution_device

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..prompts import PromptPlan
+from ...prompts import PromptPlan
 
 __all__ = ["encode_chunked_sd", "encode_chunked_sdxl"]
 

@@ -25,25 +25,27 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import field_validator, model_validator
 
-from .._controls import DEFAULT_DEPTH_MODEL, Control, ControlKind
-from .._exceptions import (
+from ..._controls import DEFAULT_DEPTH_MODEL, Control, ControlKind
+from ..._exceptions import (
     GeneratorClosedError,
     InvalidRequestError,
     ModelLoadError,
     ModelMismatchError,
     ModelNotFoundError,
 )
-from .._hub import is_local as _is_local
-from .._images import prepare_image
-from .._registry import register_backend
-from ._base import BackendOptions, Job
-from ._diffusers import _MISSING_SAFETENSORS, DiffusersOptions, ImageInputs
-from .sdxl import SDXLBackend
+from ..._hub import is_local as _is_local
+from ..._images import prepare_image
+from ..._loading import MISSING_SAFETENSORS, load_error
+from ..._registry import register_backend
+from .._base import BackendOptions, Job
+from .._profile import BackendProfile, GiB, MemoryProfile
+from ._options import DiffusersOptions, ImageInputs
+from .sdxl import SDXL_PARAMETERS, SDXLBackend
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .._models import Mode
+    from ..._models import Mode
 
 __all__ = ["ControlNetOptions", "SDXLControlNetBackend"]
 
@@ -148,7 +150,21 @@ class SDXLControlNetBackend(SDXLBackend):
     )
     default_negative_preset: ClassVar[str | None] = "controlnet_short"
     default_strength: ClassVar[float] = 0.8
-    takes_control_images: ClassVar[bool] = True
+    profile: ClassVar[BackendProfile] = BackendProfile(
+        modes=("txt2img", "img2img", "controlnet"),
+        loras=True,
+        control_images=True,
+        quantizable=("unet", "text_encoder", "text_encoder_2", "vae", "controlnet"),
+        default_quantized=("unet",),
+        presets=("quality", "balanced", "fast"),
+        memory=MemoryProfile(
+            parameters=SDXL_PARAMETERS,
+            work_bytes=5 * GiB,
+            # an SDXL ControlNet (diffusers/controlnet-canny-sdxl-1.0)
+            added_components={"controlnet": ("controlnet", 1_251_517_440)},
+        ),
+        demo="sdxl",
+    )
 
     def __init__(self, options: BackendOptions) -> None:
         assert isinstance(options, ControlNetOptions)
@@ -228,9 +244,14 @@ class SDXLControlNetBackend(SDXLBackend):
                 local_files_only=self.opts.local_files_only,
             )
         except (OSError, ValueError) as exc:
-            if local:
-                raise ModelLoadError(f"Could not read the ControlNet {name!r}: {exc}") from exc
-            raise ModelNotFoundError(self._missing_hub_message(name, exc)) from exc
+            raise load_error(
+                name,
+                exc,
+                local=local,
+                what="the ControlNet",
+                offline=self.opts.local_files_only,
+                remote_missing=True,
+            ) from exc
         class_name = config.get("_class_name")
         if class_name != "ControlNetModel":
             raise ModelMismatchError(
@@ -274,7 +295,7 @@ class SDXLControlNetBackend(SDXLBackend):
             try:
                 return load(variant)
             except (OSError, ValueError) as exc:
-                if not _MISSING_SAFETENSORS.search(str(exc)):
+                if not MISSING_SAFETENSORS.search(str(exc)):
                     with self._translating_load_errors(name, local=local):
                         raise
             # no weights of that variant (most community ControlNets have none): the plain

@@ -28,29 +28,26 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from .._exceptions import (
+from ..._exceptions import (
     ConfigError,
     InvalidRequestError,
     ModelMismatchError,
     UnsupportedOperationError,
 )
-from .._hub import is_local as _is_local
-from .._registry import register_backend
-from ..prompts import EncoderFamily, LongPromptMode, PromptPlan, TextEncoderSpec
-from ..quant import QuantBackend, WeightBits
-from ._base import BackendOptions, Job
-from ._diffusers import (
-    MAX_ASPECT,
-    MAX_SIDE,
-    DiffusersBackend,
-    DiffusersOptions,
-    weights_source,
-)
+from ..._hub import is_local as _is_local
+from ..._loading import weights_source
+from ..._registry import register_backend
+from ...prompts import EncoderFamily, LongPromptMode, PromptPlan, TextEncoderSpec
+from ...quant import QuantBackend, WeightBits
+from .._base import BackendOptions, Job
+from .._profile import BackendProfile, GiB, MemoryProfile
+from ._options import MAX_ASPECT, MAX_SIDE, DiffusersOptions
+from ._pipeline import DiffusersBackend
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .._models import GenerationRequest, Mode
+    from ..._models import GenerationRequest, Mode
 
 __all__ = ["EDITIONS", "HiDreamBackend", "HiDreamOptions"]
 
@@ -111,17 +108,36 @@ def _edition_from_name(model: str) -> Edition | None:
 class HiDreamBackend(DiffusersBackend):
     """HiDream-I1 text-to-image (``HiDreamImagePipeline``), four text encoders."""
 
-    takes_loras: ClassVar[bool] = False
-    takes_presets: ClassVar[bool] = False
+    profile: ClassVar[BackendProfile] = BackendProfile(
+        modes=("txt2img",),
+        quantizable=(
+            "transformer",
+            "text_encoder",
+            "text_encoder_2",
+            "text_encoder_3",
+            "text_encoder_4",
+            "vae",
+        ),
+        # QuantConfig(components=None): the transformer, T5 and Llama (the Llama, loaded
+        # apart, first)
+        default_quantized=("transformer", "text_encoder_3", "text_encoder_4"),
+        saves_quantized=True,
+        memory=MemoryProfile(
+            parameters={  # HiDream-ai/HiDream-I1-Full with meta-llama/Llama-3.1-8B-Instruct
+                "transformer": 17_000_000_000,
+                "text_encoder": 123_650_304,
+                "text_encoder_2": 694_659_840,
+                "text_encoder_3": 4_762_310_656,
+                "text_encoder_4": 8_030_261_248,
+                "vae": 83_819_683,
+            },
+            work_bytes=6 * GiB,
+            # the same components as Full, distilled
+            published_models=("HiDream-ai/HiDream-I1-Dev", "HiDream-ai/HiDream-I1-Fast"),
+        ),
+    )
     speed_options: ClassVar[frozenset[str]] = frozenset({"compile"})
     denoiser: ClassVar[str] = "transformer"
-    default_quantized: ClassVar[tuple[str, ...]] = (
-        "transformer",
-        "text_encoder_3",
-        "text_encoder_4",
-    )
-    """Quantized by ``QuantConfig(components=None)``: the transformer, T5 and Llama (the Llama,
-    loaded apart, first)."""
 
     description: ClassVar[str] = (
         "HiDream-I1 Full/Dev/Fast (diffusers): long prompts, quantized encoders, text only"
@@ -222,7 +238,7 @@ class HiDreamBackend(DiffusersBackend):
 
     def _check_quantization(self) -> None:
         """Fail before loading tens of GB when the asked quantization can't run here."""
-        from ..quant._weights import check_supported
+        from ...quant._weights import check_supported
 
         assert isinstance(self.opts, HiDreamOptions)
         own = self.opts.quantize_text_encoders or self.opts.quantize_transformer
@@ -273,7 +289,7 @@ class HiDreamBackend(DiffusersBackend):
         return local, llama_source
 
     def _quantize(self, name: str, module: Any, weights: WeightBits) -> None:
-        from ..quant import quantize_weights
+        from ...quant import quantize_weights
 
         assert isinstance(self.opts, HiDreamOptions)
         used = quantize_weights(module, weights=weights, backend=self.opts.quantization_backend)

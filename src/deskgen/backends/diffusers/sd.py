@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from .._registry import register_backend
-from ..prompts import EncoderFamily, PromptPlan, TextEncoderSpec
+from ..._registry import register_backend
+from ...prompts import EncoderFamily, PromptPlan, TextEncoderSpec
+from .._profile import BackendProfile, GiB, MemoryProfile
 from ._chunked import encode_chunked_sd
-from ._diffusers import DiffusersBackend
+from ._pipeline import DiffusersBackend
 
 __all__ = ["SDBackend"]
 
@@ -29,6 +30,24 @@ class SDBackend(DiffusersBackend):
         TextEncoderSpec(name="text_encoder", family=EncoderFamily.CLIP, max_tokens=77),
     )
     default_negative_preset: ClassVar[str | None] = "photo_default"
+    profile: ClassVar[BackendProfile] = BackendProfile(
+        modes=("txt2img", "img2img"),
+        loras=True,
+        quantizable=("unet", "text_encoder", "vae"),
+        default_quantized=("unet",),
+        saves_quantized=True,
+        presets=("quality", "balanced", "fast"),
+        memory=MemoryProfile(
+            parameters={  # stable-diffusion-v1-5
+                "unet": 859_520_964,
+                "text_encoder": 123_060_480,
+                "vae": 83_653_863,
+            },
+            work_bytes=int(2.5 * GiB),
+            published_models=("runwayml/stable-diffusion-v1-5",),
+        ),
+        demo="sd",
+    )
 
     def encode_prompt(self, pipe: Any, plan: PromptPlan, *, do_cfg: bool) -> dict[str, Any]:
         device = pipe._execution_device

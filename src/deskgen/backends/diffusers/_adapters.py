@@ -25,15 +25,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._exceptions import (
+from ..._exceptions import (
     DeskgenError,
     InvalidRequestError,
     LoraMismatchError,
     ModelLoadError,
     UnsupportedOperationError,
 )
-from .._lora import LoadedLora, LoraBase, LoraSpec, inspect_lora, read_lora_tensors
-from .._quiet import quiet_logs
+from ..._lora import LoadedLora, LoraBase, LoraSpec, inspect_lora, read_lora_tensors
+from ..._quiet import quiet_logs
 
 if TYPE_CHECKING:
     import torch
@@ -43,7 +43,8 @@ __all__ = ["LoraAdapters"]
 Weights = tuple[tuple[str, float], ...]
 """Adapter weights as the gate compares them: sorted (name, weight) pairs."""
 
-_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+_COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2")
+_DENOISERS = ("unet", "transformer")
 _PEFT_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_A|lora_B)\.(?P<kind>weight|bias)$")
 _BASE_NAMES = {"sdxl": "SDXL", "sd1": "SD 1.x", "sd2": "SD 2.x", "unknown": "an unknown model"}
 
@@ -135,6 +136,8 @@ def _quiet_transformers() -> Iterator[None]:
 def _model_base(pipe: Any) -> LoraBase:
     if type(pipe).__name__.startswith("StableDiffusionXL"):
         return "sdxl"
+    if getattr(pipe, "unet", None) is None:  # transformer models: checked by names and shapes
+        return "unknown"
     width = getattr(pipe.unet.config, "cross_attention_dim", None)
     return "sd2" if width == 1024 else "sd1" if width == 768 else "unknown"
 
@@ -390,7 +393,11 @@ class LoraAdapters:
 
         pipe = self._pipe
         try:
-            state, _alphas = pipe.lora_state_dict(dict(tensors), unet_config=pipe.unet.config)
+            unet = getattr(pipe, "unet", None)
+            extra = {"unet_config": unet.config} if unet is not None else {}
+            read = pipe.lora_state_dict(dict(tensors), **extra)
+            # (state, alphas) from the UNet families' loaders, the state alone from the others'
+            state = read[0] if isinstance(read, tuple) else read
         except Exception as exc:  # diffusers' conversion refused the keys
             raise LoraMismatchError(
                 f"diffusers can't read the LoRA {str(path)!r} ({type(exc).__name__}: {exc}). "
@@ -407,7 +414,7 @@ class LoraAdapters:
                 unknown.append(key)
         for component, part in parts.items():
             try:
-                if component == "unet":
+                if component in _DENOISERS:
                     if "lora_A" not in next(iter(part)):
                         part = convert_unet_state_dict_to_peft(part)
                 else:

@@ -21,8 +21,9 @@ decode of one 1024 px image, a published-figure estimate) within the memory at h
 Without a backend, the model's own index says which one (``model_index.json``'s
 ``_class_name``, from a folder or the Hugging Face cache, matched against the pipeline classes
 each backend declares), or, for a hub id not cached, the published models the planner knows
-(`PUBLISHED_MODELS`). With a budget, the plan may be for a device that is not on this machine
-(``device="cuda"`` on a laptop: a plan for a card you may not own).
+(`published_models`: each backend's default model and ``profile.memory.published_models``).
+With a budget, the plan may be for a device that is not on this machine (``device="cuda"`` on a
+laptop: a plan for a card you may not own).
 """
 
 from __future__ import annotations
@@ -36,56 +37,24 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._config import QuantConfig
+from .backends._profile import GiB, MemoryProfile
+from .quant._config import QuantConfig
 
-__all__ = ["PUBLISHED_MODELS", "MemoryMode", "MemoryPlan", "infer_backend", "plan_memory"]
+__all__ = [
+    "MemoryMode",
+    "MemoryPlan",
+    "infer_backend",
+    "known_parameters",
+    "plan_memory",
+    "published_models",
+]
 
 MemoryMode = Literal["auto", "low", "balanced", "max-speed"]
 Offload = Literal["none", "model", "sequential"]
 
-GiB = 2**30
 
-# published parameter counts of the default models' components (no download needed)
-KNOWN_PARAMETERS: dict[str, dict[str, int]] = {
-    "sdxl": {  # stabilityai/stable-diffusion-xl-base-1.0
-        "unet": 2_567_463_684,
-        "text_encoder": 123_060_480,
-        "text_encoder_2": 694_659_840,
-        "vae": 83_653_863,
-    },
-    "sd": {  # stable-diffusion-v1-5
-        "unet": 859_520_964,
-        "text_encoder": 123_060_480,
-        "vae": 83_653_863,
-    },
-    "hidream": {  # HiDream-ai/HiDream-I1-Full with meta-llama/Llama-3.1-8B-Instruct
-        "transformer": 17_000_000_000,
-        "text_encoder": 123_650_304,
-        "text_encoder_2": 694_659_840,
-        "text_encoder_3": 4_762_310_656,
-        "text_encoder_4": 8_030_261_248,
-        "vae": 83_819_683,
-    },
-}
-PUBLISHED_MODELS: dict[str, str] = {
-    "stabilityai/stable-diffusion-xl-base-1.0": "sdxl",
-    "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd",
-    "runwayml/stable-diffusion-v1-5": "sd",
-    "HiDream-ai/HiDream-I1-Full": "hidream",
-    "HiDream-ai/HiDream-I1-Dev": "hidream",  # the same components as Full, distilled
-    "HiDream-ai/HiDream-I1-Fast": "hidream",
-}
-"""Hub ids whose backend (and sizes, `KNOWN_PARAMETERS`) the planner knows without their
-files; each registered backend's ``default_model`` counts too."""
-CONTROLNET_PARAMETERS = 1_251_517_440
-"""An SDXL ControlNet (diffusers/controlnet-canny-sdxl-1.0)."""
-WORK_BYTES: dict[str, int] = {
-    "sd": int(2.5 * GiB),
-    "sdxl": 4 * GiB,
-    "sdxl-controlnet": 5 * GiB,
-    "hidream": 6 * GiB,
-}
-"""Working memory of one 1024 px image (512 px for sd) in half precision, VAE decode included."""
+DEFAULT_WORK_BYTES = 4 * GiB
+"""Working memory assumed for a backend whose profile gives none."""
 TILED_SAVING = 0.4
 """Share of the working memory VAE tiling and slicing save (the decode's peak)."""
 LINEAR_SHARE = 0.87
@@ -156,7 +125,7 @@ class MemoryPlan(BaseModel):
 
 
 def _safetensors_elements(path: Path) -> int:
-    from .._lora import safetensors_header
+    from ._lora import safetensors_header
 
     shapes, _ = safetensors_header(path)
     return sum(math.prod(shape) for shape in shapes.values())
@@ -164,7 +133,7 @@ def _safetensors_elements(path: Path) -> int:
 
 def _saved_quantized_bytes(folder: Path) -> dict[str, int]:
     """The components a folder holds quantized (`save_quantized`), by their files' bytes."""
-    from ._saved import QUANTIZED_RECORD, QUANTIZED_WEIGHTS
+    from .quant._saved import QUANTIZED_RECORD, QUANTIZED_WEIGHTS
 
     return {
         component.name: (component / QUANTIZED_WEIGHTS).stat().st_size
@@ -176,7 +145,7 @@ def _saved_quantized_bytes(folder: Path) -> dict[str, int]:
 def _folder_parameters(folder: Path) -> dict[str, int]:
     """Elements per component of a pipeline folder, from its safetensors headers (components
     saved quantized left out)."""
-    from ._saved import QUANTIZED_RECORD
+    from .quant._saved import QUANTIZED_RECORD
 
     found: dict[str, int] = {}
     for component in sorted(p for p in folder.iterdir() if p.is_dir()):
@@ -206,8 +175,8 @@ def _cached_folder(model: str) -> Path | None:
 
 def _check_folder(model: str) -> None:
     """Refuse a path that names no folder, rather than plan it with published sizes."""
-    from .._exceptions import ConfigError, ModelNotFoundError
-    from .._hub import is_local
+    from ._exceptions import ConfigError, ModelNotFoundError
+    from ._hub import is_local
 
     if not model.strip():  # "" would read ./model_index.json: the current folder
         raise ConfigError("The model name is empty: give a hub id or a pipeline folder.")
@@ -232,20 +201,44 @@ def _index_class(model: str) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _published_backend(model: str) -> str | None:
-    """The backend of a hub id the planner knows (`PUBLISHED_MODELS`, default models)."""
-    from .._registry import get_backend_class, list_backends
+def _memory_profile(backend: str) -> MemoryProfile | None:
+    from ._registry import get_backend_class
 
-    known = {k.casefold(): v for k, v in PUBLISHED_MODELS.items()}
+    return get_backend_class(backend, check_installed=False).profile.memory
+
+
+def known_parameters(backend: str) -> dict[str, int]:
+    """The published parameter counts of ``backend``'s default model, by component (its
+    ``profile.memory``; empty when it declares none)."""
+    memory = _memory_profile(backend)
+    return dict(memory.parameters) if memory is not None else {}
+
+
+def published_models() -> dict[str, str]:
+    """Hub ids the planner sizes without their files, with their backend: each backend's
+    default model and ``profile.memory.published_models``."""
+    from ._registry import get_backend_class, list_backends
+
+    known: dict[str, str] = {}
     for info in list_backends():
-        default = get_backend_class(info.name, check_installed=False).default_model
-        if default is not None:
-            known.setdefault(default.casefold(), info.name)
+        cls = get_backend_class(info.name, check_installed=False)
+        memory = cls.profile.memory
+        if memory is None:
+            continue
+        for name in (cls.default_model, *memory.published_models):
+            if name is not None:
+                known.setdefault(name, info.name)
+    return known
+
+
+def _published_backend(model: str) -> str | None:
+    """The backend of a hub id the planner knows (`published_models`)."""
+    known = {k.casefold(): v for k, v in published_models().items()}
     return known.get(model.strip("/").casefold())
 
 
 def _plannable() -> list[str]:
-    from .._registry import list_backends
+    from ._registry import list_backends
 
     return [info.name for info in list_backends() if info.pipelines]
 
@@ -259,8 +252,8 @@ def infer_backend(model: str) -> str:
         ConfigError: no index to read and not a known model, an index no backend loads, or
             one that several backends claim; the message lists the backends to choose from.
     """
-    from .._exceptions import ConfigError
-    from .._registry import backends_for_pipeline
+    from ._exceptions import ConfigError
+    from ._registry import backends_for_pipeline
 
     choices = ", ".join(_plannable())
     class_name = _index_class(model)
@@ -283,14 +276,14 @@ def infer_backend(model: str) -> str:
     raise ConfigError(
         f"Can't tell which backend {model!r} is for: no model_index.json in a folder or the "
         "local Hugging Face cache, and not one of the models deskgen knows "
-        f"({', '.join(PUBLISHED_MODELS)}). Pass the backend (--backend NAME): one of {choices}."
+        f"({', '.join(published_models())}). Pass the backend (--backend NAME): one of {choices}."
     )
 
 
 def _check_backend(backend: str, model: str) -> None:
     """Refuse a model whose index (or published name) says it is another backend's."""
-    from .._exceptions import ConfigError
-    from .._registry import backends_for_pipeline, get_backend_class, pipeline_classes
+    from ._exceptions import ConfigError
+    from ._registry import backends_for_pipeline, get_backend_class, pipeline_classes
 
     accepted = set(
         pipeline_classes(get_backend_class(backend, check_installed=False), accepted=True)
@@ -322,8 +315,8 @@ _DEVICE_NAME = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 def _plan_device(device: str, budget_bytes: int | None) -> tuple[str, bool]:
     """The device to plan for, and whether it is absent from this machine: with a budget, a
     well-formed device name needs no hardware (a plan for a card you may not own)."""
-    from .._device import resolve_device
-    from .._exceptions import ConfigError
+    from ._device import resolve_device
+    from ._exceptions import ConfigError
 
     try:
         return resolve_device(device), False
@@ -352,20 +345,22 @@ def _parameters(
         sizes = _folder_parameters(folder)
         saved = _saved_quantized_bytes(folder)
         source = "files"
-    if not sizes:
-        key = "sdxl" if backend == "sdxl-controlnet" else backend
-        sizes = dict(KNOWN_PARAMETERS.get(key, {}))
-    if backend == "sdxl-controlnet":
-        given = options.get("controlnet") or [None]
-        nets = given if isinstance(given, list) else [given]
+    memory = _memory_profile(backend)
+    if not sizes and memory is not None:
+        sizes = dict(memory.parameters)
+    for component, (option, default) in (memory.added_components if memory else {}).items():
+        given = options.get(option) or [None]
+        parts = given if isinstance(given, list) else [given]
         total = 0
-        for net in nets:
-            net_folder = Path(os.path.expanduser(str(net))) if net else None
+        for part in parts:
+            part_folder = Path(os.path.expanduser(str(part))) if part else None
             files = (
-                list(net_folder.glob("*.safetensors")) if net_folder and net_folder.is_dir() else []
+                list(part_folder.glob("*.safetensors"))
+                if part_folder and part_folder.is_dir()
+                else []
             )
-            total += sum(_safetensors_elements(f) for f in files) or CONTROLNET_PARAMETERS
-        sizes["controlnet"] = total
+            total += sum(_safetensors_elements(f) for f in files) or default
+        sizes[component] = total
     return sizes, saved, source
 
 
@@ -373,8 +368,8 @@ def _budget(device: str, budget_bytes: int | None) -> tuple[int, Literal["gpu", 
     """The memory to plan in: the given budget, else `available_bytes` (a GPU's free memory
     with what torch's allocator holds unused, which the load can reuse; the available RAM);
     on devices it can't read (MPS, which shares the RAM; XPU), the available RAM as before."""
-    from .._device import available_bytes
-    from .._exceptions import ConfigError
+    from ._device import available_bytes
+    from ._exceptions import ConfigError
 
     if budget_bytes is not None:
         return budget_bytes, "given"
@@ -425,9 +420,9 @@ def plan_memory(
             backend given and none to infer, or a model that is another backend's; a device
             that is not here, without a budget.
     """
-    from .._device import dtype_name, resolve_dtype
-    from .._exceptions import ConfigError
-    from .._registry import get_backend_class
+    from ._device import dtype_name, resolve_dtype
+    from ._exceptions import ConfigError
+    from ._registry import get_backend_class
 
     if model is not None:
         _check_folder(model)
@@ -468,7 +463,8 @@ def plan_memory(
         )
     budget, budget_source = _budget(resolved_device, budget_bytes)
     on_gpu = resolved_device.startswith(("cuda", "xpu"))
-    work = WORK_BYTES.get(backend, 4 * GiB) * (2 if width == 4 else 1)
+    memory = cls.profile.memory
+    work = (memory.work_bytes if memory else DEFAULT_WORK_BYTES) * (2 if width == 4 else 1)
     notes: list[str] = absent_notes + notes_saved
     if not allow_quantization and not saved:
         notes.append(
@@ -534,7 +530,7 @@ def plan_memory(
         )
     config = None
     if quantize:
-        from ._weights import check_supported
+        from .quant._weights import check_supported
 
         try:
             check_supported("int8", method)
