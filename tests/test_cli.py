@@ -348,6 +348,19 @@ def test_demo_on_the_controlnet_backend(
     assert (tmp_path / "cn-demo-control-0-canny.png").is_file()
 
 
+@pytest.mark.slow
+def test_demo_on_the_qwen_image_edit_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DESKGEN_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "qwen-demo.png"
+    argv = ["demo", "--backend", "qwen-image-edit", "--device", "cpu", "--steps", "2"]
+    code = main([*argv, "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert "qwen-image-edit edit" in capsys.readouterr().out
+    assert (tmp_path / "cache" / "tiny-qwen-image-edit-demo" / "model_index.json").is_file()
+
+
 def test_demo_of_a_backend_without_a_tiny_model(capsys: pytest.CaptureFixture[str]) -> None:
     from . import fakes  # noqa: F401  (registers "fake")
 

@@ -248,3 +248,19 @@ def test_bench_compare_example(tmp_path: Path) -> None:
     }
     for name in ("bench.md", "bench.csv", "bench.json", "sheet.png", "report.html"):
         assert (out / name).is_file(), name
+
+
+@pytest.mark.slow
+def test_qwen_edit_example(tmp_path: Path) -> None:
+    out = tmp_path / "qwen.png"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "qwen_edit_makeover.py"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("edit (128, 96)")
+    assert "references: ['" in proc.stdout
+    assert out.is_file()

@@ -35,6 +35,7 @@ _LOCK = threading.Lock()
 _builtins_loaded = False
 _BUILTIN_MODULES = (
     "deskgen.backends.diffusers.hidream",
+    "deskgen.backends.diffusers.qwen_image_edit",
     "deskgen.backends.diffusers.sd",
     "deskgen.backends.diffusers.sdxl",
     "deskgen.backends.diffusers.sdxl_controlnet",
