@@ -213,6 +213,39 @@ def test_the_lightning_recipe_reads_its_steps_from_the_file_name() -> None:
     assert recipe.scheduler_config == LIGHTNING_SCHEDULER
 
 
+def test_loras_are_checked_then_applied_to_the_transformer(
+    qwen_paths: dict[str, Path], tmp_path: Path
+) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    with DeskGenerator("qwen-image-edit", model=str(qwen_paths["edit"]), device="cpu") as gen:
+        transformer = gen.backend.pipeline.transformer  # type: ignore[attr-defined]
+        generator = torch.Generator().manual_seed(0)
+        state = {}
+        for name, module in transformer.named_modules():
+            if name.endswith(("attn.to_q", "attn.to_k")):  # diffusers' peft layout
+                a = torch.randn(2, module.in_features, generator=generator) * 0.5
+                b = torch.randn(module.out_features, 2, generator=generator) * 0.5
+                state[f"transformer.{name}.lora_A.weight"] = a
+                state[f"transformer.{name}.lora_B.weight"] = b
+        save_file(state, str(tmp_path / "desk-lora.safetensors"))
+        request = {"prompt": "a tidy desk", "image": draw_desk(), "seed": 3, "steps": 2, **SIZE}
+        base = np.asarray(gen.generate(**request).images[0])
+        gen.load_lora(str(tmp_path / "desk-lora.safetensors"))
+        with_lora = np.asarray(gen.generate(**request).images[0])
+        without = np.asarray(gen.generate(**request, loras={}).images[0])
+        assert not np.array_equal(base, with_lora)
+        np.testing.assert_array_equal(base, without)
+        wrong = {
+            "transformer.nope.lora_A.weight": torch.zeros(2, 4),
+            "transformer.nope.lora_B.weight": torch.zeros(4, 2),
+        }
+        save_file(wrong, str(tmp_path / "wrong.safetensors"))
+        with pytest.raises(deskgen.LoraMismatchError, match="does not fit"):
+            gen.load_lora(str(tmp_path / "wrong.safetensors"))
+
+
 def test_quantized_transformer(qwen_paths: dict[str, Path]) -> None:
     config = deskgen.QuantConfig(method="quanto", weights="int8")
     with DeskGenerator(
