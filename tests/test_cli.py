@@ -361,6 +361,29 @@ def test_demo_on_the_qwen_image_edit_backend(
     assert (tmp_path / "cache" / "tiny-qwen-image-edit-demo" / "model_index.json").is_file()
 
 
+def test_demo_on_the_flux_kontext_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DESKGEN_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "kontext-demo.png"
+    argv = ["demo", "--backend", "flux-kontext", "--device", "cpu", "--steps", "2"]
+    code = main([*argv, "--out", str(out), "--width", "64", "--height", "48"])
+    assert code == 0, capsys.readouterr().err
+    assert "flux-kontext edit" in capsys.readouterr().out
+    assert out.is_file()
+
+
+def test_generate_passes_true_cfg_scale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DESKGEN_CACHE", str(tmp_path / "cache"))
+    argv = ["demo", "--backend", "flux-kontext", "--device", "cpu", "--steps", "1"]
+    argv += ["--width", "64", "--height", "48", "--true-cfg-scale", "2", "--out"]
+    code = main([*argv, str(tmp_path / "guided.png")])
+    assert code == 0, capsys.readouterr().err
+    assert '"true_cfg_scale": 2.0' in capsys.readouterr().out
+
+
 def test_demo_of_a_backend_without_a_tiny_model(capsys: pytest.CaptureFixture[str]) -> None:
     from . import fakes  # noqa: F401  (registers "fake")
 

@@ -264,3 +264,32 @@ def test_qwen_edit_example(tmp_path: Path) -> None:
     assert proc.stdout.startswith("edit (128, 96)")
     assert "references: ['" in proc.stdout
     assert out.is_file()
+
+
+@pytest.mark.slow
+def test_flux_kontext_example(tmp_path: Path) -> None:
+    out = tmp_path / "kontext.png"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "flux_kontext_makeover.py"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("edit (128, 96)")
+    assert "true_cfg_scale: 1.5" in proc.stdout
+    assert "text_encoder: " in proc.stdout and "of 512 tokens" in proc.stdout
+    assert out.is_file()
+
+
+@pytest.mark.slow
+def test_single_file_example(tmp_path: Path) -> None:
+    out = tmp_path / "single.png"
+    argv = [sys.executable, str(ROOT / "examples" / "single_file_makeover.py"), "--out", str(out)]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=_env(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("tiny-sdxl.safetensors: SDXL checkpoint (text_encoder ")
+    assert "img2img, 7 steps, seed 42" in proc.stdout  # int(12 * 0.6)
+    assert "identical to the diffusers folder: True" in proc.stdout
+    assert out.is_file()

@@ -81,6 +81,7 @@ class RequestFields(TypedDict, total=False):
     strength: float | None
     steps: int | None
     guidance_scale: float | None
+    true_cfg_scale: float | None
     seed: int | None
     num_images: int
     width: int | None

@@ -63,6 +63,13 @@ def read_inputs(
             f"{req.mask_sha256[:12]}...) but no mask was given: pass the same mask with "
             "mask=..., or set mask_sha256=None to edit the whole photo."
         )
+    if req.true_cfg_scale is not None and not profile.true_cfg:
+        takers = either(backends_with("true_cfg"))
+        raise UnsupportedOperationError(
+            f"The {backend_name!r} backend takes no true_cfg_scale: its guidance_scale is its "
+            f"classifier-free guidance. Leave out true_cfg_scale, or use {takers} (a "
+            "guidance-distilled model, whose guidance_scale is the distilled guidance)."
+        )
     req, control_images = _control_images(req, profile, backend_name, warnings)
     req, references = _references(req, profile, backend_name, warnings, photo=photo)
     return RequestInputs(

@@ -149,7 +149,14 @@ class GenerationRequest(BaseModel):
     """Length of the denoising schedule; ``None`` is the backend's default (30 for sd/sdxl,
     each HiDream edition's own), resolved in the result."""
     guidance_scale: Number | None = Field(default=None, ge=0.0, le=100.0)
-    """Classifier-free guidance; ``None`` is the backend's default (sdxl 5.0, sd 7.5)."""
+    """Classifier-free guidance; ``None`` is the backend's default (sdxl 5.0, sd 7.5). On
+    guidance-distilled models (``flux-kontext``) the guidance the model was distilled to follow,
+    one branch per step."""
+    true_cfg_scale: Number | None = Field(default=None, ge=0.0, le=100.0)
+    """Guidance-distilled models only (backends whose profile has ``true_cfg``:
+    ``flux-kontext``): real classifier-free guidance against the negative prompt, on top of
+    ``guidance_scale`` (over 1 with a negative prompt: two branches per step, twice the time).
+    ``None``: 1.0, off."""
     seed: WholeNumber | None = Field(default=None, ge=0, le=MAX_SEED)
     """Seed of the first image; image ``i`` uses ``seed + i``. ``None`` picks one at random."""
     num_images: WholeNumber = Field(default=1, ge=1, le=16)

@@ -34,6 +34,8 @@ _REGISTRY: dict[str, type[Backend]] = {}
 _LOCK = threading.Lock()
 _builtins_loaded = False
 _BUILTIN_MODULES = (
+    "deskgen.backends.diffusers.flux2_klein",
+    "deskgen.backends.diffusers.flux_kontext",
     "deskgen.backends.diffusers.hidream",
     "deskgen.backends.diffusers.qwen_image_edit",
     "deskgen.backends.diffusers.sd",

@@ -176,3 +176,24 @@ def test_a_cut_negative_prompt_is_warned_about_too() -> None:
     long_negative = ", ".join(["blurry"] * 60)
     report = check_prompt("a desk", negative_prompt=long_negative, long_prompt="truncate")
     assert any("cut the negative prompt at 77 tokens" in w for w in report.warnings)
+
+
+@pytest.mark.parametrize("mode", ["fit", "error", "truncate", "chunk"])
+def test_a_pooled_encoder_reads_what_fits_and_never_sizes_the_text(mode: str) -> None:
+    from deskgen.prompts import EncoderFamily, TextEncoderSpec, plan_prompt
+    from deskgen.prompts._tokenizers import packaged_clip_tokenizer
+    from deskgen.testing import make_tiny_tokenizer
+
+    clip = TextEncoderSpec(name="clip", family=EncoderFamily.CLIP, max_tokens=12, pooled=True)
+    t5 = TextEncoderSpec(name="t5", family=EncoderFamily.T5, max_tokens=512)
+    encoders = [(clip, packaged_clip_tokenizer()), (t5, make_tiny_tokenizer("t5"))]
+    text = "a clean modern desk, a warm lamp on the left, a plant, a mug and a notebook"
+    plan = plan_prompt(
+        backend="test", prompt=text, negative_prompt=None, encoders=encoders, mode=mode
+    )
+    clip_report, t5_report = plan.report.encoders
+    assert plan.prompt == text and not plan.report.dropped_phrases  # sized for T5 alone
+    assert clip_report.chunks == [text[: len(clip_report.chunks[0])]]  # one piece, never chunks
+    assert clip_report.dropped and text.endswith(clip_report.dropped)
+    assert t5_report.chunks == [text] and not t5_report.dropped
+    assert any("pooled vector only" in w and "t5 read it whole" in w for w in plan.report.warnings)

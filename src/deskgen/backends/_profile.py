@@ -39,6 +39,7 @@ Capability = Literal[
     "control_images",
     "masks",
     "references",
+    "true_cfg",
     "quantization",
     "saves_quantized",
     "presets",
@@ -46,6 +47,8 @@ Capability = Literal[
     "photos",
     "planner",
     "demo",
+    "gguf",
+    "single_file",
 ]
 """The names `deskgen._registry.backends_with` takes."""
 
@@ -77,6 +80,9 @@ class BackendProfile:
     """Requests may carry ``control_image``/``control_scale``."""
     masks: bool = False
     """Requests may carry ``mask=`` (white: change, black: keep)."""
+    true_cfg: bool = False
+    """Requests may carry ``true_cfg_scale`` (classifier-free guidance against the negative
+    prompt besides ``guidance_scale``, the distilled guidance of FLUX-style models)."""
     references: int = 0
     """How many reference images a request may carry besides the photo (0: none)."""
     quantizable: tuple[str, ...] = ()
@@ -89,6 +95,12 @@ class BackendProfile:
     """The speed presets ``preset=`` takes (``quality``, ``balanced``, ``fast``)."""
     describes: bool = False
     """``describe(photo)`` works (a vision-language model or API)."""
+    gguf: bool = False
+    """The denoiser (``transformer`` or ``unet``) may be read from a GGUF file
+    (``QuantConfig(method="gguf", file=...)``): its diffusers class has ``from_single_file``."""
+    single_file: bool = False
+    """``model=`` may be one ``.safetensors`` checkpoint in the original (civitai) layout, read
+    with ``from_single_file`` and the configs deskgen ships or ``config=`` names."""
     memory: MemoryProfile | None = None
     """Published sizes for the memory planner; ``None``: nothing local to plan (APIs)."""
     demo: str | None = None

@@ -102,6 +102,12 @@ def _add_request_options(
     group.add_argument(
         "--guidance-scale", type=float, help="classifier-free guidance (default: the backend's)"
     )
+    group.add_argument(
+        "--true-cfg-scale",
+        type=float,
+        help="guidance-distilled models (flux-kontext): classifier-free guidance against "
+        "--negative-prompt on top of --guidance-scale (default: off)",
+    )
     group.add_argument("--seed", type=int, help=f"seed of the first image ({seed_help})")
     group.add_argument("--num-images", type=int, help="images to generate (default: 1)")
     group.add_argument("--width", type=int, help="output width (default: native or photo aspect)")

@@ -89,6 +89,7 @@ def _run_generation(
         "strength": args.strength,
         "steps": args.steps,
         "guidance_scale": args.guidance_scale,
+        "true_cfg_scale": args.true_cfg_scale,
         "seed": args.seed,
         "num_images": args.num_images,
         "width": args.width,

@@ -66,7 +66,7 @@ def _process(
     dropped_phrases: list[str] = []
     if mode is LongPromptMode.ERROR:
         for (spec, tok), tokens in zip(encoders, counts, strict=True):
-            if tokens > spec.max_tokens:
+            if tokens > spec.max_tokens and not spec.pooled:
                 keep = spec.max_tokens - special_token_count(tok)
                 overflow = tokenize(tok, text)[keep:]
                 raise PromptTooLongError(
@@ -76,10 +76,12 @@ def _process(
                     limit=spec.max_tokens,
                     overflow=text[overflow[0].start :] if overflow else "",
                 )
-    if mode is LongPromptMode.FIT and encoders:
+    # pooled-only encoders read what fits of the text the others are given
+    sized = [(spec, tok) for spec, tok in encoders if not spec.pooled] or list(encoders)
+    if mode is LongPromptMode.FIT and sized:
 
         def over_limit(candidate: str) -> int:  # fit every encoder, not just the smallest limit
-            return max(token_count(tok, candidate) - spec.max_tokens for spec, tok in encoders)
+            return max(token_count(tok, candidate) - spec.max_tokens for spec, tok in sized)
 
         fitted = fit_phrases(text, count=over_limit, budget=0)
         text, dropped_phrases = fitted.text, fitted.dropped
@@ -88,7 +90,9 @@ def _process(
     chunks: list[EncoderText] = []
     for (spec, tok), tokens in zip(encoders, counts, strict=True):
         pieces, dropped = [text], ""
-        chunkable = spec.family is EncoderFamily.CLIP and mode is LongPromptMode.CHUNK
+        chunkable = (
+            spec.family is EncoderFamily.CLIP and mode is LongPromptMode.CHUNK and not spec.pooled
+        )
         if tokens > spec.max_tokens and chunkable:
             size = spec.max_tokens - special_token_count(tok)
             pieces = [c.text for c in split_chunks(tok, text, size=size)]
@@ -99,8 +103,7 @@ def _process(
             pieces = [text[: toks[keep - 1].end] if keep > 0 else ""]
             dropped = text[toks[keep].start :]
         elif (
-            spec.family is EncoderFamily.CLIP
-            and mode is LongPromptMode.CHUNK
+            chunkable
             and len(split_on_break(text)) > 1  # BREAK starts a new chunk even in short prompts
         ):
             pieces = [c.text for c in split_chunks(tok, text)]
@@ -185,8 +188,17 @@ def plan_prompt(
         for encoder_report in processed.reports:
             if encoder_report.dropped:
                 cut.setdefault(encoder_report.dropped, []).append(encoder_report.encoder)
+        pooled = {spec.name for spec in specs if spec.pooled}
         for dropped, names in cut.items():
             limit = next(r.limit for r in processed.reports if r.encoder == names[0])
+            if set(names) <= pooled:
+                whole = [r.encoder for r in processed.reports if r.encoder not in pooled]
+                warnings.append(
+                    f"{' and '.join(names)} (its pooled vector only) read the first {limit} "
+                    f"tokens of the {role} and never saw: {dropped!r}"
+                    + (f"; {' and '.join(whole)} read it whole." if whole else ".")
+                )
+                continue
             warnings.append(
                 f"{' and '.join(names)} cut the {role} at {limit} tokens and never saw: {dropped!r}"
             )

@@ -39,6 +39,10 @@ class TextEncoderSpec(BaseModel):
     (`deskgen.prompts.check_prompt`): hub ids, or ``REPO/SUBFOLDER``; the first one found in
     the local Hugging Face cache is used. Empty: the family's (CLIP's packaged vocabulary, or
     the hub id in `DEFAULT_TOKENIZERS`)."""
+    pooled: bool = False
+    """The encoder gives the pipeline only its pooled vector (FLUX's CLIP-L beside T5): it
+    reads the first ``max_tokens`` tokens whatever the mode, the ``fit`` and ``error`` modes
+    size the text for the other encoders, and what it never saw is reported."""
 
 
 class EncoderReport(BaseModel):

@@ -41,6 +41,8 @@ from ._common import _built as _built
 from ._common import _require_local as _require_local
 from ._diffusers import TinyKind, make_tiny_controlnet, make_tiny_lora, make_tiny_pipeline
 from ._fake_backend import FakeBackend, FakeBackendOptions, register_fake_backend
+from ._flux import make_tiny_flux_kontext
+from ._flux2 import make_tiny_flux2_klein
 from ._openai_server import FakeAnswer, FakeOpenAIServer, FakeRequest
 from ._qwen_image import make_tiny_qwen_image_edit, qwen_processor_without_torchvision
 from ._transformers import (
@@ -66,6 +68,8 @@ __all__ = [
     "make_tiny_clip",
     "make_tiny_controlnet",
     "make_tiny_depth_model",
+    "make_tiny_flux2_klein",
+    "make_tiny_flux_kontext",
     "make_tiny_janus",
     "make_tiny_llama",
     "make_tiny_lora",

@@ -15,7 +15,16 @@ from ._transformers import _TINY_LLAMA_HIDDEN, _clip_text_config, make_tiny_toke
 
 __all__ = ["TinyKind", "make_tiny_controlnet", "make_tiny_lora", "make_tiny_pipeline"]
 
-TinyKind = Literal["sdxl", "sd", "hidream", "qwen-image-edit", "qwen-image-edit-plus"]
+TinyKind = Literal[
+    "sdxl",
+    "sd",
+    "hidream",
+    "qwen-image-edit",
+    "qwen-image-edit-plus",
+    "flux-kontext",
+    "flux2-klein",
+    "flux2-klein-base",
+]
 """The kinds `make_tiny_pipeline` writes."""
 
 
@@ -230,7 +239,9 @@ def make_tiny_pipeline(
     Args:
         kind: ``"sdxl"`` (two CLIP encoders, text-time conditioning), ``"sd"`` (SD 1.x layout),
             ``"hidream"`` (four text encoders, the Llama apart: `make_tiny_llama`), or
-            ``"qwen-image-edit"`` / ``"qwen-image-edit-plus"`` (`make_tiny_qwen_image_edit`).
+            ``"qwen-image-edit"`` / ``"qwen-image-edit-plus"`` (`make_tiny_qwen_image_edit`),
+            ``"flux-kontext"`` (`make_tiny_flux_kontext`), ``"flux2-klein"`` (step-distilled) /
+            ``"flux2-klein-base"`` (`make_tiny_flux2_klein`).
         path: target folder; it is reused as is when it already holds the same tiny model.
         seed: seeds the random weights (``torch.manual_seed``).
         sample_size: latent size; the native image size is ``2 * sample_size`` pixels (SDXL and
@@ -243,6 +254,16 @@ def make_tiny_pipeline(
         return make_tiny_qwen_image_edit(
             path, plus=kind == "qwen-image-edit-plus", seed=seed, overwrite=overwrite
         )
+    if kind == "flux-kontext":
+        from ._flux import make_tiny_flux_kontext
+
+        return make_tiny_flux_kontext(path, seed=seed, overwrite=overwrite)
+    if kind in ("flux2-klein", "flux2-klein-base"):
+        from ._flux2 import make_tiny_flux2_klein
+
+        return make_tiny_flux2_klein(
+            path, distilled=kind == "flux2-klein", seed=seed, overwrite=overwrite
+        )
     _require_local()
     import torch
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
@@ -254,7 +275,8 @@ def make_tiny_pipeline(
     if kind not in ("sdxl", "sd", "hidream"):
         raise ValueError(
             f"Unknown tiny pipeline kind {kind!r}: use 'sdxl', 'sd', 'hidream', "
-            "'qwen-image-edit' or 'qwen-image-edit-plus'."
+            "'qwen-image-edit', 'qwen-image-edit-plus', 'flux-kontext', 'flux2-klein' or "
+            "'flux2-klein-base'."
         )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -29,7 +29,7 @@ The contract, every test named ``test_contract_...`` (select them with ``-k cont
 - threads: two requests at once, from two threads, each get exactly their result alone;
 - bad inputs: invalid fields raise `InvalidRequestError` naming the field, before the backend;
   what the backend's `BackendProfile` lacks (photos, masks, control images, references,
-  ``describe``) raises `UnsupportedOperationError`.
+  ``true_cfg_scale``, ``describe``) raises `UnsupportedOperationError`.
 
 The generator is made once per class (one more for the closing test); the requests are the
 class's tiny ones (`steps`, `request_kwargs`), and results that several tests compare with are
@@ -385,13 +385,19 @@ class BackendContract:
         with pytest.raises(InvalidRequestError, match="largest seed"):
             contract.gen.generate(**contract.fields(seed=MAX_SEED, num_images=2))
 
-    @pytest.mark.parametrize("capability", ["photos", "masks", "control_images", "references"])
+    @pytest.mark.parametrize(
+        "capability", ["photos", "masks", "control_images", "references", "true_cfg"]
+    )
     def test_contract_refuses_what_the_profile_lacks(
         self, contract: ContractRun, capability: str
     ) -> None:
         profile = contract.profile
         photo = contract_photo()
-        if capability == "photos":
+        if capability == "true_cfg":
+            if profile.true_cfg:
+                pytest.skip("the backend takes true_cfg_scale")
+            fields = contract.fields(true_cfg_scale=2.0, negative_prompt="clutter")
+        elif capability == "photos":
             if profile.has("photos"):
                 pytest.skip("the backend takes photos")
             fields = contract.fields(image=photo)

@@ -415,7 +415,8 @@ class DiffusersBackend(QuantizingBackend):
             with whole, adapter_state:
                 try:
                     with self._encode_lock, torch.no_grad():
-                        call.update(self.encode_prompt(pipe, job.prompt, do_cfg=do_cfg))
+                        embeds = self.encode_prompt(pipe, job.prompt, do_cfg=do_cfg)
+                    call.update(self._per_image(embeds, images=request.num_images))
                     encoded = marks["last_step"] = time.perf_counter()
                     with lock:
                         # measured here, after the requests this one waited for have let go
@@ -498,6 +499,11 @@ class DiffusersBackend(QuantizingBackend):
         # with model offload, put everything back before the next request
         if self.offload == "model" and self._txt2img is not None:
             self._txt2img.maybe_free_model_hooks()
+
+    def _per_image(self, embeds: dict[str, Any], *, images: int) -> dict[str, Any]:
+        """`encode_prompt`'s arguments for a call of ``images`` images: as they are where the
+        pipeline repeats given embeddings per image itself (most do; FLUX's don't)."""
+        return embeds
 
     def _default_guidance(self, job: Job) -> float:
         """The guidance of a request that leaves it ``None``."""
