@@ -177,7 +177,8 @@ class DeskGenerator:
         if memory is not None:
             from ._planner import plan_memory
 
-            given = {k: options[k] for k in ("controlnet",) if k in options}
+            # the sizes these change (a GGUF denoiser: its header), planned as given
+            given = {k: options[k] for k in ("controlnet", "quantization") if k in options}
             plan = plan_memory(
                 backend,
                 model=model,

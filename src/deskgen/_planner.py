@@ -29,7 +29,6 @@ laptop: a plan for a card you may not own).
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from pathlib import Path
@@ -37,8 +36,23 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ._planner_sizes import (
+    Offload,
+    Plan,
+    check_method,
+    denoiser_of,
+    four_bit_notes,
+    ladder,
+    quantized_bytes,
+    single_file_sizes,
+)
+from ._planner_sizes import cached_folder as _cached_folder
+from ._planner_sizes import folder_parameters as _folder_parameters
+from ._planner_sizes import safetensors_elements as _safetensors_elements
+from ._planner_sizes import saved_quantized_bytes as _saved_quantized_bytes
+from ._planner_sizes import single_file_backends as _single_file_backends
 from .backends._profile import GiB, MemoryProfile
-from .quant._config import QuantConfig
+from .quant._config import QuantConfig, methods_taken
 
 __all__ = [
     "MemoryMode",
@@ -50,7 +64,6 @@ __all__ = [
 ]
 
 MemoryMode = Literal["auto", "low", "balanced", "max-speed"]
-Offload = Literal["none", "model", "sequential"]
 
 
 DEFAULT_WORK_BYTES = 4 * GiB
@@ -90,6 +103,8 @@ class MemoryPlan(BaseModel):
     the working memory estimate."""
     fits: bool
     notes: list[str] = Field(default_factory=list)
+    methods: list[str] = Field(default_factory=list)
+    """The `QuantConfig` methods the backend takes (from its profile)."""
 
     def options(self) -> dict[str, Any]:
         """The `DeskGenerator` options that apply the plan."""
@@ -116,61 +131,15 @@ class MemoryPlan(BaseModel):
         if self.quantization is not None:
             q = self.quantization
             lines.append(
-                f"  quantization: {q.weights} ({q.method}) of {', '.join(q.components or ())}"
+                f"  quantization: {q.weights or Path(q.file or '?').name} ({q.method}) of "
+                f"{', '.join(q.components or ())}"
             )
         for name, size in sorted(self.component_bytes.items(), key=lambda kv: -kv[1]):
             lines.append(f"  {name}: {size / GiB:.2f} GiB")
+        if self.methods:
+            lines.append(f"  quantization methods it takes: {', '.join(self.methods)}")
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
-
-
-def _safetensors_elements(path: Path) -> int:
-    from ._lora import safetensors_header
-
-    shapes, _ = safetensors_header(path)
-    return sum(math.prod(shape) for shape in shapes.values())
-
-
-def _saved_quantized_bytes(folder: Path) -> dict[str, int]:
-    """The components a folder holds quantized (`save_quantized`), by their files' bytes."""
-    from .quant._saved import QUANTIZED_RECORD, QUANTIZED_WEIGHTS
-
-    return {
-        component.name: (component / QUANTIZED_WEIGHTS).stat().st_size
-        for component in sorted(p for p in folder.iterdir() if p.is_dir())
-        if (component / QUANTIZED_RECORD).is_file() and (component / QUANTIZED_WEIGHTS).is_file()
-    }
-
-
-def _folder_parameters(folder: Path) -> dict[str, int]:
-    """Elements per component of a pipeline folder, from its safetensors headers (components
-    saved quantized left out)."""
-    from .quant._saved import QUANTIZED_RECORD
-
-    found: dict[str, int] = {}
-    for component in sorted(p for p in folder.iterdir() if p.is_dir()):
-        if (component / QUANTIZED_RECORD).is_file():
-            continue
-        files = list(component.glob("*.safetensors"))
-        variants = [f for f in files if ".fp16." in f.name]
-        chosen = [f for f in files if f not in variants] or variants
-        total = sum(_safetensors_elements(f) for f in chosen)
-        if total:
-            found[component.name] = total
-    return found
-
-
-def _cached_folder(model: str) -> Path | None:
-    """The Hugging Face cache's snapshot folder of ``model``, if its index is cached."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - comes with diffusers
-        return None
-    try:
-        path = try_to_load_from_cache(model, "model_index.json")
-    except ValueError:  # not a hub id (a path): nothing cached under it
-        return None
-    return Path(path).parent if isinstance(path, str) else None
 
 
 def _check_folder(model: str) -> None:
@@ -180,6 +149,13 @@ def _check_folder(model: str) -> None:
 
     if not model.strip():  # "" would read ./model_index.json: the current folder
         raise ConfigError("The model name is empty: give a hub id or a pipeline folder.")
+    if model.lower().endswith(".safetensors"):  # a single-file checkpoint (`_planner_sizes`)
+        if is_local(model, subfolder=True) and not Path(os.path.expanduser(model)).is_file():
+            raise ModelNotFoundError(
+                f"No checkpoint file at {model!r}: give a .safetensors file, a pipeline folder "
+                "or a hub id."
+            )
+        return
     if is_local(model) and not Path(os.path.expanduser(model)).is_dir():
         raise ModelNotFoundError(
             f"No model folder at {model!r}: give a pipeline folder (with model_index.json) or a "
@@ -256,6 +232,16 @@ def infer_backend(model: str) -> str:
     from ._registry import backends_for_pipeline
 
     choices = ", ".join(_plannable())
+    single = _single_file_backends(model)
+    if single is not None:
+        pipeline, names = single
+        if len(names) == 1:
+            return names[0]
+        raise ConfigError(
+            f"{model!r} is a single-file {pipeline} checkpoint, which "
+            + (f"the backends {', '.join(names)} all load" if names else "no backend loads")
+            + f": pass the backend (--backend NAME), one of {choices}."
+        )
     class_name = _index_class(model)
     if class_name is not None:
         names = backends_for_pipeline(class_name)
@@ -289,6 +275,17 @@ def _check_backend(backend: str, model: str) -> None:
         pipeline_classes(get_backend_class(backend, check_installed=False), accepted=True)
     )
     if not accepted:
+        return
+    single = _single_file_backends(model)
+    if single is not None:
+        if backend not in single[1]:
+            from ._registry import backends_with, either
+
+            raise ConfigError(
+                f"{model!r} is a single-file {single[0]} checkpoint, which the {backend!r} "
+                f"backend doesn't load from one file: plan it with "
+                f"{either(single[1] or backends_with('single_file'))}."
+            )
         return
     class_name = _index_class(model)
     if class_name is not None:
@@ -345,6 +342,8 @@ def _parameters(
         sizes = _folder_parameters(folder)
         saved = _saved_quantized_bytes(folder)
         source = "files"
+    elif (single := single_file_sizes(model)) is not None:
+        sizes, source = single, "files"
     memory = _memory_profile(backend)
     if not sizes and memory is not None:
         sizes = dict(memory.parameters)
@@ -395,8 +394,9 @@ def plan_memory(
     device: str = "auto",
     dtype: str = "auto",
     budget_bytes: int | None = None,
-    method: Literal["quanto", "torchao"] = "torchao",
+    method: Literal["quanto", "torchao", "bitsandbytes"] = "torchao",
     allow_quantization: bool = True,
+    quantization: QuantConfig | None = None,
     **options: Any,
 ) -> MemoryPlan:
     """Plan how to load ``model`` on ``device`` in the memory at hand (see the module).
@@ -404,13 +404,19 @@ def plan_memory(
     Args:
         backend: the backend; ``None``: the one the model's index says (`infer_backend`), or
             ``sdxl`` without a model.
+        model: a hub id, a pipeline folder, or a single-file ``.safetensors`` checkpoint
+            (sized from its header) for backends that read one.
         device: with ``budget_bytes``, also a device this machine lacks (``"cuda"`` on a CPU
             machine; ``dtype="auto"`` is then bfloat16 for CUDA, as on Ampere and newer).
         budget_bytes: the memory to fit in; ``None``: the free GPU memory, or the available RAM
             on the CPU.
-        method: the quantization library the plan uses when it quantizes.
+        method: the quantization library the plan uses when it quantizes; ``bitsandbytes``
+            (CUDA/XPU devices only) tries its int8, then nf4, before offloading.
         allow_quantization: whether the plan may quantize (not with LoRAs, which need full-precision
             layers; never for a folder saved quantized).
+        quantization: the quantization to plan with, as given (the plan then chooses offload
+            and tiling only): a GGUF denoiser is sized from the file's header (a local file, or
+            a hub file in the cache), bitsandbytes/quanto/torchao components by their type.
         **options: the backend options that change the sizes (``controlnet=`` for
             sdxl-controlnet).
 
@@ -418,7 +424,9 @@ def plan_memory(
         UnknownBackendError: no such backend.
         ConfigError: a backend without known sizes or local weights (e.g. the API ones); no
             backend given and none to infer, or a model that is another backend's; a device
-            that is not here, without a budget.
+            that is not here, without a budget; a method the backend does not take, or
+            bitsandbytes for a device that is no GPU.
+        ModelNotFoundError: the GGUF file is not here (or not cached).
     """
     from ._device import dtype_name, resolve_dtype
     from ._exceptions import ConfigError
@@ -434,7 +442,19 @@ def plan_memory(
     model = model if model is not None else cls.default_model
     if model is None or "torch" not in cls.requirements:
         raise ConfigError(f"The {backend!r} backend has no local weights to plan memory for.")
+    if isinstance(quantization, dict):  # as options may carry it
+        quantization = QuantConfig.model_validate(quantization)
+    if quantization is not None:
+        check_method(quantization, backend, cls.profile)
     resolved_device, absent = _plan_device(device, budget_bytes)
+    on_gpu = resolved_device.startswith(("cuda", "xpu"))
+    bnb = (quantization.method if quantization else method) == "bitsandbytes"
+    if bnb and not on_gpu:
+        raise ConfigError(
+            "bitsandbytes quantizes onto CUDA (or XPU) GPUs: plan it for one (device='cuda', "
+            "with budget_bytes=... for a card that is not here: deskgen plan --device cuda "
+            "--budget 16GB --method bitsandbytes), or plan with method='torchao'."
+        )
     absent_notes: list[str] = []
     if absent:
         absent_notes.append(f"{device} is not on this machine: planned for its given memory")
@@ -462,11 +482,31 @@ def plan_memory(
             "safetensors headers can be read."
         )
     budget, budget_source = _budget(resolved_device, budget_bytes)
-    on_gpu = resolved_device.startswith(("cuda", "xpu"))
     memory = cls.profile.memory
     work = (memory.work_bytes if memory else DEFAULT_WORK_BYTES) * (2 if width == 4 else 1)
     notes: list[str] = absent_notes + notes_saved
-    if not allow_quantization and not saved:
+    main = denoiser_of(cls, parameters)
+    fixed: dict[str, int] = {}  # sized by the quantization given
+    if quantization is not None:
+        allow_quantization = False
+        if quantization.method == "gguf":
+            if main is None:
+                raise ConfigError(f"{model!r} has no denoiser for a GGUF file to replace.")
+            from ._planner_sizes import gguf_bytes
+
+            fixed[main], label = gguf_bytes(quantization, width, cache_dir=options.get("cache_dir"))
+            notes.append(f"{main} sized from the GGUF file's header ({label})")
+            quantization = quantization.model_copy(update={"components": (main,)})
+        else:
+            key = (
+                f"{quantization.weights} (bitsandbytes)"
+                if quantization.method == "bitsandbytes" and quantization.weights == "int8"
+                else str(quantization.weights)
+            )
+            for name in quantization.components or cls.profile.default_quantized:
+                if name in parameters:
+                    fixed[name] = quantized_bytes(parameters[name], width, LINEAR_SHARE, key)
+    elif not allow_quantization and not saved:
         notes.append(
             "plans without quantization (LoRAs need full-precision layers; fused QKV "
             "projections can't fuse quantized ones)"
@@ -477,13 +517,18 @@ def plan_memory(
     large = [n for n, p in parameters.items() if p > LARGE] if allow_quantization else []
     denoiser = [n for n in parameters if n in DENOISERS] if allow_quantization else []
 
-    def quantized_bytes(name: str) -> int:
-        whole = parameters[name] * width
-        return int(whole * (1 - LINEAR_SHARE) + parameters[name] * LINEAR_SHARE * 1)
+    def weight_key(weights: str) -> str:
+        return "int8 (bitsandbytes)" if bnb and weights == "int8" else weights
 
-    def candidate(quantize: list[str], offload: Offload, tiled: bool) -> tuple[int, dict[str, int]]:
+    def candidate(plan: Plan) -> tuple[int, dict[str, int]]:
+        quantize, offload, tiled, weights = plan
         sizes = {
-            n: quantized_bytes(n) if n in quantize else p * width for n, p in parameters.items()
+            n: fixed[n]
+            if n in fixed
+            else quantized_bytes(p, width, LINEAR_SHARE, weight_key(weights))
+            if n in quantize
+            else p * width
+            for n, p in parameters.items()
         } | saved
         if offload == "none":
             resident = sum(sizes.values())
@@ -494,32 +539,18 @@ def plan_memory(
         need = resident + int(work * ((1 - TILED_SAVING) if tiled else 1))
         return need, sizes
 
-    plans: list[tuple[list[str], Offload, bool]]
-    if mode == "max-speed":
-        plans = [([], "none", False)]
-    elif mode == "low":
-        plans = [(large, "sequential" if on_gpu else "none", True)]
-    else:
-        plans = [
-            ([], "none", False),
-            (denoiser, "none", False),
-            (large, "none", True),
-        ]
-        if on_gpu:
-            plans += [
-                ([], "model", True),
-                (denoiser, "model", True),
-                (large, "model", True),
-                (large, "sequential", True),
-            ]
+    plans = ladder(mode, on_gpu, denoiser, large, bnb=bnb)
+    if quantization is not None:  # the quantization is given: offload and tiling only
+        plans = [([], offload, tiled, "int8") for _, offload, tiled, _ in plans]
+        plans = [p for i, p in enumerate(plans) if p not in plans[:i]]
     chosen = plans[-1]
     for plan in plans:
-        need, _ = candidate(*plan)
+        need, _ = candidate(plan)
         if need <= budget:
             chosen = plan
             break
-    quantize, offload, tiled = chosen
-    need, sizes = candidate(quantize, offload, tiled)
+    quantize, offload, tiled, weights = chosen
+    need, sizes = candidate(chosen)
     fits = need <= budget
     if not fits:
         notes.append(
@@ -528,19 +559,31 @@ def plan_memory(
             if mode != "low"
             else "does not fit even in 'low': free memory, or use a smaller model"
         )
-    config = None
+    config = quantization
     if quantize:
-        from .quant._weights import check_supported
+        from .quant._weights import check_supported, installed
 
         try:
-            check_supported("int8", method)
+            if bnb:
+                if not installed("bitsandbytes"):
+                    raise ConfigError(
+                        "bitsandbytes is not installed (pip install 'deskgen[bitsandbytes]')"
+                    )
+            else:
+                check_supported("int8", method)  # type: ignore[arg-type]
         except Exception as exc:  # the library is missing: say so, plan without it
             notes.append(f"quantization skipped: {exc}")
             quantize = []
-            need, sizes = candidate([], offload, tiled)
+            need, sizes = candidate(([], offload, tiled, weights))
             fits = need <= budget
         else:
-            config = QuantConfig(method=method, weights="int8", components=tuple(quantize))
+            config = QuantConfig(
+                method=method,
+                weights="nf4" if bnb and weights == "nf4" else "int8",
+                components=tuple(quantize),
+            )
+    if allow_quantization and not bnb and (not fits or offload == "sequential"):
+        notes += four_bit_notes(cls.profile, parameters, width, main, share=LINEAR_SHARE)
     return MemoryPlan(
         backend=backend,
         model=model,
@@ -558,4 +601,5 @@ def plan_memory(
         device_bytes=need,
         fits=fits,
         notes=notes,
+        methods=list(methods_taken(cls.profile)),
     )

@@ -86,7 +86,18 @@ def register(sub: Subparsers) -> None:
         help="plan for this much memory instead of what is free, e.g. 16GB, 24GiB, 12 (GiB; "
         "GB and GiB both mean 2^30 bytes: cards are sold by GiB), 512MB",
     )
-    plan.add_argument("--method", choices=["quanto", "torchao"], default="torchao")
+    plan.add_argument(
+        "--method",
+        choices=["quanto", "torchao", "bitsandbytes"],
+        default="torchao",
+        help="the library the plan quantizes with (bitsandbytes: int8, then nf4, on CUDA GPUs)",
+    )
+    plan.add_argument(
+        "--gguf",
+        metavar="FILE",
+        help="plan with the denoiser read from this GGUF file (a path, or a hub file "
+        "owner/repo/name.gguf in the cache), sized from its header",
+    )
     plan.add_argument(
         "--controlnet", action="append", help="sdxl-controlnet: a ControlNet (repeatable)"
     )
@@ -155,6 +166,15 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if args.model and args.model_flag and args.model != args.model_flag:
         raise ConfigError(f"Two models: {args.model!r} and --model {args.model_flag!r}.")
     extra: dict[str, Any] = {"controlnet": args.controlnet} if args.controlnet else {}
+    if args.gguf:
+        from pydantic import ValidationError
+
+        from ..quant import QuantConfig
+
+        try:
+            extra["quantization"] = QuantConfig(method="gguf", file=args.gguf)
+        except ValidationError as exc:
+            raise ConfigError(f"--gguf {args.gguf!r}: {exc.errors()[0]['msg']}.") from exc
     plan = plan_memory(
         args.backend,
         model=args.model if args.model is not None else args.model_flag,

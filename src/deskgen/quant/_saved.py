@@ -96,7 +96,7 @@ def save_quantized(generator: SavableGenerator, out: str | os.PathLike[str]) -> 
 
     Raises:
         ConfigError: the generator has no quantized component, or LoRAs are loaded, or ``out``
-            is not empty.
+            is not empty, or its components come from a GGUF file or bitsandbytes.
         UnsupportedOperationError: the backend has no diffusers pipeline.
     """
 
@@ -109,6 +109,18 @@ def save_quantized(generator: SavableGenerator, out: str | os.PathLike[str]) -> 
         )
     if generator.loras:
         raise ConfigError("Unload the LoRAs first: a saved quantized model holds no adapters.")
+    unsaved = sorted(
+        {c.method for c in getattr(backend, "quantization_configs", {}).values()}
+        & {"gguf", "bitsandbytes"}
+    )
+    if unsaved:
+        raise ConfigError(
+            f"save_quantized saves quanto/torchao weights, not {' or '.join(unsaved)}: a GGUF "
+            "denoiser is its file already (load it again with QuantConfig(method='gguf', "
+            "file=...)), and bitsandbytes quantizes again in seconds as it loads "
+            "(QuantConfig(method='bitsandbytes')). To save a model quantized, quantize it "
+            "with QuantConfig(method='quanto') or 'torchao'."
+        )
     target = Path(out)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ConfigError(

@@ -7,10 +7,34 @@ from typing import Any, Literal
 
 from .._exceptions import ConfigError, MissingDependencyError
 
-__all__ = ["QuantBackend", "WeightBits", "check_supported", "module_bytes", "quantize_weights"]
+__all__ = [
+    "BnbWeights",
+    "QuantBackend",
+    "QuantMethod",
+    "QuantWeights",
+    "WeightBits",
+    "check_bitsandbytes",
+    "check_gguf",
+    "check_supported",
+    "installed",
+    "library_weights",
+    "logical_elements",
+    "module_bytes",
+    "quantize_weights",
+]
 
 WeightBits = Literal["int8", "int4", "fp8"]
+"""What optimum-quanto and torchao quantize weights to."""
+BnbWeights = Literal["nf4", "fp4", "int8"]
+"""What bitsandbytes quantizes linear weights to: 4-bit NormalFloat or float (blocks of 64
+with a scale each) or LLM.int8() (one scale per row)."""
+QuantWeights = Literal["int8", "int4", "fp8", "nf4", "fp4"]
+"""Every weight type `deskgen.QuantConfig` names."""
 QuantBackend = Literal["auto", "quanto", "torchao"]
+QuantMethod = Literal["quanto", "torchao", "gguf", "bitsandbytes"]
+"""How `deskgen.QuantConfig` quantizes: a library that quantizes a loaded module's weights
+(quanto, torchao), one that quantizes them as they load (bitsandbytes), or a file whose
+weights are quantized already (gguf)."""
 
 
 def _available(backend: str) -> bool:
@@ -37,6 +61,66 @@ def resolve_backend(backend: QuantBackend) -> Literal["quanto", "torchao"]:
             f"Quantization with {backend}", extra=backend, missing=[package]
         )
     return backend
+
+
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported (found, not imported)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ModuleNotFoundError, ValueError):  # a parent missing, or a module without a spec
+        return False
+
+
+def check_gguf() -> None:
+    """Raise `MissingDependencyError` (the ``gguf`` extra) unless the gguf reader is installed."""
+    if not installed("gguf"):
+        raise MissingDependencyError(
+            "GGUF weights (QuantConfig(method='gguf'))", extra="gguf", missing=["gguf"]
+        )
+
+
+def check_bitsandbytes(device: str) -> None:
+    """Refuse bitsandbytes before any weight loads where it can't run: not installed, or no
+    CUDA/XPU device to put its weights on (diffusers' bitsandbytes quantizer needs one; a
+    CPU-only torch build has none). ``device``: the generator's, resolved (``cuda:0``...).
+
+    Raises:
+        MissingDependencyError: bitsandbytes is not installed (names the extra).
+        ConfigError: the device is not a CUDA/XPU GPU, or torch sees none.
+    """
+    if not installed("bitsandbytes"):
+        raise MissingDependencyError(
+            "bitsandbytes quantization (QuantConfig(method='bitsandbytes'))",
+            extra="bitsandbytes",
+            missing=["bitsandbytes"],
+        )
+    import torch
+
+    xpu = getattr(torch, "xpu", None)
+    gpu = torch.cuda.is_available() or bool(xpu is not None and xpu.is_available())
+    if not gpu or not device.startswith(("cuda", "xpu")):
+        where = (
+            f"the device is {device!r}"
+            if gpu
+            else f"torch {torch.__version__} sees no CUDA or XPU GPU here"
+        )
+        raise ConfigError(
+            "bitsandbytes quantizes weights as they load onto a CUDA (or XPU) GPU, and "
+            f"{where}. On a GPU machine use device='cuda' with "
+            "QuantConfig(method='bitsandbytes'); on this one use a GGUF file of the denoiser "
+            "(QuantConfig(method='gguf', file=...)), or quanto/torchao int8 "
+            "(QuantConfig(method='quanto')), which run on the CPU."
+        )
+
+
+def library_weights(weights: str | None) -> WeightBits:
+    """``weights`` as quanto/torchao take them (`QuantConfig` has checked them)."""
+    if weights not in ("int8", "int4", "fp8"):
+        raise ConfigError(
+            f"weights={weights!r} is not a quanto/torchao weight type: use 'int8', 'int4' or "
+            "'fp8' (nf4/fp4 are bitsandbytes': QuantConfig(method='bitsandbytes'))."
+        )
+    return weights  # type: ignore[return-value]
 
 
 def check_supported(
@@ -196,23 +280,61 @@ def group_sizes(module: Any) -> dict[str, int | None]:
     }
 
 
-def _tensor_bytes(tensor: Any) -> int:
+def _quant_state_tensors(state: Any) -> list[Any]:
+    """The tensors of a bitsandbytes ``QuantState`` (4-bit weights' block scales, their
+    lookup table, and with double quantization the scales' own scales)."""
+    tensors = [getattr(state, name, None) for name in ("absmax", "code", "offset")]
+    found = [t for t in tensors if t is not None and hasattr(t, "element_size")]
+    nested = getattr(state, "state2", None)
+    return found + (_quant_state_tensors(nested) if nested is not None else [])
+
+
+def _tensor_bytes(tensor: Any, seen: set[int]) -> int:
+    if id(tensor) in seen:
+        return 0
+    seen.add(id(tensor))
     flatten = getattr(tensor, "__tensor_flatten__", None)
     if flatten is not None:  # quantized tensor subclasses: count what they hold
         names, _ = flatten()
-        return sum(_tensor_bytes(getattr(tensor, name)) for name in names)
-    return int(tensor.numel()) * int(tensor.element_size())
+        return sum(_tensor_bytes(getattr(tensor, name), seen) for name in names)
+    # GGUF weights (diffusers' GGUFParameter) are their uint8 blocks: counted as they are;
+    # bitsandbytes keeps its scales beside the packed data, off the parameter list
+    extra = (
+        list(_quant_state_tensors(tensor.quant_state))
+        if getattr(tensor, "quant_state", None) is not None
+        else []
+    )
+    scb = getattr(tensor, "SCB", None)  # LLM.int8()'s row scales
+    if scb is not None and hasattr(scb, "element_size"):
+        extra.append(scb)
+    own = int(tensor.numel()) * int(tensor.element_size())
+    return own + sum(_tensor_bytes(t, seen) for t in extra)
 
 
 def module_bytes(module: Any) -> int:
-    """Bytes held by ``module``'s parameters and buffers, counting quantized weights (quanto's
-    and torchao's tensor subclasses) by the data and scales they store, not by their logical
-    dtype. Shared tensors count once."""
+    """Bytes held by ``module``'s parameters and buffers, counting quantized weights by the
+    data and scales they store, not by their logical dtype: quanto's and torchao's tensor
+    subclasses, GGUF blocks (diffusers' ``GGUFParameter``: the file's bytes), bitsandbytes'
+    packed 4-bit data with its block scales (``quant_state``) and int8 data with its row
+    scales (``SCB``). Shared tensors count once."""
+    seen: set[int] = set()
+    return sum(_tensor_bytes(t, seen) for t in [*module.parameters(), *module.buffers()])
+
+
+def logical_elements(module: Any) -> int:
+    """How many weights ``module`` holds as the model sees them (a GGUF or bitsandbytes
+    weight counts its unpacked shape, not its bytes)."""
+    import math
+
     seen: set[int] = set()
     total = 0
     for tensor in [*module.parameters(), *module.buffers()]:
-        key = id(tensor)
-        if key not in seen:
-            seen.add(key)
-            total += _tensor_bytes(tensor)
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        shape = getattr(tensor, "quant_shape", None)  # GGUF
+        state = getattr(tensor, "quant_state", None)  # bitsandbytes 4-bit
+        if shape is None and state is not None:
+            shape = getattr(state, "shape", None)
+        total += math.prod(shape) if shape is not None else int(tensor.numel())
     return total

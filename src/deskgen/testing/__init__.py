@@ -43,8 +43,10 @@ from ._diffusers import TinyKind, make_tiny_controlnet, make_tiny_lora, make_tin
 from ._fake_backend import FakeBackend, FakeBackendOptions, register_fake_backend
 from ._flux import make_tiny_flux_kontext
 from ._flux2 import make_tiny_flux2_klein
+from ._gguf import make_tiny_gguf
 from ._openai_server import FakeAnswer, FakeOpenAIServer, FakeRequest
 from ._qwen_image import make_tiny_qwen_image_edit, qwen_processor_without_torchvision
+from ._single_file import make_tiny_single_file
 from ._transformers import (
     make_tiny_clip,
     make_tiny_depth_model,
@@ -70,11 +72,13 @@ __all__ = [
     "make_tiny_depth_model",
     "make_tiny_flux2_klein",
     "make_tiny_flux_kontext",
+    "make_tiny_gguf",
     "make_tiny_janus",
     "make_tiny_llama",
     "make_tiny_lora",
     "make_tiny_pipeline",
     "make_tiny_qwen_image_edit",
+    "make_tiny_single_file",
     "make_tiny_tokenizer",
     "qwen_processor_without_torchvision",
     "register_fake_backend",

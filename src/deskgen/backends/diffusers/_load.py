@@ -1,6 +1,7 @@
 """Loading a diffusers pipeline: the model index checked against the backend's family, the
 pipeline read with safetensors only (unless the caller opts in), placed on its device,
-offloaded, and viewed per request. Quantized loading builds on it (`._quantized`)."""
+offloaded, and viewed per request. Quantized loading builds on it (`._quantized`); single-file
+checkpoints load through `._single_file`."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..._device import dtype_name
 from ..._exceptions import (
+    ConfigError,
     DeskgenError,
     GeneratorClosedError,
     ModelLoadError,
     ModelMismatchError,
+    UnsupportedOperationError,
 )
 from ..._hub import is_local
 from ..._loading import (
@@ -29,8 +32,10 @@ from ..._loading import (
 )
 from .._base import Backend
 from ._options import DiffusersOptions
+from ._single_file import is_single_file, load_single_file
 
 if TYPE_CHECKING:
+    from ...quant._config import QuantConfig
     from ._adapters import LoraAdapters
 
 __all__ = ["LoadingBackend"]
@@ -107,6 +112,41 @@ class LoadingBackend(Backend):
 
     def _load(self) -> Any:
         model = self.opts.model
+        single = is_single_file(model)
+        pipe = self._load_single_file(model) if single else self._load_folder(model)
+        try:
+            self._place(pipe)
+        except DeskgenError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(
+                f"Could not move {model!r} to {self._device} ({type(exc).__name__}: {exc}). "
+                "Free memory on the device, or use dtype='float16'/'bfloat16' to halve it."
+            ) from exc
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def _load_single_file(self, model: str) -> Any:
+        """One checkpoint file in the original layout (`._single_file`), for backends whose
+        profile has ``single_file``."""
+        if not self.profile.single_file:
+            from ..._registry import backends_with, either
+
+            raise ModelLoadError(
+                f"{model!r} is a single-file checkpoint, which the {self.name!r} backend does "
+                f"not load: pass a diffusers pipeline folder or hub id (the "
+                f"{either(backends_with('single_file'), conjunction='and')} backends read "
+                "single files)."
+            )
+        return load_single_file(self, model)
+
+    def _load_folder(self, model: str) -> Any:
+        """A diffusers pipeline folder or hub id (``from_pretrained``)."""
+        if self.opts.config is not None:
+            raise ConfigError(
+                f"config= describes a single-file checkpoint, but {model!r} is a diffusers "
+                "folder or hub id with its own configs: leave config= out."
+            )
         local = is_local(model)
         index = self._read_model_index(model, local)
         self._check_family(index, model)
@@ -120,18 +160,7 @@ class LoadingBackend(Backend):
             self._load_saved_quantized(index, source, extra)
         self._quantize_at_load(index, source, local, extra)
         with self._translating_load_errors(model, local=local):
-            pipe = cls.from_pretrained(source, **extra, **self._load_kwargs())
-        try:
-            self._place(pipe)
-        except DeskgenError:
-            raise
-        except Exception as exc:
-            raise ModelLoadError(
-                f"Could not move {model!r} to {self._device} ({type(exc).__name__}: {exc}). "
-                "Free memory on the device, or use dtype='float16'/'bfloat16' to halve it."
-            ) from exc
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+            return cls.from_pretrained(source, **extra, **self._load_kwargs())
 
     def _load_kwargs(self) -> dict[str, Any]:
         """What every ``from_pretrained`` of the model's own files takes from the options."""
@@ -188,6 +217,10 @@ class LoadingBackend(Backend):
         self, index: dict[str, Any], source: str, local: bool, extra: dict[str, Any]
     ) -> None:
         """Load, quantize and add to ``extra`` the components to quantize (`._quantized`)."""
+
+    def _quantize_component(self, name: str, module: Any, config: QuantConfig) -> None:
+        """Quantize one loaded component in place (`._quantized`)."""
+        raise UnsupportedOperationError(f"The {self.name!r} backend does not quantize.")
 
     @contextlib.contextmanager
     def _translating_load_errors(

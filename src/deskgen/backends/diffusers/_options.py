@@ -41,6 +41,12 @@ class DiffusersOptions(BackendOptions):
     allow_pickle: bool = False
     """Also accept pickle weights (``.bin``/``.ckpt``) when no safetensors exist. Pickle files
     can run code when loaded: only for checkpoints you trust."""
+    config: str | None = None
+    """For a single-file checkpoint (``model=`` one ``.safetensors`` file in the original
+    layout, backends whose profile has ``single_file``): a local diffusers pipeline folder whose
+    ``model_index.json`` and component configs and tokenizers describe it (its weights, if any,
+    are not read). ``None``: the configs deskgen ships for the family read from the file (SD
+    1.5, SD 2.1 768 v-prediction, SDXL base 1.0)."""
     loras: list[LoraSpec] = Field(default_factory=list)
     """LoRAs to load with the model (a `LoraSpec`, or a path), checked and applied in order;
     more can be loaded later with `DeskGenerator.load_lora`."""

@@ -169,6 +169,7 @@ class Flux2KleinBackend(DiffusersBackend):
     default_long_prompt: ClassVar[LongPromptMode] = LongPromptMode.FIT
     profile: ClassVar[BackendProfile] = BackendProfile(
         modes=("txt2img", "edit"),
+        gguf=True,
         loras=True,
         references=REFERENCES,
         quantizable=("transformer", "text_encoder", "vae"),

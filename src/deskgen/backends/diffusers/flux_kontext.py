@@ -105,6 +105,7 @@ class FluxKontextBackend(DiffusersBackend):
     default_long_prompt: ClassVar[LongPromptMode] = LongPromptMode.FIT
     profile: ClassVar[BackendProfile] = BackendProfile(
         modes=("txt2img", "edit"),
+        gguf=True,
         loras=True,
         true_cfg=True,
         quantizable=("transformer", "text_encoder", "text_encoder_2", "vae"),

@@ -110,6 +110,7 @@ class HiDreamBackend(DiffusersBackend):
 
     profile: ClassVar[BackendProfile] = BackendProfile(
         modes=("txt2img",),
+        gguf=True,
         quantizable=(
             "transformer",
             "text_encoder",

@@ -187,6 +187,7 @@ class QwenImageEditBackend(DiffusersBackend):
     default_long_prompt: ClassVar[LongPromptMode] = LongPromptMode.FIT
     profile: ClassVar[BackendProfile] = BackendProfile(
         modes=("edit",),
+        gguf=True,
         loras=True,
         references=2,
         quantizable=("transformer", "text_encoder", "vae"),

@@ -32,6 +32,8 @@ class SDBackend(DiffusersBackend):
     default_negative_preset: ClassVar[str | None] = "photo_default"
     profile: ClassVar[BackendProfile] = BackendProfile(
         modes=("txt2img", "img2img"),
+        gguf=True,
+        single_file=True,
         loras=True,
         quantizable=("unet", "text_encoder", "vae"),
         default_quantized=("unet",),

@@ -41,6 +41,8 @@ class SDXLBackend(DiffusersBackend):
     default_negative_preset: ClassVar[str | None] = "sdxl_default"
     profile: ClassVar[BackendProfile] = BackendProfile(
         modes=("txt2img", "img2img"),
+        gguf=True,
+        single_file=True,
         loras=True,
         quantizable=("unet", "text_encoder", "text_encoder_2", "vae"),
         default_quantized=("unet",),

@@ -152,6 +152,8 @@ class SDXLControlNetBackend(SDXLBackend):
     default_strength: ClassVar[float] = 0.8
     profile: ClassVar[BackendProfile] = BackendProfile(
         modes=("txt2img", "img2img", "controlnet"),
+        gguf=True,
+        single_file=True,
         loras=True,
         control_images=True,
         quantizable=("unet", "text_encoder", "text_encoder_2", "vae", "controlnet"),
