@@ -11,7 +11,7 @@ from typing import Any, Literal
 from .._quiet import quiet_logs
 from ..prompts._tokenizers import packaged_clip_tokenizer
 from ._common import _MARKER, _built, _require_local
-from ._transformers import _TINY_LLAMA_HIDDEN, _clip_text_config, make_tiny_tokenizer
+from ._transformers import _TINY_LLAMA_HIDDEN, _clip_text_config, _tiny_t5
 
 __all__ = ["TinyKind", "make_tiny_controlnet", "make_tiny_lora", "make_tiny_pipeline"]
 
@@ -129,28 +129,14 @@ def _tiny_hidream() -> dict[str, Any]:
     encoder lives in its own folder (`make_tiny_llama`), as HiDream's does."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
     from diffusers import HiDreamImageTransformer2DModel as Transformer
-    from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
+    from transformers import CLIPTextModelWithProjection
 
     def clip() -> Any:
         config = _clip_text_config(32, 32)
         config.max_position_embeddings = 248
         return CLIPTextModelWithProjection(config)
 
-    t5_tokenizer = make_tiny_tokenizer("t5")
-    t5 = T5EncoderModel(
-        T5Config(
-            vocab_size=len(t5_tokenizer),
-            d_model=32,
-            d_kv=8,
-            d_ff=64,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=t5_tokenizer.pad_token_id,
-            eos_token_id=t5_tokenizer.eos_token_id,
-            decoder_start_token_id=t5_tokenizer.pad_token_id,
-        )
-    )
+    t5, t5_tokenizer = _tiny_t5(32)
     transformer = Transformer(
         patch_size=2,
         in_channels=4,

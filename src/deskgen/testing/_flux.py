@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ._common import _MARKER, _built, _require_local
-from ._transformers import _clip_text_config, make_tiny_tokenizer
+from ._transformers import _clip_text_config, _tiny_t5
 
 __all__ = ["make_tiny_flux_kontext"]
 
@@ -30,25 +30,11 @@ _TEXT = 32
 
 def _components() -> dict[str, Any]:
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import CLIPTextModel
 
     from ..prompts._tokenizers import packaged_clip_tokenizer
 
-    t5_tokenizer = make_tiny_tokenizer("t5")
-    t5 = T5EncoderModel(
-        T5Config(
-            vocab_size=len(t5_tokenizer),
-            d_model=_TEXT,
-            d_kv=8,
-            d_ff=64,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=t5_tokenizer.pad_token_id,
-            eos_token_id=t5_tokenizer.eos_token_id,
-            decoder_start_token_id=t5_tokenizer.pad_token_id,
-        )
-    )
+    t5, t5_tokenizer = _tiny_t5(_TEXT)
     transformer = FluxTransformer2DModel(
         patch_size=1,
         in_channels=16,  # 2x2 patches of the VAE's 4 latent channels, packed

@@ -288,6 +288,27 @@ def make_tiny_clip(path: str | os.PathLike[str], *, seed: int = 0, overwrite: bo
     return target
 
 
+def _tiny_t5(width: int) -> tuple[Any, Any]:
+    """A tiny random-weight T5 encoder of ``width`` (two layers, four heads) and the tiny T5
+    tokenizer it reads (`make_tiny_tokenizer`), as FLUX and HiDream pipelines hold them."""
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = make_tiny_tokenizer("t5")
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=width,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    return T5EncoderModel(config), tokenizer
+
+
 def make_tiny_tokenizer(
     kind: Literal["t5", "llama"], path: str | os.PathLike[str] | None = None
 ) -> Any:
