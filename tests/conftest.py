@@ -97,3 +97,26 @@ def draw_desk(size: tuple[int, int] = (96, 72)) -> Image.Image:
 @pytest.fixture
 def desk_photo() -> Image.Image:
     return draw_desk()
+
+
+@pytest.fixture(scope="session")
+def tiny_segformer_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from deskgen.testing._segmentation import make_tiny_segmenter
+
+    return make_tiny_segmenter(tmp_path_factory.mktemp("segmenters") / "segformer")
+
+
+@pytest.fixture(scope="session")
+def tiny_mask2former_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from deskgen.testing._segmentation import make_tiny_segmenter
+
+    return make_tiny_segmenter(
+        tmp_path_factory.mktemp("segmenters") / "mask2former", kind="mask2former"
+    )
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ``DESKGEN_CACHE`` for the tests that run the offline demo's masks: the tiny
+    segmentation model trained on the sample photo is built once a session."""
+    return tmp_path_factory.mktemp("demo-cache")

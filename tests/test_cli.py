@@ -762,3 +762,65 @@ def test_run_specs_split_at_keys_not_inside_json() -> None:
         },
         "request": {"steps": 20},  # typed: requests are strict
     }
+
+
+def test_mask_command_writes_what_would_change(
+    tiny_segformer_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    from deskgen.testing import make_desk_photo
+
+    photo, _ = make_desk_photo(seed=5)
+    photo.save(tmp_path / "desk.png")
+    out, overlay = tmp_path / "mask.png", tmp_path / "overlay.png"
+    argv = ["mask", str(tmp_path / "desk.png"), "--model", str(tiny_segformer_path)]
+    code = main([*argv, "--out", str(out), "--overlay", str(overlay), "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    assert "of the photo would change (desk " in capsys.readouterr().out
+    with Image.open(out) as mask, Image.open(overlay) as tinted:
+        assert mask.mode == "L" and mask.size == tinted.size == photo.size
+    assert main([*argv, "--target", "sofa", "--device", "cpu"]) == 1
+    assert "sofa" in capsys.readouterr().err
+
+
+def test_generate_with_a_mask_saves_it(
+    tiny_sd_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image, ImageDraw
+
+    from .conftest import draw_desk
+
+    draw_desk((96, 72)).save(tmp_path / "desk.png")
+    mask = Image.new("L", (96, 72), 0)
+    ImageDraw.Draw(mask).rectangle([20, 40, 80, 72], fill=255)
+    mask.save(tmp_path / "mask.png")
+    out = tmp_path / "inpainted.png"
+    argv = ["generate", "a tidy desk", "--backend", "sd", "--model", str(tiny_sd_path)]
+    argv += ["--device", "cpu", "--image", str(tmp_path / "desk.png"), "--steps", "2"]
+    argv += ["--seed", "1", "--no-progress", "--out", str(out)]
+    code = main([*argv, "--mask", str(tmp_path / "mask.png"), "--save-mask"])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "sd inpaint" in printed and "Inpaint area: Whole picture" in printed
+    assert (tmp_path / "inpainted.mask.png").is_file()
+    assert read_record(out).mask_sha256 is not None
+    assert main([*argv, "--mask", str(tmp_path / "mask.png"), "--mask-grow", "4"]) == 1
+    assert "with --mask auto" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_with_an_auto_mask_runs_offline(
+    tmp_path: Path,
+    demo_cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DESKGEN_CACHE", str(demo_cache))
+    out = tmp_path / "masked-demo.png"
+    argv = ["demo", "--backend", "sd", "--device", "cpu", "--steps", "2", "--mask", "auto"]
+    code = main([*argv, "--save-mask", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "sd inpaint" in printed and '"desk_mask"' in printed
+    assert (tmp_path / "masked-demo.mask.png").is_file()

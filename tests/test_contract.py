@@ -84,10 +84,15 @@ class TestFakeBackend:
         photo = Image.new("RGB", (40, 30), (200, 10, 10))
         edit = gen.generate(prompt="a desk", seed=1, image=photo)
         assert edit.mode == "img2img" and edit.request.strength == 0.6
-        with pytest.raises(UnsupportedOperationError, match="mask"):
-            gen.generate(prompt="a desk", image=photo, mask=Image.new("L", (40, 30)))
+        mask = Image.new("L", (40, 30))
+        mask.paste(255, (10, 10, 30, 30))
+        inpaint = gen.generate(prompt="a desk", seed=1, image=photo, mask=mask)
+        assert inpaint.mode == "inpaint" and inpaint.image.size == photo.size
+        assert inpaint.image.getpixel((0, 0)) == (200, 10, 10)  # outside: the photo's own
+        with pytest.raises(UnsupportedOperationError, match="padding_mask_crop"):
+            gen.generate(prompt="a desk", image=photo, mask=mask, padding_mask_crop=4)
         backend = gen.backend
-        assert isinstance(backend, FakeBackend) and len(backend.jobs) == 5  # the refused one too
+        assert isinstance(backend, FakeBackend) and len(backend.jobs) == 6  # the refused one too
         gen.close()
         assert backend.closed
 

@@ -293,3 +293,19 @@ def test_single_file_example(tmp_path: Path) -> None:
     assert "img2img, 7 steps, seed 42" in proc.stdout  # int(12 * 0.6)
     assert "identical to the diffusers folder: True" in proc.stdout
     assert out.is_file()
+
+
+@pytest.mark.slow
+def test_keep_the_room_example(tmp_path: Path, demo_cache: Path) -> None:
+    from PIL import Image
+
+    out = tmp_path / "room"
+    argv = [sys.executable, str(ROOT / "examples" / "keep_the_room.py"), "--out", str(out)]
+    env = {**_env(tmp_path), "DESKGEN_CACHE": str(demo_cache)}  # the demo's models, once
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("inpaint (768, 576)")
+    names = ["makeover.png", "makeover.mask.png", "mask-overlay.png", "before-after.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    with Image.open(out / "before-after.png") as pair:
+        assert pair.height == 576 and pair.width > 2 * 768

@@ -24,6 +24,7 @@ EXPECTED = {
     "DeskGenerator",
     "DeskGrid",
     "DeskItem",
+    "DeskMask",
     "DeskSpec",
     "DeskgenError",
     "GenerationCancelledError",
@@ -88,7 +89,13 @@ def test_public_names_come_from_private_modules() -> None:
     for name in deskgen.__all__:
         obj = getattr(deskgen, name)
         module = getattr(obj, "__module__", "deskgen._version")
-        private = ("deskgen._", "deskgen.prompts._", "deskgen.quant._", "deskgen.bench._")
+        private = (
+            "deskgen._",
+            "deskgen.prompts._",
+            "deskgen.quant._",
+            "deskgen.bench._",
+            "deskgen.masks._",
+        )
         assert module.startswith(private), (
             name,
             module,
@@ -103,6 +110,16 @@ def test_bench_namespace_exports() -> None:
         obj = getattr(deskgen.bench, name)
         if callable(obj) and not repr(obj).startswith("typing."):
             assert obj.__module__.startswith("deskgen.bench._"), name
+
+
+def test_masks_namespace_exports() -> None:
+    import deskgen.masks
+
+    assert deskgen.masks.__all__ == sorted(deskgen.masks.__all__)
+    for name in deskgen.masks.__all__:
+        obj = getattr(deskgen.masks, name)
+        if callable(obj):
+            assert obj.__module__.startswith("deskgen.masks._"), name
 
 
 def test_import_is_light() -> None:

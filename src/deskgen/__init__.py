@@ -67,6 +67,7 @@ from ._version import __version__
 from .bench._config import BenchConfig, BenchEntry
 from .bench._report import BenchReport
 from .bench._run import run_bench
+from .masks._settings import DeskMask
 from .prompts._description import DeskDescription
 from .prompts._report import LongPromptMode, PromptReport
 from .prompts._spec import DeskItem, DeskSpec
@@ -90,6 +91,7 @@ __all__ = [
     "DeskGenerator",
     "DeskGrid",
     "DeskItem",
+    "DeskMask",
     "DeskSpec",
     "DeskgenError",
     "GenerationCancelledError",

@@ -6,15 +6,15 @@ import contextlib
 import secrets
 import threading
 import time
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 from typing_extensions import Unpack
 
+from ._boundary import EitherFlag, backend_boundary, sampled_device, since
 from ._device import PeakMemorySampler
 from ._exceptions import (
     BackendError,
@@ -24,12 +24,12 @@ from ._exceptions import (
     GeneratorClosedError,
     InvalidRequestError,
     ModelLoadError,
-    OutOfMemoryError,
     UnsupportedOperationError,
 )
 from ._images import ImageInput, load_image
 from ._inputs import read_inputs
 from ._lora import LoadedLora, LoraSource, as_lora_spec
+from ._masking import keep_room
 from ._memory_report import MemoryReport
 from ._models import (
     MAX_SEED,
@@ -44,11 +44,10 @@ from ._models import (
 from ._planner import MemoryMode, MemoryPlan
 from ._quiet import quiet_loading
 from ._registry import backends_with, either, get_backend_class
-from ._secrets import scrub, scrub_exception, secret_values
+from ._secrets import secret_values
 from ._version import __version__
 from .backends._base import BackendOptions, Job
-from .backends._request_memory import HINT as OOM_HINT
-from .backends._request_memory import is_out_of_memory
+from .masks._settings import DeskMask
 from .prompts._description import DESCRIBE_INSTRUCTION, DeskDescription
 from .prompts._report import LongPromptMode, PromptReport
 
@@ -70,8 +69,11 @@ class RequestFields(TypedDict, total=False):
     loras: dict[str, float] | None
     lora_sha256: dict[str, str] | None
     image: ImageInput | None
-    mask: ImageInput | None
+    mask: ImageInput | DeskMask | Literal["auto"] | None
+    desk_mask: DeskMask | None
     mask_sha256: str | None
+    keep_unmasked: bool
+    padding_mask_crop: int | None
     image_sha256: str | None
     control_image: ImageInput | list[ImageInput | None] | None
     control_image_sha256: list[str | None] | None
@@ -113,14 +115,6 @@ def validate_options(
             f"Invalid options for the {backend!r} backend: "
             f"{_format_validation_error(exc, whole='options')}. Accepted options: {accepted}."
         ) from exc
-
-
-class _EitherFlag:
-    def __init__(self, *flags: CancelFlag | None) -> None:
-        self._flags = [f for f in flags if f is not None]
-
-    def is_set(self) -> bool:
-        return any(f.is_set() for f in self._flags)
 
 
 class DeskGenerator:
@@ -202,7 +196,7 @@ class DeskGenerator:
         started = time.perf_counter()
         with (
             self._boundary(ModelLoadError, f"The {backend!r} backend failed to load {model!r}"),
-            PeakMemorySampler(_sampled_device(device, cls.requirements)) as sampler,
+            PeakMemorySampler(sampled_device(device, cls.requirements)) as sampler,
             quiet_loading(cls.requirements),  # no loading bars, no libraries' import noise
         ):
             self._backend: Backend | None = cls(opts)
@@ -215,7 +209,7 @@ class DeskGenerator:
         self._close_lock = threading.Lock()
 
     def _boundary(self, error: type[DeskgenError], what: str) -> AbstractContextManager[None]:
-        return _backend_boundary(error, what, hide=self._secrets)
+        return backend_boundary(error, what, hide=self._secrets)
 
     # -- properties --------------------------------------------------------------------------
 
@@ -392,7 +386,8 @@ class DeskGenerator:
         cancel: CancelFlag | None = None,
         **fields: Unpack[RequestFields],
     ) -> GenerationResult:
-        """Generate makeover images: txt2img without ``image``, img2img with the desk photo.
+        """Generate makeover images: txt2img without ``image``, img2img (or an edit) with the
+        desk photo, only the desk changed with ``mask="auto"`` (inpainting, the room kept).
 
         Pass a `GenerationRequest`, keyword fields, or both (fields override the request's).
 
@@ -416,7 +411,9 @@ class DeskGenerator:
         backend = self._require_open()
         req = self._build_request(request, fields)
         started = time.perf_counter()
-        inputs = read_inputs(req, backend.profile, backend_name=self.backend_name)
+        # a found mask's segmenter runs where the weights are (an API backend's: "auto")
+        device = self._device if "torch" in backend.requirements else "auto"
+        inputs = read_inputs(req, backend.profile, backend_name=self.backend_name, device=device)
         req, warnings = inputs.request, inputs.warnings
         if req.loras and backend.lora_adapters is None:
             raise UnsupportedOperationError(
@@ -437,7 +434,7 @@ class DeskGenerator:
         def step_hook(step: int, total: int) -> None:
             if on_step is not None:
                 try:
-                    on_step(StepProgress(step=step, total_steps=total, elapsed=_since(started)))
+                    on_step(StepProgress(step=step, total_steps=total, elapsed=since(started)))
                 except BaseException as exc:
                     callback_error.append(exc)
                     raise GenerationCancelledError(
@@ -488,9 +485,12 @@ class DeskGenerator:
             if callback_error:
                 raise callback_error[0] from None
             raise
-        total = _since(started)
+        images, kept_warnings = output.images, list[str]()
+        if inputs.mask is not None and inputs.photo is not None and req.keep_unmasked:
+            images, kept_warnings = keep_room(inputs.photo, output.images, inputs.mask)
+        total = since(started)
         return GenerationResult(
-            images=output.images,
+            images=images,
             seeds=output.seeds,
             request=output.request,
             backend=self.backend_name,
@@ -505,14 +505,17 @@ class DeskGenerator:
             timings=Timings(
                 load=self.load_seconds,
                 control=output.control_seconds,
+                mask=inputs.mask_seconds,
                 encode=output.encode_seconds,
                 denoise=output.denoise_seconds,
                 decode=output.decode_seconds,
                 total=total,
             ),
             peak_memory=PeakMemory(bytes=memory.peak_bytes, kind=memory.kind),
-            warnings=warnings + plan.report.warnings + output.warnings,
+            warnings=warnings + plan.report.warnings + output.warnings + kept_warnings,
             input_image=inputs.info,
+            mask=inputs.mask,
+            photo=inputs.photo,
             prompt_report=plan.report,
             cost_usd=output.cost_usd,
             revised_prompts=output.revised_prompts,
@@ -545,7 +548,7 @@ class DeskGenerator:
         future = loop.run_in_executor(
             None,
             lambda: self.generate(
-                request, on_step=on_step, cancel=_EitherFlag(stop, cancel), **fields
+                request, on_step=on_step, cancel=EitherFlag(stop, cancel), **fields
             ),
         )
         try:
@@ -576,38 +579,3 @@ class DeskGenerator:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-@contextlib.contextmanager
-def _backend_boundary(
-    error: type[DeskgenError], what: str, *, hide: tuple[SecretStr, ...] = ()
-) -> Iterator[None]:
-    """Translate what a backend let escape untranslated into ``error``, chained; scrub the
-    secrets to ``hide`` (the options' secrets) and ``sk-...`` keys from it and what it chains."""
-    try:
-        yield
-    except DeskgenError as exc:
-        scrub_exception(exc, hide)
-        raise
-    except Exception as exc:
-        scrub_exception(exc, hide)
-        # while generating (loading keeps its ModelLoadError), e.g. from a custom backend
-        if issubclass(OutOfMemoryError, error) and is_out_of_memory(exc):
-            raise OutOfMemoryError(
-                scrub(f"{what}: out of memory ({type(exc).__name__}: {exc}). {OOM_HINT}.", hide)
-            ) from exc
-        raise error(scrub(f"{what}: {type(exc).__name__}: {exc}", hide)) from exc
-
-
-def _sampled_device(device: str, requirements: tuple[str, ...]) -> str:
-    """The device whose memory a backend's loading fills: ``auto`` resolved only for backends
-    that run on torch (an API backend's process never imports it)."""
-    if "torch" in requirements:  # also checks the device exists (ConfigError otherwise)
-        from ._device import resolve_device
-
-        return resolve_device(device)
-    return device if device.startswith("cuda") else "cpu"
-
-
-def _since(start: float) -> float:
-    return time.perf_counter() - start

@@ -1,8 +1,9 @@
 """What a request brings besides its prompt, read before any backend sees it: the desk photo,
-the edit mask, the control images and the reference images. Every image is read as a photo
-(`deskgen.load_image`: Pillow's bomb limits, upright, no metadata) and recorded by its digest,
-never by its file; a replayed request that names a digest must bring the same image. What a
-backend's profile does not take is refused here, with the backends that do take it."""
+the mask (read or found: `deskgen._masking`), the control images and the reference images.
+Every image is read as a photo (`deskgen.load_image`: Pillow's bomb limits, upright, no
+metadata) and recorded by its digest, never by its file; a replayed request that names a
+digest must bring the same image. What a backend's profile does not take is refused here, with
+the backends that do take it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ._exceptions import InvalidRequestError, UnsupportedOperationError
 from ._images import ImageInfo, load_image
+from ._masking import read_mask
 from ._registry import backends_with, either
 
 if TYPE_CHECKING:
@@ -31,38 +33,39 @@ class RequestInputs:
     info: ImageInfo | None
     """The photo's `ImageInfo` (digest, size, what was normalised)."""
     mask: Image.Image | None = None
+    """Grey, the photo's size: white to change, black to keep (found or given)."""
+    mask_seconds: float = 0.0
+    """Finding the mask (``mask="auto"``)."""
     control_images: list[Image.Image | None] | None = None
     references: list[Image.Image] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
 def read_inputs(
-    req: GenerationRequest, profile: BackendProfile, *, backend_name: str
+    req: GenerationRequest, profile: BackendProfile, *, backend_name: str, device: str = "cpu"
 ) -> RequestInputs:
-    """Read ``req``'s images for a backend with ``profile``.
+    """Read ``req``'s images for a backend with ``profile``; find its mask on ``device``
+    (``mask="auto"``: `deskgen._masking.read_mask`).
 
     Raises:
-        ImageInputError: an image can't be read.
+        ImageInputError: an image can't be read, a mask that can't mark this photo, no desk
+            found.
         InvalidRequestError: a recorded digest without its image, a mask without a photo.
-        UnsupportedOperationError: control or reference images the backend doesn't take.
+        UnsupportedOperationError: masks, control or reference images the backend doesn't
+            take.
     """
     photo, info = load_image(req.image) if req.image is not None else (None, None)
     warnings = _check_photo(req, info)
-    mask = None
-    if req.mask is not None:
-        if photo is None:
-            raise InvalidRequestError("A mask needs a photo to edit: pass image=... too.")
-        mask_image, mask_info = load_image(req.mask)
-        mask = mask_image.convert("L")
-        if req.mask_sha256 not in (None, mask_info.sha256):
-            warnings.append("The mask differs from the one this request was recorded with.")
-        req = req.model_copy(update={"mask_sha256": mask_info.sha256})
-    elif req.mask_sha256 is not None:
-        raise InvalidRequestError(
-            "This request was made with an edit mask (mask_sha256 "
-            f"{req.mask_sha256[:12]}...) but no mask was given: pass the same mask with "
-            "mask=..., or set mask_sha256=None to edit the whole photo."
+    if req.masked and not profile.masks:
+        takers = either(backends_with("masks"))
+        raise UnsupportedOperationError(
+            f"The {backend_name!r} backend takes no mask (it has no inpainting pipeline): "
+            f"leave out mask=... to change the whole photo, or use {takers} to change only "
+            "the masked part."
         )
+    masked = read_mask(req, photo, info, device=device)
+    req, mask = masked.request, masked.mask
+    warnings += masked.warnings
     if req.true_cfg_scale is not None and not profile.true_cfg:
         takers = either(backends_with("true_cfg"))
         raise UnsupportedOperationError(
@@ -77,6 +80,7 @@ def read_inputs(
         photo=photo,
         info=info,
         mask=mask,
+        mask_seconds=masked.seconds,
         control_images=control_images,
         references=references,
         warnings=warnings,

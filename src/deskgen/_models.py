@@ -21,11 +21,13 @@ from pydantic import (
     SkipValidation,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from ._controls import Control
 from ._images import ImageInfo, ImageInput
 from ._lora import LoadedLora
+from .masks._settings import DeskMask
 from .prompts._report import LongPromptMode, PromptReport
 
 __all__ = [
@@ -39,9 +41,10 @@ __all__ = [
     "Timings",
 ]
 
-Mode = Literal["txt2img", "img2img", "edit"]
-"""What a result was made by: text alone, the photo re-noised (img2img), or the photo edited
-by an instruction (``edit``: instruction-editing models, the room kept)."""
+Mode = Literal["txt2img", "img2img", "edit", "inpaint"]
+"""What a result was made by: text alone, the photo re-noised (img2img), the photo edited
+by an instruction (``edit``: instruction-editing models, the room kept), or only the masked
+part of the photo redrawn (``inpaint``: the room outside the mask is the photo's own)."""
 
 MAX_SEED = 2**64 - 1
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -110,12 +113,28 @@ class GenerationRequest(BaseModel):
     """The user's desk photo (path, bytes, binary file or PIL image): img2img when given.
 
     Never serialised: records keep a digest of it (`GenerationResult.input_image`)."""
-    mask: SkipValidation[ImageInput | None] = Field(default=None, exclude=True, repr=False)
-    """Where to change the photo (edit backends: ``openai``): white marks the area to change,
-    black the area to keep; resized to the photo. Never serialised."""
+    mask: SkipValidation[ImageInput | DeskMask | Literal["auto"] | None] = Field(
+        default=None, exclude=True, repr=False
+    )
+    """Where to change the photo, the rest kept as it is: ``"auto"`` (the desk and what stands
+    on it, found by a segmentation model: `DeskMask`), a `DeskMask` (which objects, grown and
+    feathered by how much), or a mask image (path, bytes, file or PIL image; white marks the
+    area to change, black the area to keep; the photo's size or aspect ratio). ``"auto"`` and a
+    `DeskMask` are moved to `desk_mask`. Never serialised: records keep the digest."""
+    desk_mask: DeskMask | None = None
+    """The settings the mask is found with (``mask="auto"``, ``mask=DeskMask(...)``): kept in
+    results and records, so a replay finds the same mask in the same photo again."""
     mask_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    """Digest of the mask a request was made with; like `image_sha256`, replays refuse to run
-    without it."""
+    """Digest of the mask a request was made with (of a found mask: of its pixels); like
+    `image_sha256`, replays refuse to run without a mask."""
+    keep_unmasked: bool = Field(default=True, strict=True)
+    """With a mask: outside it, the images are the photo's own pixels exactly, at the photo's
+    size and orientation (the feathered edge is the only blend). ``False``: the pipeline's raw
+    output, at the generated size."""
+    padding_mask_crop: WholeNumber | None = Field(default=None, ge=0, le=4096)
+    """With a mask, on the diffusers backends: redraw only the mask's box grown by this many
+    pixels, at the full generation size, then paste it back (A1111's "Inpaint area: Only
+    masked"): more detail on a small desk. ``None``: the whole picture."""
     image_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     """Digest of the photo this request was made from (`ImageInfo.sha256`), set in results and
     records. When set, `generate` refuses to run without a photo (so a replayed makeover can't
@@ -163,6 +182,25 @@ class GenerationRequest(BaseModel):
     width: WholeNumber | None = Field(default=None, ge=8, le=8192)
     """Output width; ``None`` is the model's native size, or the photo's aspect at that size."""
     height: WholeNumber | None = Field(default=None, ge=8, le=8192)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _found_mask(cls, data: Any) -> Any:
+        """``mask="auto"`` and ``mask=DeskMask(...)`` are settings, kept as `desk_mask`."""
+        if not isinstance(data, dict):
+            return data
+        mask = data.get("mask")
+        if isinstance(mask, str) and mask == "auto":
+            mask = DeskMask()
+        if isinstance(mask, DeskMask):
+            if data.get("desk_mask") not in (None, mask):
+                raise ValueError("give mask=DeskMask(...) or desk_mask=..., not both")
+            data = {**data, "mask": None, "desk_mask": mask}
+        elif mask is not None and data.get("desk_mask") is not None:
+            raise ValueError(
+                "a mask image and desk_mask settings: give one (desk_mask finds the mask)"
+            )
+        return data
 
     @field_validator("reference_sha256")
     @classmethod
@@ -215,8 +253,15 @@ class GenerationRequest(BaseModel):
         return value
 
     @property
+    def masked(self) -> bool:
+        """Whether only part of the photo is to change (a mask image or `desk_mask`)."""
+        return self.mask is not None or self.desk_mask is not None
+
+    @property
     def mode(self) -> Mode:
-        return "img2img" if self.image is not None else "txt2img"
+        if self.image is None:
+            return "txt2img"
+        return "inpaint" if self.masked else "img2img"
 
 
 class StepProgress(BaseModel):
@@ -248,6 +293,8 @@ class Timings(BaseModel):
     load: float
     control: float = 0.0
     """Computing control images from the photo: edges, depth (ControlNet backends)."""
+    mask: float = 0.0
+    """Finding the desk mask in the photo (``mask="auto"``, `DeskMask`)."""
     encode: float
     """Text encoding (prompt and negative prompt)."""
     denoise: float
@@ -310,6 +357,11 @@ class GenerationResult(BaseModel):
     order of `controls` (edges, depth maps): look at them when a makeover goes wrong."""
     loras: list[LoadedLora] = Field(default_factory=list)
     """The LoRA adapters the request used, each with the weight it used and its file's digest."""
+    mask: SkipValidation[Image.Image | None] = Field(default=None, exclude=True, repr=False)
+    """The mask used (grey-scale, the photo's size: white changed, black kept, grey the
+    feathered edge), found or given; ``None`` without one. `save` writes it on request."""
+    photo: SkipValidation[Image.Image | None] = Field(default=None, exclude=True, repr=False)
+    """The photo as read (upright, RGB, no metadata): the "before" of `before_after`."""
     scheduler_settings: dict[str, Any] = Field(default_factory=dict)
     """What was set over the model's own scheduler config (a speed preset's, e.g.
     ``{"use_karras_sigmas": True}``, ``{"timestep_spacing": "trailing"}``) and sampler
@@ -322,21 +374,41 @@ class GenerationResult(BaseModel):
         """The first image."""
         return self.images[0]
 
+    def before_after(self, index: int = 0, *, labels: bool = True) -> Image.Image:
+        """The photo and image ``index`` side by side at the photo's height, captioned
+        "before" and "after" unless ``labels=False``.
+
+        Raises:
+            InvalidRequestError: the result was made without a photo (txt2img).
+        """
+        from ._exceptions import InvalidRequestError
+        from .masks import before_after
+
+        if self.photo is None:
+            raise InvalidRequestError(
+                "This result was made from a prompt alone: there is no photo to show as "
+                "'before'. Pass image=... to generate a makeover of a photo."
+            )
+        return before_after(self.photo, self.images[index], labels=labels)
+
     def record(self, index: int = 0) -> dict[str, Any]:
         """The JSON-ready generation record of image ``index`` (what `save` embeds)."""
         from ._record import build_record
 
         return build_record(self, index)
 
-    def save(self, path: str | os.PathLike[str], *, index: int | None = None) -> list[Path]:
+    def save(
+        self, path: str | os.PathLike[str], *, index: int | None = None, mask: bool = False
+    ) -> list[Path]:
         """Write PNGs atomically, each with its generation record embedded.
 
         One image goes to ``path``; several go to ``stem-0.png``, ``stem-1.png``, ... unless
-        ``index`` picks one. Returns the paths written.
+        ``index`` picks one. ``mask=True`` also writes the mask used beside them, as
+        ``stem.mask.png`` (refused without one). Returns the paths written.
         """
         from ._record import save_result
 
-        return save_result(self, Path(path), index=index)
+        return save_result(self, Path(path), index=index, mask=mask)
 
     def _repr_html_(self) -> str:
         thumbs = []

@@ -24,7 +24,7 @@ from typing import IO, TYPE_CHECKING, Any
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from pydantic import ValidationError
 
-from ._exceptions import RecordError
+from ._exceptions import InvalidRequestError, RecordError
 
 if TYPE_CHECKING:
     from ._models import GenerationRequest, GenerationResult
@@ -205,8 +205,17 @@ def a1111_parameters(result: GenerationResult, index: int) -> str:
         ("Size", f"{result.width}x{result.height}"),
         ("Model", public_model_name(result.model)),
     ]
-    if result.mode == "img2img" and req.strength is not None:
+    if result.mode in ("img2img", "inpaint") and req.strength is not None:
         fields.append(("Denoising strength", f"{req.strength:g}"))
+    if result.mode == "inpaint" or result.mask is not None:
+        # A1111's img2img inpaint fields, as its processing writes them
+        blur = req.desk_mask.blur if req.desk_mask is not None else 0
+        fields.append(("Mask blur", str(blur)))
+        if req.padding_mask_crop is not None:
+            fields.append(("Inpaint area", "Only masked"))
+            fields.append(("Masked area padding", str(req.padding_mask_crop)))
+        else:
+            fields.append(("Inpaint area", "Whole picture"))
     for i, control in enumerate(result.controls):
         # A1111's ControlNet extension writes one "ControlNet i" field per unit
         fields.append(
@@ -258,9 +267,16 @@ def png_path(path: Path) -> Path:
     return path.with_name(path.name + ".png")
 
 
-def save_result(result: GenerationResult, path: Path, *, index: int | None) -> list[Path]:
+def save_result(
+    result: GenerationResult, path: Path, *, index: int | None, mask: bool = False
+) -> list[Path]:
     if index is not None and not 0 <= index < len(result.images):
         raise IndexError(f"index {index} out of range for {len(result.images)} image(s)")
+    if mask and result.mask is None:
+        raise InvalidRequestError(
+            "This result was made without a mask: there is none to save. Leave out mask=True "
+            "(--save-mask), or generate with mask='auto' or a mask image."
+        )
     indices = [index] if index is not None else list(range(len(result.images)))
     path = png_path(path)
     written = []
@@ -272,6 +288,10 @@ def save_result(result: GenerationResult, path: Path, *, index: int | None) -> l
         info.add_text("parameters", a1111_parameters(result, i))
         info.add_text(RECORD_KEY, json.dumps(build_record(result, i), ensure_ascii=False))
         atomic_write(target, functools.partial(_write_png, result.images[i], info))
+        written.append(target)
+    if mask and result.mask is not None:
+        target = path.with_name(f"{path.stem}.mask.png")
+        atomic_write(target, functools.partial(_write_png, result.mask, PngImagePlugin.PngInfo()))
         written.append(target)
     return written
 

@@ -8,6 +8,8 @@ from importlib import resources
 from pathlib import Path
 from typing import cast
 
+from PIL import Image
+
 from .testing import TinyKind
 
 __all__ = [
@@ -56,6 +58,28 @@ def cache_dir() -> Path:
 def sample_desk_photo() -> Path:
     """The sample desk photo shipped with deskgen (drawn by a script of ours, CC0)."""
     return Path(str(resources.files("deskgen") / "_data" / "sample" / "desk.jpg"))
+
+
+SAMPLE_LABELS = ("wall", "floor", "windowpane", "desk", "monitor", "computer", "lamp", "plant")
+"""The classes of the sample photo's label map, by pixel value (ADE20K's names; the desk
+class covers what lies on the desk: papers, keyboard, mug, cables)."""
+
+
+def sample_desk_labels() -> tuple[Image.Image, tuple[str, ...]]:
+    """The sample desk photo's label map ('L', drawn from the same geometry as the photo by
+    ``scripts/make_sample_desk.py``) and the class name of each value (`SAMPLE_LABELS`)."""
+    path = Path(str(resources.files("deskgen") / "_data" / "sample" / "desk-labels.png"))
+    with Image.open(path, formats=("PNG",)) as image:
+        return image.convert("L"), SAMPLE_LABELS
+
+
+def tiny_segmenter() -> Path:
+    """The demo's tiny segmentation model, trained (seconds, on the CPU) on the sample photo
+    alone and built into the cache on first use: ``mask="auto"`` finds the sample desk
+    offline (`deskgen.testing.make_tiny_segmenter`, ``kind="sample"``)."""
+    from .testing import make_tiny_segmenter
+
+    return make_tiny_segmenter(cache_dir() / "tiny-segmenter-demo", kind="sample", seed=0)
 
 
 def tiny_model(kind: TinyKind | str = "sdxl") -> Path:

@@ -24,6 +24,7 @@ from deskgen import (
     ServiceError,
     ServiceRequestError,
     ServiceTimeoutError,
+    UnsupportedOperationError,
     list_backends,
 )
 from deskgen.testing import FakeAnswer as Answer
@@ -319,17 +320,30 @@ class TestEdits:
         assert alpha.getpixel((50, 150)) == 0  # transparent: edit here
         assert alpha.getpixel((350, 150)) == 255  # opaque: keep
 
+    def test_an_auto_mask_goes_as_openais_transparent_edit_area(
+        self, server: FakeOpenAI, tiny_segformer_path: Path
+    ) -> None:
+        import numpy as np
+
+        from deskgen import DeskMask
+        from deskgen.testing import make_desk_photo
+
+        photo, expected = make_desk_photo(size=(192, 128), seed=11)
+        settings = DeskMask(model=str(tiny_segformer_path), grow=0, blur=0)
+        result = _gen(server).generate(prompt="tidy", image=photo, mask=settings)
+        assert result.mode == "inpaint" and result.request.desk_mask is not None
+        _, data = server.received[0].parts["mask"]
+        alpha = np.asarray(Image.open(io.BytesIO(data)).getchannel("A"))
+        desk = np.asarray(expected) == 255
+        assert (alpha[desk] == 0).mean() > 0.85  # the desk: transparent, edited
+        assert (alpha[~desk] == 255).mean() > 0.9  # the room: opaque, kept
+        assert result.image.size == photo.size
+        with pytest.raises(UnsupportedOperationError, match="padding_mask_crop"):
+            _gen(server).generate(prompt="tidy", image=photo, mask=settings, padding_mask_crop=8)
+
     def test_mask_needs_a_photo(self, server: FakeOpenAI) -> None:
-        with pytest.raises(InvalidRequestError, match="needs a photo"):
+        with pytest.raises(InvalidRequestError, match="pass image="):
             _gen(server).generate(prompt="x", mask=Image.new("L", (8, 8)))
-
-    def test_local_backends_refuse_masks(self, generators: dict[str, Any]) -> None:
-        from deskgen import UnsupportedOperationError
-
-        with pytest.raises(UnsupportedOperationError, match="masks"):
-            generators["sd"].generate(
-                prompt="x", image=_phone_photo(), mask=Image.new("L", (8, 8)), steps=2
-            )
 
     def test_size_option(self, server: FakeOpenAI) -> None:
         _gen(server, size="auto").generate(prompt="a desk")
@@ -339,7 +353,8 @@ class TestEdits:
             _gen(server, model="dall-e-3", size="512x512")  # refused before any request
 
     def test_a_replayed_masked_edit_needs_its_mask(self, server: FakeOpenAI) -> None:
-        mask = Image.new("L", (400, 300), 255)
+        mask = Image.new("L", (400, 300), 0)
+        mask.paste(255, (100, 100, 300, 300))
         first = _gen(server).generate(prompt="tidy", image=_phone_photo(), mask=mask)
         assert first.request.mask_sha256 is not None
         replay = first.request.model_copy(update={"mask": None})

@@ -28,7 +28,9 @@ def test_rows_have_sane_numbers(bench_run: tuple[BenchReport, Path, list[str]]) 
         assert row.memory_kind == "process_rss"
         assert row.mode == "img2img"
         assert row.steps == int(4 * 0.6)  # steps 4 at the default strength 0.6
-        assert set(row.phase_seconds) == {"control", "encode", "denoise", "decode"}
+        assert set(row.phase_seconds) == {"control", "mask", "encode", "denoise", "decode"}
+        assert row.phase_seconds["mask"] == 0.0 and row.mask is None  # unmasked
+        assert row.edge_ssim_outside is None and "no mask" in str(row.masked_ssim_note)
         assert row.device == "cpu" and row.dtype == "float32"
         # the image is the real output, with its generation record
         with Image.open(out / str(row.image)) as image:

@@ -53,8 +53,9 @@ class Job:
     photo: Image.Image | None
     """The normalised RGB photo (no metadata), not yet resized; ``None`` for txt2img."""
     mask: Image.Image | None
-    """The edit mask as a grey-scale image (white: change, black: keep), or ``None``. Backends
-    that can't use one must refuse it (`UnsupportedOperationError`)."""
+    """The mask as a grey-scale image at the photo's size (white: change, black: keep, grey:
+    the feathered edge of a found mask), or ``None``. The facade puts the photo back outside it
+    afterwards (``keep_unmasked``); backends whose profile has no ``masks`` never get one."""
     seeds: list[int]
     prompt: PromptPlan
     """What to encode: the prompt builder's plan for this backend (trigger words applied,

@@ -30,9 +30,10 @@ __all__ = ["BackendProfile", "Capability", "GiB", "MemoryProfile", "ProfileMode"
 
 GiB = 2**30
 
-ProfileMode = Literal["txt2img", "img2img", "edit", "controlnet"]
+ProfileMode = Literal["txt2img", "img2img", "edit", "controlnet", "inpaint"]
 """What a backend runs: text to image, a photo re-noised (img2img), a photo edited by an
-instruction (the room kept), or generation steered by control images of the photo."""
+instruction (the room kept), generation steered by control images of the photo, or only the
+masked part of a photo redrawn (inpaint)."""
 
 Capability = Literal[
     "loras",

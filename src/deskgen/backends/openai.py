@@ -29,6 +29,7 @@ from .._exceptions import (
     InvalidOutputError,
     InvalidRequestError,
     ServiceError,
+    UnsupportedOperationError,
 )
 from .._registry import register_backend
 from .._secrets import scrub_exception
@@ -162,8 +163,9 @@ class OpenAIBackend(Backend):
     requirements: ClassVar[tuple[str, ...]] = ("openai",)
     default_model: ClassVar[str | None] = "gpt-image-2.5-flare"
     profile: ClassVar[BackendProfile] = BackendProfile(
-        # photo requests are edits (images.edit), reported as img2img results as they always were
-        modes=("txt2img", "img2img", "edit"),
+        # photo requests are edits (images.edit), reported as img2img results as they always
+        # were; with a mask (transparent where to edit), as inpaint results
+        modes=("txt2img", "img2img", "edit", "inpaint"),
         masks=True,
         references=MAX_REFERENCES,
         describes=True,
@@ -414,7 +416,14 @@ class OpenAIBackend(Backend):
         import openai
 
         req = job.request
-        mode: Literal["txt2img", "img2img"] = "img2img" if job.photo is not None else "txt2img"
+        mode: Literal["txt2img", "img2img", "inpaint"] = (
+            "txt2img" if job.photo is None else "inpaint" if job.mask is not None else "img2img"
+        )
+        if req.padding_mask_crop is not None:
+            raise UnsupportedOperationError(
+                "OpenAI's image edits redraw the whole picture around the mask: leave out "
+                "padding_mask_crop (it is for the diffusers backends' inpainting)."
+            )
         if job.photo is not None and self._family == "dall-e-3":
             raise InvalidRequestError(
                 f"dall-e-3 cannot edit a photo. Use model='{self.default_model}' (or another GPT "

@@ -16,13 +16,17 @@ print(report.to_markdown())
 write_comparison(report, "bench-out")  # sheet.png and report.html
 ```
 
+With ``BenchConfig(mask="auto", ...)`` (or a mask image's path) every run from the photo changes
+only the desk, all with the same mask, and the table adds the structure kept outside and inside
+it (`masked_edge_ssim`); the HTML report has a before/after slider for each run.
+
 Nothing here imports torch before it runs a configuration.
 """
 
 from __future__ import annotations
 
 from ._config import BenchConfig, BenchEntry, load_bench_config
-from ._quality import ClipScorer, edge_ssim
+from ._quality import ClipScorer, edge_ssim, masked_edge_ssim
 from ._report import BenchMode, BenchReport, BenchRow
 from ._run import run_bench
 from ._sheet import contact_sheet, html_report, write_comparison
@@ -38,6 +42,7 @@ __all__ = [
     "edge_ssim",
     "html_report",
     "load_bench_config",
+    "masked_edge_ssim",
     "run_bench",
     "write_comparison",
 ]

@@ -1,5 +1,5 @@
-"""What a benchmark runs: `BenchConfig` (the photo, prompt, repeats) and its `BenchEntry` s (one
-backend configuration each), from Python or a YAML/TOML/JSON file."""
+"""What a benchmark runs: `BenchConfig` (the photo, prompt, mask, repeats) and its `BenchEntry` s
+(one backend configuration each), from Python or a YAML/TOML/JSON file."""
 
 from __future__ import annotations
 
@@ -16,10 +16,18 @@ from .._generator import _format_validation_error
 from .._models import GenerationRequest
 from .._planner import MemoryMode
 from .._secrets import MASK, SECRET_NAME
+from ..masks._settings import DeskMask
 
-__all__ = ["BenchConfig", "BenchEntry", "load_bench_config"]
+__all__ = ["AUTO_MASK", "BenchConfig", "BenchEntry", "load_bench_config"]
 
-_REQUEST_FIELDS = frozenset(GenerationRequest.model_fields) - {"image", "mask", "control_image"}
+_REQUEST_FIELDS = frozenset(GenerationRequest.model_fields) - {
+    "image",
+    "mask",
+    "desk_mask",
+    "control_image",
+}
+AUTO_MASK = "auto"
+"""``mask: auto``: the desk and what stands on it, found by a segmentation model."""
 _ENTRY_KEYS = frozenset({"backend", "model", "device", "dtype", "memory"})
 
 
@@ -75,6 +83,12 @@ class BenchEntry(BaseModel):
     use_photo: bool = True
     """``False``: this run makes the image from the prompt alone (txt2img), e.g. for
     ``hidream`` or ``janus``, which take no photo, beside img2img runs of the same photo."""
+    mask: str | None = Field(default=None, min_length=1)
+    """This run's own mask instead of the config's: a mask image's path, or ``"auto"`` (this
+    run finds the desk itself, with the config's `desk_mask` settings, on every request: its
+    times include it, phase ``mask``). ``None``: the config's mask, if any."""
+    use_mask: bool = True
+    """``False``: this run changes the whole photo (img2img) beside masked runs of it."""
 
     @model_validator(mode="after")
     def _no_reserved_options(self) -> BenchEntry:
@@ -126,14 +140,32 @@ class BenchConfig(BaseModel):
     (out of memory) fails that entry only."""
     timeout_s: float | None = Field(default=None, gt=0)
     """Isolated entries taking longer (load included) are stopped and reported as failed."""
+    mask: str | None = Field(default=None, min_length=1)
+    """Keep the room, change the desk: every run from the photo changes only the masked part
+    (mode ``inpaint``). A mask image's path (white: change, black: keep; the photo's size or
+    aspect ratio), or ``"auto"``: the desk found once, before the runs, on the CPU
+    (`deskgen.masks.find_desk_mask` with `desk_mask`), and given to every run as an image: the
+    same mask for every backend, and no run's time includes finding it. Written beside the
+    report as ``mask.png``; each run's own mask (its image's ``.mask.png``) too. A run whose
+    backend takes no masks (its profile lacks ``masks``) is not loaded: its row says so (give
+    it ``use_mask: false`` to compare it unmasked). ``None``: the whole photo changes."""
+    desk_mask: DeskMask | None = None
+    """How ``"auto"`` masks are found: targets, grow, blur, the segmentation model
+    (`deskgen.masks.DeskMask`'s fields). Given without `mask`, the mask is ``"auto"``."""
     runs: list[BenchEntry] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _check_requests(self) -> BenchConfig:
         if self.timeout_s is not None and not self.isolate:
             raise ValueError("timeout_s stops isolated runs only: leave it out, or isolate")
+        self._check_masks()
         for index, entry in enumerate(self.runs):
             fields = {**self.request, **entry.request}
+            if "desk_mask" in fields:
+                raise ValueError(
+                    f"runs[{index}] ({entry.name}): desk_mask is the config's own field (how "
+                    "mask: auto finds the mask), not a request field"
+                )
             unknown = sorted(set(fields) - _REQUEST_FIELDS)
             if unknown:
                 raise ValueError(
@@ -153,8 +185,46 @@ class BenchConfig(BaseModel):
             )
         return self
 
-    def request_for(self, entry: BenchEntry) -> GenerationRequest:
-        """The request ``entry`` runs (with the photo when there is one)."""
+    def _check_masks(self) -> None:
+        if self.image is None and (self.mask is not None or self.desk_mask is not None):
+            raise ValueError("a mask marks what to change in the photo: give image too")
+        for index, entry in enumerate(self.runs):
+            if entry.mask is None:
+                continue
+            if self.image is None or not entry.use_photo:
+                raise ValueError(
+                    f"runs[{index}] ({entry.name}): mask needs the photo (image, use_photo)"
+                )
+            if not entry.use_mask:
+                raise ValueError(f"runs[{index}] ({entry.name}): mask and use_mask=false: give one")
+        if (
+            self.desk_mask is not None
+            and self.mask not in (None, AUTO_MASK)
+            and all(entry.mask != AUTO_MASK for entry in self.runs)
+        ):
+            raise ValueError(
+                "desk_mask says how mask: auto finds the mask, but every run has a mask image: "
+                "leave out desk_mask, or give mask: auto"
+            )
+
+    def mask_for(self, entry: BenchEntry) -> str | None:
+        """``entry``'s mask: a mask image's path, ``"auto"`` or ``None`` (unmasked)."""
+        if self.image is None or not entry.use_photo or not entry.use_mask:
+            return None
+        if entry.mask is not None:
+            return entry.mask
+        if self.mask is not None:
+            return self.mask
+        return AUTO_MASK if self.desk_mask is not None else None
+
+    def shares_mask(self, entry: BenchEntry) -> bool:
+        """Whether ``entry`` runs the config's ``"auto"`` mask, found once for every run."""
+        return entry.mask is None and self.mask_for(entry) == AUTO_MASK
+
+    def request_for(self, entry: BenchEntry, *, found_mask: str | None = None) -> GenerationRequest:
+        """The request ``entry`` runs (with the photo when there is one, and its mask).
+        ``found_mask``: the mask image the config's ``"auto"`` found (`shares_mask`); without
+        it, such a request finds the mask itself (``desk_mask``)."""
         fields: dict[str, Any] = {
             "prompt": self.prompt,
             "negative_prompt": self.negative_prompt,
@@ -164,6 +234,13 @@ class BenchConfig(BaseModel):
         }
         if self.image is not None and entry.use_photo:
             fields["image"] = self.image
+        mask = self.mask_for(entry)
+        if mask == AUTO_MASK and found_mask is not None and self.shares_mask(entry):
+            fields["mask"] = found_mask
+        elif mask == AUTO_MASK:
+            fields["desk_mask"] = self.desk_mask or DeskMask()
+        elif mask is not None:
+            fields["mask"] = mask
         return GenerationRequest.model_validate(fields)
 
     def local_paths(self) -> dict[str, str]:
@@ -187,9 +264,9 @@ class BenchConfig(BaseModel):
                 if text and public_model_name(text) != text:
                     found.append(text)
 
-        walk([self.image, self.clip_model])
+        walk([self.image, self.mask, self.clip_model, self.desk_mask])
         for entry in self.runs:
-            walk([entry.model, entry.options])
+            walk([entry.model, entry.mask, entry.options])
         expanded = {os.path.abspath(os.path.expanduser(p)): p for p in found} | {
             p: p for p in found
         }
@@ -203,12 +280,13 @@ class BenchConfig(BaseModel):
         """The config as JSON data for reports: secrets masked, and local paths (photo, models,
         paths in options) by name only, as generation records keep them."""
         data = self.model_dump(mode="json", exclude={"runs"})
-        for key in ("image", "clip_model"):
+        for key in ("image", "mask", "clip_model", "desk_mask"):
             data[key] = mask_value(data[key])
         data["runs"] = [
             {
                 **entry.model_dump(mode="json", exclude={"options"}),
                 "model": mask_value(entry.model),
+                "mask": mask_value(entry.mask),
                 "options": entry.public_options(),
             }
             for entry in self.runs

@@ -1,17 +1,17 @@
 """Quality columns without extra downloads: structure kept (SSIM of edge maps, with OpenCV's
-Canny and torchmetrics' SSIM) and prompt adherence (torchmetrics' CLIP score with a CLIP model the
-caller has locally)."""
+Canny and torchmetrics' SSIM; for masked runs outside and inside the mask apart) and prompt
+adherence (torchmetrics' CLIP score with a CLIP model the caller has locally)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .._exceptions import MissingDependencyError, ModelLoadError
 from .._images import prepare_image
 
-__all__ = ["ClipScorer", "edge_map", "edge_ssim"]
+__all__ = ["ClipScorer", "edge_map", "edge_ssim", "masked_edge_ssim"]
 
 CANNY_THRESHOLDS = (100, 200)
 """Canny's hysteresis thresholds: the usual ones (diffusers' ControlNet examples)."""
@@ -63,6 +63,63 @@ def edge_ssim(photo: Image.Image, image: Image.Image) -> float:
     where = torch.maximum(a, b) > EDGE_LEVEL
     if not bool(where.any()):
         return 1.0  # neither has an edge: nothing was lost
+    return float(full[where].mean())
+
+
+def masked_edge_ssim(
+    photo: Image.Image, image: Image.Image, mask: Image.Image
+) -> tuple[float, float]:
+    """``(outside, inside)``: `edge_ssim` apart outside the mask (was the room kept?) and
+    inside it (did the desk keep its place and shape?). The photo and the mask (grey, white:
+    changed) are first cropped and resized to ``image`` as the backends do.
+
+    Each side is the SSIM of edge maps averaged over the places where either has edges, as
+    `edge_ssim`, restricted to the mask's black (outside) or white (inside) pixels: the
+    feathered edge (grey) belongs to neither. Each side is scored on its own picture: the
+    output on that side, the photo's pixels everywhere else (the feathered edge included), so
+    what changed on one side can't reach the other's edges through Canny's hysteresis, the
+    edge blur or SSIM's window. ``outside`` is exactly 1.0 when the output's pixels outside
+    the mask are the photo's own (a result with ``keep_unmasked``), ``inside`` when they are
+    inside it; a side without edges counts as kept (1.0).
+
+    Raises:
+        MissingDependencyError: torchmetrics or OpenCV is missing (``deskgen[bench]``).
+    """
+    import numpy as np
+
+    _require("Edge SSIM")
+    output = image.convert("RGB")
+    reference = prepare_image(photo.convert("RGB"), output.size)
+    grey = mask.convert("L")
+    if grey.size != output.size:
+        grey = ImageOps.fit(grey, output.size, method=Image.Resampling.BILINEAR)
+    values = np.asarray(grey)
+    photo_edges = edge_map(reference)
+    scores = []
+    for region in (values == 0, values == 255):
+        side = Image.fromarray(region.astype(np.uint8) * 255, mode="L")
+        view = Image.composite(output, reference, side)  # the output on this side only
+        scores.append(_region_ssim(reference, photo_edges, view, region))
+    return scores[0], scores[1]
+
+
+def _region_ssim(reference: Image.Image, edges: Any, view: Image.Image, region: Any) -> float:
+    """The SSIM of ``reference``'s ``edges`` and ``view``'s, averaged over ``region``'s edge
+    places; 1.0 when ``view`` is ``reference`` or the region has no edges."""
+    import numpy as np
+    import torch
+
+    _, tm_image = _require("Edge SSIM")
+    if np.array_equal(np.asarray(reference), np.asarray(view)):
+        return 1.0  # the same pixels: the same edges
+    a = torch.from_numpy(edges)[None, None]
+    b = torch.from_numpy(edge_map(view))[None, None]
+    _, full = tm_image.structural_similarity_index_measure(
+        b, a, data_range=1.0, return_full_image=True
+    )
+    where = (torch.maximum(a, b) > EDGE_LEVEL) & torch.from_numpy(region)[None, None]
+    if not bool(where.any()):
+        return 1.0
     return float(full[where].mean())
 
 

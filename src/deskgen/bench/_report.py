@@ -19,9 +19,12 @@ from .._record import atomic_write_bytes
 
 __all__ = ["BenchMode", "BenchReport", "BenchRow"]
 
-BenchMode = Literal["txt2img", "img2img", "controlnet", "edit"]
+BenchMode = Literal["txt2img", "img2img", "controlnet", "edit", "inpaint"]
+"""How a run made its image: from the prompt alone, the photo re-noised, steered by control
+images of it, edited by an instruction, or only the masked part redrawn (``inpaint``)."""
 
 REPORT_FILE = "bench.json"
+MASKED_COLUMN = "structure kept outside / inside the mask (edge SSIM)"
 
 
 class BenchRow(BaseModel):
@@ -59,11 +62,21 @@ class BenchRow(BaseModel):
     """Structure kept: SSIM of the photo's and the output's edge maps (1: the same edges)."""
     edge_ssim_note: str | None = None
     """Why ``edge_ssim`` is missing."""
+    edge_ssim_outside: float | None = None
+    """Masked runs: the room kept, edge SSIM outside the mask (1.0: the photo's own edges
+    there; exactly 1.0 when the photo's pixels were put back outside it)."""
+    edge_ssim_inside: float | None = None
+    """Masked runs: the structure kept inside the mask (the desk's place and shape)."""
+    masked_ssim_note: str | None = None
+    """Why ``edge_ssim_outside``/``edge_ssim_inside`` are missing."""
     clip_score: float | None = None
     """Prompt adherence: torchmetrics' CLIP score of the output and the prompt (0-100)."""
     clip_score_note: str | None = None
     image: str | None = None
     """The first measured output, a PNG beside the report (with its generation record)."""
+    mask: str | None = None
+    """Masked runs: the mask the first measured output was made with (grey, the photo's
+    size), a PNG beside its image (``<image stem>.mask.png``)."""
     warnings: list[str] = Field(default_factory=list)
     error: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
@@ -107,6 +120,16 @@ class BenchRow(BaseModel):
             return "n/a"
         return f"{self.median_seconds:.2f} s ({self.min_seconds:.2f}-{self.max_seconds:.2f})"
 
+    @property
+    def masked(self) -> bool:
+        return self.mask is not None or self.edge_ssim_outside is not None
+
+    def masked_text(self) -> str:
+        """``outside / inside`` edge SSIM, or ``n/a``."""
+        if self.edge_ssim_outside is None or self.edge_ssim_inside is None:
+            return "n/a"
+        return f"{self.edge_ssim_outside:.3f} / {self.edge_ssim_inside:.3f}"
+
     def cells(self) -> list[str]:
         """A measured row's table cells up to the settings (the quality columns follow; the
         Markdown table and the HTML report add them with their notes)."""
@@ -134,6 +157,9 @@ class BenchReport(BaseModel):
     """Python, torch, diffusers versions; the CPU and GPU."""
     photo: str | None = None
     """The desk photo as run, a PNG beside the report."""
+    mask: str | None = None
+    """The config's mask as run (grey, the photo's size: the image given, or the one
+    ``mask: auto`` found for every run), a PNG beside the report."""
     deskgen_version: str
     created_at: datetime
 
@@ -163,19 +189,20 @@ class BenchReport(BaseModel):
             "device",
             "settings",
             "structure kept (edge SSIM)",
+            *([MASKED_COLUMN] if self.masked else []),
             "prompt adherence (CLIP)",
         ]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in self.rows:
             if not row.ok:
                 cells = [row.label, row.model, "", f"failed: {row.error}", "", "", "", "", ""]
-                cells += [row.settings(), "", ""]
+                cells += [row.settings(), "", *([""] if self.masked else []), ""]
             else:
-                cells = [
-                    *row.cells(),
-                    quality(row.edge_ssim, row.edge_ssim_note, 3),
-                    quality(row.clip_score, row.clip_score_note, 1),
-                ]
+                cells = [*row.cells(), quality(row.edge_ssim, row.edge_ssim_note, 3)]
+                if self.masked:
+                    note = row.masked_ssim_note
+                    cells.append(row.masked_text() if note is None else quality(None, note, 3))
+                cells.append(quality(row.clip_score, row.clip_score_note, 1))
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
         env = self.environment
         lines.append("")
@@ -202,13 +229,18 @@ class BenchReport(BaseModel):
             lines.append(f"[{number}] {note}")
         return "\n".join(lines) + "\n"
 
+    @property
+    def masked(self) -> bool:
+        """Whether any run was masked (the tables then have the masked edge SSIM column)."""
+        return any(row.masked for row in self.rows)
+
     def to_csv(self) -> str:
         columns = [
             "label", "backend", "model", "mode", "width", "height", "steps", "scheduler",
             "device", "dtype", "load_seconds", "median_seconds", "min_seconds", "max_seconds",
             "repeats", "peak_memory_bytes", "memory_kind", "load_peak_bytes", "quantization",
-            "loras", "preset", "speed", "edge_ssim", "clip_score", "cost_usd", "image", "error",
-            "notes",
+            "loras", "preset", "speed", "edge_ssim", "edge_ssim_outside", "edge_ssim_inside",
+            "clip_score", "cost_usd", "image", "mask", "error", "notes",
         ]  # fmt: skip
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
@@ -218,7 +250,8 @@ class BenchReport(BaseModel):
             data["repeats"] = len(row.seconds_per_image)
             data["loras"] = ";".join(row.loras)
             data["speed"] = ";".join(row.speed)
-            data["notes"] = " ".join(n for n in (row.edge_ssim_note, row.clip_score_note) if n)
+            notes = (row.edge_ssim_note, row.masked_ssim_note, row.clip_score_note)
+            data["notes"] = " ".join(n for n in notes if n)
             writer.writerow({name: _csv_value(data.get(name)) for name in columns})
         return buffer.getvalue()
 

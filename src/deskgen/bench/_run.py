@@ -69,7 +69,12 @@ PROGRESS_MARK = "\x1edeskgen-bench-progress "
 """Starts the worker's progress lines on its stdout (anything else there is ignored)."""
 
 PHOTO_FILE = "photo.png"
-_RESERVED = frozenset({"photo", "sheet", "report", "bench"})
+MASK_FILE = "mask.png"
+MASK_SUFFIX = ".mask"
+"""A run's mask is ``<image stem>.mask.png`` (`GenerationResult.save`'s ``mask=True``)."""
+BEFORE_AFTER_PREFIX = "before-after-"
+"""``deskgen compare`` writes ``before-after-<image stem>.png`` for masked runs."""
+_RESERVED = frozenset({"photo", "mask", "sheet", "report", "bench"})
 """File stems of the bench folder's own files: no run's image may take them."""
 
 
@@ -85,13 +90,19 @@ def run_bench(
     ``on_row`` gets each configuration's row as it finishes; ``on_progress`` a `BenchProgress`
     as each starts, has loaded and finishes each warm-up and measured run.
 
-    Writes into ``out``: ``photo.png`` (the photo as run), one PNG per configuration (its first
-    measured image, with its generation record), and ``bench.json``/``bench.md``/``bench.csv``
-    (`BenchReport.save`). A configuration that fails (bad options, out of memory, a crash when
-    isolated) gets a row with its error; the others still run.
+    Writes into ``out``: ``photo.png`` (the photo as run), ``mask.png`` (the config's mask, at
+    the photo's size), one PNG per configuration (its first measured image, with its generation
+    record; a masked run's mask beside it as ``<stem>.mask.png``), and
+    ``bench.json``/``bench.md``/``bench.csv`` (`BenchReport.save`). A configuration that fails
+    (bad options, out of memory, a crash when isolated) gets a row with its error; the others
+    still run. A masked configuration whose backend takes no masks is not loaded: its row says
+    so. With ``mask: auto`` the desk is found once, before the runs (on the CPU), and every run
+    gets that mask.
 
     Raises:
-        ImageInputError: the photo can't be read.
+        ImageInputError: the photo or the config's mask can't be read, or is no mask for it
+            (another aspect ratio, all black or all white); ``mask: auto`` found nothing.
+        ModelNotFoundError, ModelLoadError: the segmentation model of ``mask: auto``.
         ConfigError: ``out`` is a file.
     """
     folder = Path(out)
@@ -100,18 +111,27 @@ def run_bench(
     folder.mkdir(parents=True, exist_ok=True)
     photo = None
     if config.image is not None:
-        photo, _ = load_image(config.image)
+        photo, info = load_image(config.image)
         atomic_write(folder / PHOTO_FILE, lambda fh: photo.save(fh, format="PNG"))
+        found_mask = _config_mask(config, photo, info, folder)
+    else:
+        found_mask = None
     rows: list[BenchRow] = []
     local_paths = config.local_paths()
     names = _file_names([entry.name for entry in config.runs])
     for number, (entry, name) in enumerate(zip(config.runs, names, strict=True), 1):
         image_path = folder / f"{name}.png"
         stages = _stage_reporter(on_progress, number, len(config.runs), entry.name)
-        if config.isolate:
-            row = _measure_isolated(config, number - 1, image_path, progress=stages)
+        shared = found_mask if config.shares_mask(entry) else None
+        refusal = _mask_refusal(config, entry)
+        if refusal is not None:
+            row = _stub(entry).model_copy(update={"error": refusal})
+        elif config.isolate:
+            row = _measure_isolated(
+                config, number - 1, image_path, progress=stages, found_mask=shared
+            )
         else:
-            row = measure(config, entry, image_path, progress=stages)
+            row = measure(config, entry, image_path, progress=stages, found_mask=shared)
         row = _scrub(row, local_paths)
         rows.append(row)
         if on_row is not None:
@@ -122,11 +142,48 @@ def run_bench(
         config=config.public(),
         environment=environment(rows),
         photo=PHOTO_FILE if photo is not None else None,
+        mask=MASK_FILE if found_mask is not None else None,
         deskgen_version=__version__,
         created_at=datetime.now(timezone.utc),
     )
     report.save(folder)
     return report
+
+
+def _config_mask(config: BenchConfig, photo: Any, info: Any, folder: Path) -> str | None:
+    """The config's mask, read (a mask image) or found (``auto``, on the CPU) once, checked
+    against the photo and written to ``mask.png``; its path, or ``None`` when no run uses the
+    config's mask. Before the runs: a bad mask fails the bench, not each run after loading."""
+    from .._masking import read_mask
+
+    (folder / MASK_FILE).unlink(missing_ok=True)  # an earlier bench's
+    users = [e for e in config.runs if e.mask is None and config.mask_for(e) is not None]
+    if not users:
+        return None
+    inputs = read_mask(config.request_for(users[0]), photo, info, device="cpu")
+    mask = inputs.mask
+    assert mask is not None  # the request is masked
+    atomic_write(folder / MASK_FILE, lambda fh: mask.save(fh, format="PNG"))
+    return str(folder / MASK_FILE)
+
+
+def _mask_refusal(config: BenchConfig, entry: BenchEntry) -> str | None:
+    """Why ``entry`` can't run its mask (its backend's profile lacks ``masks``), or ``None``."""
+    if config.mask_for(entry) is None:
+        return None
+    from .._registry import backends_with, either, get_backend_class
+
+    try:
+        backend = get_backend_class(entry.backend, check_installed=False)
+    except DeskgenError:
+        return None  # an unknown backend: its run says so
+    if backend.profile.masks:
+        return None
+    return (
+        f"UnsupportedOperationError: the {entry.backend!r} backend takes no mask, so it can't "
+        f"keep the room: give this run use_mask: false (it then changes the whole photo), or "
+        f"compare {either(backends_with('masks'))}."
+    )
 
 
 def _stage_reporter(
@@ -147,10 +204,12 @@ def measure(
     image_path: Path,
     *,
     progress: StageCallback | None = None,
+    found_mask: str | None = None,
 ) -> BenchRow:
     """Load ``entry``'s generator in this process, warm it up, time its repeats and
-    save the first measured image to ``image_path``. An exception (a deskgen error, or one a
-    backend let through) becomes the row's error. ``progress`` hears of each stage."""
+    save the first measured image to ``image_path`` (and its mask beside it). An exception (a
+    deskgen error, or one a backend let through) becomes the row's error. ``progress`` hears
+    of each stage; ``found_mask`` is the config's ``auto`` mask, found once (`request_for`)."""
     from .._generator import DeskGenerator
 
     def report(stage: Stage, index: int = 0, count: int = 0, seconds: float | None = None) -> None:
@@ -167,7 +226,7 @@ def measure(
 
     base = _stub(entry)
     try:
-        request = config.request_for(entry)
+        request = config.request_for(entry, found_mask=found_mask)
         report("start")
         with DeskGenerator(
             entry.backend,
@@ -189,7 +248,7 @@ def measure(
             speed = list(getattr(gen.backend, "performance", []))
             load_seconds = gen.load_seconds
         first = results[0]
-        first.save(image_path, index=0)
+        first.save(image_path, index=0, mask=first.mask is not None)
     except Exception as exc:  # deskgen's errors, and anything a backend let through
         return base.model_copy(update={"error": f"{type(exc).__name__}: {exc}"})
     quantized = [
@@ -197,7 +256,7 @@ def measure(
         for name, part in sorted(memory.components.items())
         if part.quantization
     ]
-    phases = ("control", "encode", "denoise", "decode")
+    phases = ("control", "mask", "encode", "denoise", "decode")
     return base.model_copy(
         update={
             "mode": _mode(first.backend, first.mode, bool(first.controls)),
@@ -224,6 +283,11 @@ def measure(
                 first.cost_usd / first.request.num_images if first.cost_usd is not None else None
             ),
             "image": image_path.name,
+            "mask": (
+                image_path.with_name(f"{image_path.stem}{MASK_SUFFIX}.png").name
+                if first.mask is not None
+                else None
+            ),
             "warnings": sorted(set(first.warnings)),
         }
     )
@@ -241,6 +305,8 @@ def _stub(entry: BenchEntry) -> BenchRow:
 
 
 def _mode(backend: str, mode: str, controls: bool) -> BenchMode:
+    if mode == "inpaint":
+        return "inpaint"  # the room kept, whatever steered the masked part
     if controls:
         return "controlnet"
     from .._registry import get_backend_class
@@ -260,6 +326,7 @@ def _measure_isolated(
     image_path: Path,
     *,
     progress: StageCallback | None = None,
+    found_mask: str | None = None,
 ) -> BenchRow:
     """`measure` in a fresh interpreter (``python -m deskgen.bench._worker``): the job goes in
     on stdin (never on disk: options may hold keys), its progress comes back as lines on its
@@ -275,6 +342,7 @@ def _measure_isolated(
         "image_path": str(image_path),
         "result_path": str(result_path),
         "progress": progress is not None,
+        "found_mask": found_mask,
     }
     failed = _stub(config.runs[index])
     # its own session: on a timeout the whole group goes (compile workers included)
@@ -326,8 +394,9 @@ def _measure_isolated(
     drain.join()
     stderr = "".join(errors)
     if timed_out.is_set():
-        for leftover in image_path.parent.glob(f".{image_path.name}.*.tmp"):
-            leftover.unlink(missing_ok=True)
+        for written in (image_path.name, f"{image_path.stem}{MASK_SUFFIX}.png"):
+            for leftover in image_path.parent.glob(f".{written}.*.tmp"):
+                leftover.unlink(missing_ok=True)
         result_path.unlink(missing_ok=True)
         return failed.model_copy(update={"error": f"stopped after {config.timeout_s:g} s"})
     try:
@@ -400,7 +469,8 @@ def _plain(value: Any) -> Any:
 
 
 def _add_quality(config: BenchConfig, rows: list[BenchRow], photo: Any, folder: Path) -> None:
-    """Fill the quality columns from the saved images, or say why they are empty."""
+    """Fill the quality columns from the saved images (and masks), or say why they are
+    empty."""
     scorer: Any = None
     clip_note: str | None = "no CLIP model given (clip_model=..., --clip-model)"
     if config.clip_model is not None:
@@ -418,6 +488,7 @@ def _add_quality(config: BenchConfig, rows: list[BenchRow], photo: Any, folder: 
         update: dict[str, Any] = {}
         if photo is None or not entry.use_photo:
             update["edge_ssim_note"] = "no photo: txt2img keeps no structure to compare"
+            update["masked_ssim_note"] = "no photo: txt2img keeps no room"
         else:
             try:
                 from ._quality import edge_ssim
@@ -425,12 +496,27 @@ def _add_quality(config: BenchConfig, rows: list[BenchRow], photo: Any, folder: 
                 update["edge_ssim"] = edge_ssim(photo, image)
             except DeskgenError as exc:
                 update["edge_ssim_note"] = str(exc)
+            update.update(_masked_quality(row, photo, image, folder))
         if scorer is not None:
             prompt = config.request_for(entry).prompt
             update["clip_score"], update["clip_score_note"] = scorer.score(image, prompt)
         else:
             update["clip_score_note"] = clip_note
         rows[index] = row.model_copy(update=update)
+
+
+def _masked_quality(row: BenchRow, photo: Any, image: Any, folder: Path) -> dict[str, Any]:
+    """The edge SSIM outside and inside ``row``'s saved mask, or why not."""
+    if row.mask is None:
+        return {"masked_ssim_note": "no mask: this run changed the whole photo"}
+    try:
+        mask, _ = load_image(folder / row.mask)
+        from ._quality import masked_edge_ssim
+
+        outside, inside = masked_edge_ssim(photo, image, mask.convert("L"))
+    except DeskgenError as exc:
+        return {"masked_ssim_note": str(exc)}
+    return {"edge_ssim_outside": outside, "edge_ssim_inside": inside}
 
 
 def environment(rows: list[BenchRow]) -> dict[str, str]:
@@ -468,8 +554,11 @@ def _file_names(labels: list[str]) -> list[str]:
     names: list[str] = []
     for label in labels:
         stem = re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-.").lower() or "run"
+        if stem.startswith(BEFORE_AFTER_PREFIX):  # compare's before/after pictures
+            stem = f"run-{stem}"
         name, n = stem, 2
-        while name in names or name in _RESERVED:
+        # ``x.mask`` would take run ``x``'s mask file
+        while name in names or name in _RESERVED or name.endswith(MASK_SUFFIX):
             name, n = f"{stem}-{n}", n + 1
         names.append(name)
     return names

@@ -1,21 +1,24 @@
 """A benchmark seen side by side: a contact sheet PNG (the photo, then each configuration's output
-with its time and memory) and a self-contained HTML report (images embedded, no scripts)."""
+with its time and memory) and a self-contained HTML report (images embedded, inline CSS, one
+small inline script for its before/after sliders, which work without it at 50%)."""
 
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from PIL import Image
 
 from .._exceptions import ConfigError, ImageInputError
 from .._record import atomic_write, atomic_write_bytes
-from ._report import BenchReport, BenchRow
+from ._report import MASKED_COLUMN, BenchReport, BenchRow
+from ._run import BEFORE_AFTER_PREFIX
 
 if TYPE_CHECKING:
     from PIL import ImageFont
@@ -71,6 +74,8 @@ def _captions(row: BenchRow) -> list[str]:
     if not row.ok:
         return [row.label, "failed", row.error or ""]
     quality = [f"edge SSIM {row.edge_ssim:.3f}"] if row.edge_ssim is not None else []
+    if row.edge_ssim_outside is not None and row.edge_ssim_inside is not None:
+        quality = [f"SSIM out {row.edge_ssim_outside:.3f} / in {row.edge_ssim_inside:.3f}"]
     quality += [f"CLIP {row.clip_score:.1f}"] if row.clip_score is not None else []
     return [
         row.label,
@@ -79,12 +84,24 @@ def _captions(row: BenchRow) -> list[str]:
     ]
 
 
+def _mask_overlay(
+    folder: Path, report: BenchReport, photo: Image.Image | None
+) -> Image.Image | None:
+    """The config's mask over the photo (`deskgen.masks.mask_overlay`), if there is one."""
+    mask = _open(folder, report.mask)
+    if mask is None or photo is None:
+        return None
+    from ..masks import mask_overlay
+
+    return mask_overlay(photo, mask.convert("L"))
+
+
 def contact_sheet(
     report: BenchReport, folder: str | os.PathLike[str], *, tile: int = 256, columns: int = 4
 ) -> Image.Image:
-    """The labelled grid: the photo (if any), then each configuration's image, each captioned
-    with its label, seconds per image, peak memory and quality columns. ``folder`` holds the
-    report's images. See `sheet_size` for the layout."""
+    """The labelled grid: the photo (if any), the config's mask over it (if any), then each
+    configuration's image, each captioned with its label, seconds per image, peak memory and
+    quality columns. ``folder`` holds the report's images. See `sheet_size` for the layout."""
     if tile < 64 or columns < 1:
         raise ConfigError(
             f"tile={tile}, columns={columns}: tiles need at least 64 pixels and a row one tile."
@@ -94,6 +111,9 @@ def contact_sheet(
     photo = _open(root, report.photo)
     if photo is not None:
         entries.append((photo, ["photo", f"{photo.width}x{photo.height}", ""], True))
+    overlay = _mask_overlay(root, report, photo)
+    if overlay is not None:
+        entries.append((overlay, ["mask", "red: changed", ""], True))
     for row in report.rows:
         entries.append((_open(root, row.image), _captions(row), row.ok))
     size = sheet_size(len(entries), tile=tile, columns=columns)
@@ -138,12 +158,34 @@ th{background:#eee}.grid{display:flex;flex-wrap:wrap;gap:16px}
 figure{margin:0;width:320px;background:#fff;border:1px solid #ddd;padding:8px}
 figure img{width:100%;height:auto;display:block}figcaption{font-size:.85em;margin-top:6px}
 .failed{color:#a11}.muted{color:#666;font-size:.85em}pre{white-space:pre-wrap;font-size:.8em}
+figure.wide{width:480px}.ba{--at:50%}.ba-view{position:relative;line-height:0}
+.ba-view .after{position:absolute;top:0;left:0;clip-path:inset(0 0 0 var(--at))}
+.ba-view::after{content:"";position:absolute;top:0;bottom:0;left:var(--at);width:2px;
+margin-left:-1px;background:#fff;box-shadow:0 0 2px #000}
+.ba input{width:100%;margin:6px 0 0;display:block}
 """
+
+SLIDE = "this.parentNode.style.setProperty('--at',this.value+'%')"
+"""A before/after slider's ``oninput``: where the output's clip starts. Without scripts the
+stylesheet's ``--at:50%`` holds: both pictures show, half each."""
+_SCRIPT = (
+    "(function(){var m=/(?:^|[#&])at=(\\d{1,3})(?:&|$)/.exec(location.hash.slice(1));"
+    "if(!m)return;document.querySelectorAll('.ba input').forEach(function(r){r.value=m[1];"
+    "r.dispatchEvent(new Event('input'))})})();"
+)
+"""The page's only script: ``report.html#at=30`` starts every slider at 30%."""
 
 
 def html_report(report: BenchReport, folder: str | os.PathLike[str]) -> str:
-    """One HTML page with everything inside (images as data URIs, inline CSS, no scripts): the
-    prompt, the photo and every output side by side, the table, the settings and environment."""
+    """One HTML page with everything inside (images as data URIs, inline CSS, nothing
+    fetched): the prompt, the photo (and the mask over it) and every output side by side, a
+    before/after slider for each run made from the photo, the table, the settings and the
+    environment.
+
+    A slider stacks the photo (cropped to the output's shape, as the backends saw it) and the
+    output in one box, the output clipped from the slider's place to the right. Its only
+    script is its ``oninput`` (setting a CSS variable) and a line that reads ``#at=NN`` from
+    the address; without scripts it stays at 50%, both pictures showing."""
     root = Path(folder)
     esc = html.escape
     config = report.config
@@ -154,6 +196,13 @@ def html_report(report: BenchReport, folder: str | os.PathLike[str]) -> str:
             f'<figure><img alt="the desk photo" src="{_data_uri(photo)}">'
             f"<figcaption><b>photo</b><br>{photo.width}x{photo.height}</figcaption></figure>"
         )
+    overlay = _mask_overlay(root, report, photo)
+    if overlay is not None:
+        figures.append(
+            f'<figure><img alt="the mask over the photo" src="{_data_uri(overlay)}">'
+            "<figcaption><b>mask</b><br>the config's, red: what changes</figcaption></figure>"
+        )
+    sliders = []
     for row in report.rows:
         image = _open(root, row.image)
         picture = (
@@ -168,11 +217,20 @@ def html_report(report: BenchReport, folder: str | os.PathLike[str]) -> str:
             f"<figure>{picture}<figcaption><b>{esc(row.label)}</b><br><span{state}>{lines}"
             f"</span><br>{esc(row.settings())}{warnings}</figcaption></figure>"
         )
+        if image is not None and photo is not None and row.mode not in (None, "txt2img"):
+            sliders.append(_before_after(row, photo, image))
     table = _html_table(report)
     env = "".join(
         f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in report.environment.items()
     )
     negative = config.get("negative_prompt")
+    before_after = (
+        "<h2>Before and after</h2><p class='muted'>Left of the line: the photo; right: the "
+        "output. Drag the slider under each.</p>"
+        f"<div class='grid'>{''.join(sliders)}</div>"
+        if sliders
+        else ""
+    )
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
@@ -184,45 +242,84 @@ def html_report(report: BenchReport, folder: str | os.PathLike[str]) -> str:
         f" warm-up and {esc(str(config.get('repeats')))} measured runs per configuration; "
         f"{esc(report.created_at.isoformat(timespec='seconds'))}, deskgen "
         f"{esc(report.deskgen_version)}</p>"
-        f"<div class='grid'>{''.join(figures)}</div>"
+        f"<div class='grid'>{''.join(figures)}</div>{before_after}"
         f"<h2>Measurements</h2>{table}"
         f"<h2>Environment</h2><table>{env}</table>"
         "<h2>Configurations</h2><pre>"
         + esc(json.dumps(config.get("runs", []), indent=2, ensure_ascii=False))
-        + "</pre></body></html>\n"
+        + "</pre>"
+        + (f"<script>{_SCRIPT}</script>" if sliders else "")
+        + "</body></html>\n"
+    )
+
+
+def _before_after(row: BenchRow, photo: Image.Image, image: Image.Image) -> str:
+    """A run's before/after slider: the photo as the backend saw it (cropped and resized to the
+    output) under the output, clipped at the slider."""
+    from .._images import prepare_image
+
+    esc = html.escape
+    before = prepare_image(photo, image.size)
+    kept = (
+        f"<br>structure kept outside / inside the mask: {esc(row.masked_text())}"
+        if row.edge_ssim_outside is not None
+        else ""
+    )
+    return (
+        f"<figure class='wide'><div class='ba'><div class='ba-view'>"
+        f"<img class='before' alt='before: the photo' src='{_data_uri(before)}'>"
+        f"<img class='after' alt='after: {esc(row.label)}' src='{_data_uri(image)}'></div>"
+        f"<input type='range' min='0' max='100' value='50' "
+        f"aria-label='before and after: {esc(row.label)}' oninput=\"{SLIDE}\"></div>"
+        f"<figcaption><b>{esc(row.label)}</b> ({esc(row.mode or '')}){kept}</figcaption>"
+        "</figure>"
     )
 
 
 def _html_table(report: BenchReport) -> str:
     esc = html.escape
+    masked = report.masked
     head = [
         "run", "model", "resolution", "time per image", "peak memory", "mode", "steps", "load",
-        "device", "settings", "edge SSIM", "CLIP score",
+        "device", "settings", "edge SSIM", *([MASKED_COLUMN] if masked else []), "CLIP score",
     ]  # fmt: skip
     rows = []
     for row in report.rows:
         if row.ok:
             ssim = f"{row.edge_ssim:.3f}" if row.edge_ssim is not None else "n/a"
             clip = f"{row.clip_score:.1f}" if row.clip_score is not None else "n/a"
-            cells = [*row.cells(), ssim, clip]
-            titles = {10: row.edge_ssim_note, 11: row.clip_score_note}
+            cells = [*row.cells(), ssim, *([row.masked_text()] if masked else []), clip]
+            titles = [None] * 10 + [row.edge_ssim_note]
+            titles += [row.masked_ssim_note] if masked else []
+            titles += [row.clip_score_note]
             tds = "".join(
-                f"<td title='{esc(titles.get(i) or '')}'>{esc(c)}</td>" for i, c in enumerate(cells)
+                f"<td title='{esc(title or '')}'>{esc(c)}</td>"
+                for c, title in zip(cells, titles, strict=True)
             )
         else:
             tds = (
                 f"<td>{esc(row.label)}</td><td>{esc(row.model)}</td>"
-                f"<td colspan='10' class='failed'>failed: {esc(row.error or '')}</td>"
+                f"<td colspan='{len(head) - 2}' class='failed'>failed: {esc(row.error or '')}</td>"
             )
         rows.append(f"<tr>{tds}</tr>")
     header = "".join(f"<th>{esc(h)}</th>" for h in head)
+    kinds = ("edge_ssim_note", "masked_ssim_note", "clip_score_note")
     notes = sorted(
-        {n for row in report.rows for n in (row.edge_ssim_note, row.clip_score_note) if n}
+        {
+            note
+            for row in report.rows
+            for kind in kinds
+            if (note := getattr(row, kind)) and (masked or kind != "masked_ssim_note")
+        }
     )
     foot = "".join(f"<li>{esc(n)}</li>" for n in notes)
     return f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>" + (
         f"<p class='muted'>Notes:</p><ul class='muted'>{foot}</ul>" if foot else ""
     )
+
+
+def _write_png(image: Image.Image, fh: IO[bytes]) -> None:
+    image.save(fh, format="PNG")
 
 
 def write_comparison(
@@ -234,9 +331,22 @@ def write_comparison(
     columns: int = 4,
 ) -> list[Path]:
     """Write ``sheet.png`` and ``report.html`` for the report whose images are in ``folder``
-    (into ``out``, by default the same folder), atomically. Returns the paths."""
+    (into ``out``, by default the same folder), atomically, and for each masked run
+    ``before-after-<image stem>.png``: the photo and its output side by side, captioned
+    (`deskgen.masks.before_after`). Returns the paths."""
     target = Path(out) if out is not None else Path(folder)
     sheet = contact_sheet(report, folder, tile=tile, columns=columns)
     atomic_write(target / "sheet.png", lambda fh: sheet.save(fh, format="PNG"))
     atomic_write_bytes(target / "report.html", html_report(report, folder).encode("utf-8"))
-    return [target / "sheet.png", target / "report.html"]
+    written = [target / "sheet.png", target / "report.html"]
+    photo = _open(Path(folder), report.photo)
+    for row in report.rows:
+        image = _open(Path(folder), row.image) if row.mask is not None else None
+        if photo is None or image is None or row.image is None:
+            continue
+        from ..masks import before_after
+
+        path = target / f"{BEFORE_AFTER_PREFIX}{Path(row.image).stem}.png"
+        atomic_write(path, functools.partial(_write_png, before_after(photo, image)))
+        written.append(path)
+    return written

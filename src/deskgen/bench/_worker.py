@@ -1,6 +1,7 @@
 """``python -m deskgen.bench._worker``: one isolated benchmark configuration. Reads the job as
-JSON on stdin (config, entry index, image and row paths), measures it, writes the row; with
-``progress`` in the job, one line per stage on stdout (`deskgen.bench._run.progress_line`)."""
+JSON on stdin (config, entry index, image and row paths, the mask found for every run),
+measures it, writes the row; with ``progress`` in the job, one line per stage on stdout
+(`deskgen.bench._run.progress_line`)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,13 @@ def main() -> int:
         sys.stdout.flush()
 
     progress = report if job.get("progress") else None
-    row = measure(config, config.runs[job["index"]], Path(job["image_path"]), progress=progress)
+    row = measure(
+        config,
+        config.runs[job["index"]],
+        Path(job["image_path"]),
+        progress=progress,
+        found_mask=job.get("found_mask"),
+    )
     write_row(row, Path(job["result_path"]))
     return 0
 

@@ -55,9 +55,10 @@ def _add_bench_options(parser: argparse.ArgumentParser, *, comparing: bool) -> N
         default=[],
         metavar="BACKEND[,KEY=VALUE...]",
         help="a configuration: backend, then label=, model=, device=, dtype=, memory=, "
-        "use_photo=false, warmup=, repeats=, request fields (steps=, strength=...) and backend "
-        "options (preset=fast, distill_lora=PATH, loras=[...], compile=true...; values "
-        "starting with [ or {, and true/false/null, are JSON), e.g. "
+        "use_photo=false, mask=PATH|auto, use_mask=false, warmup=, repeats=, request fields "
+        "(steps=, strength=...) and backend options (preset=fast, distill_lora=PATH, "
+        "loras=[...], compile=true...; values starting with [ or {, and true/false/null, are "
+        "JSON), e.g. "
         "--run sdxl,model=./sdxl,preset=balanced (repeatable; added to CONFIG's runs)",
     )
     parser.add_argument(
@@ -69,6 +70,13 @@ def _add_bench_options(parser: argparse.ArgumentParser, *, comparing: bool) -> N
     group.add_argument("--prompt", help="the prompt")
     group.add_argument("--negative-prompt", help="the negative prompt (text or preset:NAME)")
     group.add_argument("--image", help="the desk photo (omit for txt2img)")
+    group.add_argument(
+        "--mask",
+        metavar="PATH|auto",
+        help="keep the room, change the desk: a mask image (white: change, black: keep) or "
+        "'auto' (the desk found once, on the CPU, for every run); runs whose backend takes no "
+        "mask get an error row (give them use_mask=false)",
+    )
     group.add_argument("--steps", type=int, help="denoising steps")
     group.add_argument("--strength", type=float, help="img2img strength")
     group.add_argument("--guidance-scale", type=float, help="guidance scale")
@@ -92,13 +100,25 @@ _RUN_SPLIT = re.compile(r",(?=\s*[A-Za-z_]\w*=)")
 """Commas that start the next ``key=``: commas inside JSON values stay."""
 
 
-_RUN_OWN = ("label", "model", "device", "dtype", "memory", "use_photo", "warmup", "repeats")
+_RUN_OWN = (
+    "label",
+    "model",
+    "device",
+    "dtype",
+    "memory",
+    "use_photo",
+    "mask",
+    "use_mask",
+    "warmup",
+    "repeats",
+)
 """`BenchEntry` 's own fields among ``--run``'s keys."""
 
 
 def _run_spec(text: str) -> dict[str, Any]:
     """``BACKEND[,KEY=VALUE...]`` as a `BenchEntry`'s fields: ``label``, ``model``, ``device``,
-    ``dtype``, ``memory``, ``use_photo``, ``warmup`` and ``repeats`` are the run's own, request
+    ``dtype``, ``memory``, ``use_photo``, ``mask``, ``use_mask``, ``warmup`` and ``repeats``
+    are the run's own, request
     fields (but ``loras``) go to its request, the rest (``loras`` included: LoRAs loaded with
     the model) to its backend options. Values that start with ``[``/``{`` or are
     true/false/null are JSON."""
@@ -155,7 +175,7 @@ def _bench_config(args: argparse.Namespace) -> Any:
     if args.config:
         data = load_bench_config(args.config).model_dump()
     data["runs"] = list(data.get("runs", [])) + [_run_spec(spec) for spec in args.run]
-    fields = ("prompt", "negative_prompt", "image", "seed", "warmup", "repeats", "device")
+    fields = ("prompt", "negative_prompt", "image", "mask", "seed", "warmup", "repeats", "device")
     for name in (*fields, "dtype", "clip_model"):
         if getattr(args, name) is not None:
             data[name] = getattr(args, name)
@@ -223,11 +243,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(f"[{number}/{total}] {row.label}: {state}", file=sys.stderr)
 
     report = run_bench(config, out=args.out, on_row=on_row, on_progress=on_progress)
+    pictures: list[str] = []
     if comparing:
-        write_comparison(report, args.out, tile=args.tile, columns=args.columns)
+        paths = write_comparison(report, args.out, tile=args.tile, columns=args.columns)
+        pictures = [path.name for path in paths]
     print(report.to_json() if args.json else report.to_markdown())
-    written = ["bench.md", "bench.csv", "bench.json"] + (
-        ["sheet.png", "report.html"] if comparing else []
-    )
+    written = ["bench.md", "bench.csv", "bench.json", *pictures]
     print(f"wrote {', '.join(written)} and the images in {args.out}", file=sys.stderr)
     return 0 if all(row.ok for row in report.rows) else 1

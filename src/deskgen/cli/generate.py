@@ -20,6 +20,7 @@ from ._options import (
     _generator_options,
     _parse_options,
 )
+from .mask import add_mask_options, mask_fields
 
 if TYPE_CHECKING:
     from .._models import GenerationResult
@@ -35,6 +36,7 @@ def register(sub: Subparsers) -> None:
     gen.add_argument("prompt", help="what the improved desk should look like")
     _add_model_options(gen, backend="sdxl")
     _add_request_options(gen, steps_help="default: the backend's, 30 for sdxl")
+    add_mask_options(gen)
     _add_output_options(gen, out="makeover.png")
     gen.set_defaults(handler=_cmd_generate, quiet_libraries="all")
 
@@ -48,7 +50,9 @@ def register(sub: Subparsers) -> None:
             "builds a tiny random-weight model of the backend (sdxl, sd or sdxl-controlnet) into "
             "the user cache on first use (no network, no GPU; the picture is noise, the path is "
             "the real one). With --model it runs the same makeover on real weights. "
-            "--prompt, --image, --negative-prompt and --seed replace the demo's."
+            "--prompt, --image, --negative-prompt and --seed replace the demo's. With --mask "
+            "auto only the desk is redrawn: offline, a tiny segmentation model trained on the "
+            "sample photo finds it."
         ),
     )
     demo.add_argument("--prompt", help="a prompt instead of the demo's clean-desk prompt")
@@ -61,6 +65,7 @@ def register(sub: Subparsers) -> None:
         seed_help="default: 42",
         negative_help="default: preset:photo_default",
     )
+    add_mask_options(demo)
     _add_output_options(
         demo,
         out="deskgen-demo.png",
@@ -103,7 +108,7 @@ def _run_generation(
     if args.control_scale:
         scales = args.control_scale
         fields["control_scale"] = scales[0] if len(scales) == 1 else scales
-    fields = {k: v for k, v in fields.items() if v is not None}
+    fields = {k: v for k, v in fields.items() if v is not None} | mask_fields(args)
     # everything checked before any weights load: a mistake costs no loading time
     options = _checked_options(
         args.backend, model, args.device, args.dtype, _generator_options(args)
@@ -134,7 +139,7 @@ def _run_generation(
         finally:
             if bar is not None:
                 bar.close()
-    paths = result.save(args.out)
+    paths = result.save(args.out, mask=args.save_mask)
     if args.save_controls:
         paths += _save_controls(result, png_path(Path(args.out)))
     if args.json or show_record:
@@ -171,7 +176,8 @@ def summary_line(result: GenerationResult) -> str:
     """The summary the CLI prints: the request's total (the model's load is extra, shown
     apart), its phases, the peak memory."""
     t = result.timings
-    phases = [("control", t.control)] if result.controls else []
+    phases = [("mask", t.mask)] if result.request.desk_mask is not None else []
+    phases += [("control", t.control)] if result.controls else []
     phases += [("encode", t.encode), ("denoise", t.denoise), ("decode", t.decode)]
     shown = ", ".join(f"{name} {secs:.2f} s" for name, secs in phases)
     return (
@@ -224,6 +230,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             model = str(tiny_model(profile.demo))
         if args.steps is None:
             args.steps = 20
+        masked = args.mask == "auto" or args.mask_target is not None
+        closed_set = args.mask_route in (None, "closed-set")
+        if masked and closed_set and args.mask_model is None:
+            from ..demo import tiny_segmenter
+
+            args.mask_model = str(tiny_segmenter())  # trained on the sample photo, offline
     if args.image is None:
         args.image = str(sample_desk_photo())
     if args.negative_prompt is None:

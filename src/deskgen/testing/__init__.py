@@ -13,8 +13,10 @@ they make are noise: they test plumbing, not quality. Needs the ``local`` extra.
 
 Besides the tiny models (`make_tiny_pipeline`, `make_tiny_controlnet`, `make_tiny_lora`,
 `make_tiny_llama`, `make_tiny_janus`, `make_tiny_clip`, `make_tiny_depth_model`,
-`make_tiny_tokenizer`, `make_tiny_qwen_image_edit`) it has `FakeOpenAIServer`, a local stand-in
-for OpenAI's APIs, `FakeBackend` (`register_fake_backend`), a pure-Python backend, and
+`make_tiny_tokenizer`, `make_tiny_qwen_image_edit`, `make_tiny_segmenter` with
+`make_desk_photo`, a synthetic desk photo whose desk region is known) it has
+`FakeOpenAIServer`, a local stand-in for OpenAI's APIs, `FakeBackend`
+(`register_fake_backend`), a pure-Python backend, and
 `deskgen.testing.contract.BackendContract`, the tests every backend passes (seed replay,
 closing, cancelling, threads, bad inputs), to inherit in a backend's own tests:
 
@@ -46,6 +48,7 @@ from ._flux2 import make_tiny_flux2_klein
 from ._gguf import make_tiny_gguf
 from ._openai_server import FakeAnswer, FakeOpenAIServer, FakeRequest
 from ._qwen_image import make_tiny_qwen_image_edit, qwen_processor_without_torchvision
+from ._segmentation import make_desk_photo, make_tiny_segmenter
 from ._single_file import make_tiny_single_file
 from ._transformers import (
     make_tiny_clip,
@@ -67,6 +70,7 @@ __all__ = [
     "FakeRequest",
     "TinyKind",
     "clip_tokenizer_dir",
+    "make_desk_photo",
     "make_tiny_clip",
     "make_tiny_controlnet",
     "make_tiny_depth_model",
@@ -78,6 +82,7 @@ __all__ = [
     "make_tiny_lora",
     "make_tiny_pipeline",
     "make_tiny_qwen_image_edit",
+    "make_tiny_segmenter",
     "make_tiny_single_file",
     "make_tiny_tokenizer",
     "qwen_processor_without_torchvision",

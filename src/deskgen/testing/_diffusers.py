@@ -1,5 +1,6 @@
-"""Tiny random-weight diffusers pipelines (SDXL, SD 1.x, HiDream; Qwen-Image-Edit through
-`_qwen_image`), ControlNets that fit them, and LoRAs for them, in the real on-disk layout."""
+"""Tiny random-weight diffusers pipelines (SDXL, SD 1.x and their inpainting checkpoints,
+HiDream; Qwen-Image-Edit through `_qwen_image`), ControlNets that fit them, and LoRAs for them,
+in the real on-disk layout."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ __all__ = ["TinyKind", "make_tiny_controlnet", "make_tiny_lora", "make_tiny_pipe
 TinyKind = Literal[
     "sdxl",
     "sd",
+    "sdxl-inpaint",
+    "sd-inpaint",
     "hidream",
     "qwen-image-edit",
     "qwen-image-edit-plus",
@@ -26,6 +29,15 @@ TinyKind = Literal[
     "flux2-klein-base",
 ]
 """The kinds `make_tiny_pipeline` writes."""
+
+
+_SD_CLASSES = {
+    "sdxl": "StableDiffusionXLPipeline",
+    "sdxl-inpaint": "StableDiffusionXLInpaintPipeline",
+    "sd": "StableDiffusionPipeline",
+    "sd-inpaint": "StableDiffusionInpaintPipeline",
+}
+"""The pipeline class each SD/SDXL kind is saved as (its ``model_index.json`` ``_class_name``)."""
 
 
 def _vae(block_out: tuple[int, ...]) -> Any:
@@ -44,14 +56,14 @@ def _vae(block_out: tuple[int, ...]) -> Any:
     )
 
 
-def _tiny_sdxl(sample_size: int) -> dict[str, Any]:
+def _tiny_sdxl(sample_size: int, in_channels: int = 4) -> dict[str, Any]:
     from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     text_hidden = 32
     unet = UNet2DConditionModel(
         sample_size=sample_size,
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=4,
         layers_per_block=1,
         block_out_channels=(32, 64),
@@ -87,13 +99,13 @@ def _tiny_sdxl(sample_size: int) -> dict[str, Any]:
     }
 
 
-def _tiny_sd(sample_size: int) -> dict[str, Any]:
+def _tiny_sd(sample_size: int, in_channels: int = 4) -> dict[str, Any]:
     from diffusers import PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     unet = UNet2DConditionModel(
         sample_size=sample_size,
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=4,
         layers_per_block=1,
         block_out_channels=(32, 64),
@@ -224,7 +236,10 @@ def make_tiny_pipeline(
 
     Args:
         kind: ``"sdxl"`` (two CLIP encoders, text-time conditioning), ``"sd"`` (SD 1.x layout),
-            ``"hidream"`` (four text encoders, the Llama apart: `make_tiny_llama`), or
+            ``"sdxl-inpaint"`` / ``"sd-inpaint"`` (inpainting checkpoints: the same layout with a
+            9-channel UNet, saved as ``StableDiffusionXLInpaintPipeline`` /
+            ``StableDiffusionInpaintPipeline``), ``"hidream"`` (four text encoders, the Llama
+            apart: `make_tiny_llama`), or
             ``"qwen-image-edit"`` / ``"qwen-image-edit-plus"`` (`make_tiny_qwen_image_edit`),
             ``"flux-kontext"`` (`make_tiny_flux_kontext`), ``"flux2-klein"`` (step-distilled) /
             ``"flux2-klein-base"`` (`make_tiny_flux2_klein`).
@@ -251,25 +266,29 @@ def make_tiny_pipeline(
             path, distilled=kind == "flux2-klein", seed=seed, overwrite=overwrite
         )
     _require_local()
+    import diffusers
     import torch
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     target = Path(path)
     spec = {"kind": kind, "seed": seed, "sample_size": sample_size, "version": 1}
     if _built(target, spec, overwrite=overwrite):
         return target
-    if kind not in ("sdxl", "sd", "hidream"):
+    if kind not in ("sdxl", "sd", "sdxl-inpaint", "sd-inpaint", "hidream"):
         raise ValueError(
-            f"Unknown tiny pipeline kind {kind!r}: use 'sdxl', 'sd', 'hidream', "
-            "'qwen-image-edit', 'qwen-image-edit-plus', 'flux-kontext', 'flux2-klein' or "
-            "'flux2-klein-base'."
+            f"Unknown tiny pipeline kind {kind!r}: use 'sdxl', 'sd', 'sdxl-inpaint', "
+            "'sd-inpaint', 'hidream', 'qwen-image-edit', 'qwen-image-edit-plus', "
+            "'flux-kontext', 'flux2-klein' or 'flux2-klein-base'."
         )
+    # inpainting UNets take the mask and the masked image's latents besides the latents
+    channels = 9 if kind.endswith("-inpaint") else 4
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if kind == "sdxl":
-            pipe: Any = StableDiffusionXLPipeline(**_tiny_sdxl(sample_size))
-        elif kind == "sd":
-            pipe = StableDiffusionPipeline(**_tiny_sd(sample_size), requires_safety_checker=False)
+        if kind.startswith("sdxl"):
+            pipe: Any = getattr(diffusers, _SD_CLASSES[kind])(**_tiny_sdxl(sample_size, channels))
+        elif kind.startswith("sd"):
+            pipe = getattr(diffusers, _SD_CLASSES[kind])(
+                **_tiny_sd(sample_size, channels), requires_safety_checker=False
+            )
         else:
             from diffusers import HiDreamImagePipeline
 

@@ -50,7 +50,8 @@ class FakeBackendOptions(BackendOptions):
 
 
 class FakeBackend(Backend):
-    """A deterministic, thread-safe backend without weights: txt2img and img2img.
+    """A deterministic, thread-safe backend without weights: txt2img, img2img and inpaint (the
+    whole picture redrawn as img2img; the facade keeps the photo outside the mask).
 
     For tests it keeps every `Job` it ran (`jobs`), the steps of the last request (`steps_done`)
     and whether it was closed (`closed`); set `step_gate` to a `threading.Event` to hold each
@@ -62,7 +63,8 @@ class FakeBackend(Backend):
     default_model: ClassVar[str | None] = "fake/model"
     options_class: ClassVar[type[BackendOptions]] = FakeBackendOptions
     profile: ClassVar[BackendProfile] = BackendProfile(
-        modes=("txt2img", "img2img"),
+        modes=("txt2img", "img2img", "inpaint"),
+        masks=True,
         notes=("For tests: images are seeded noise, no model is loaded.",),
     )
 
@@ -91,11 +93,11 @@ class FakeBackend(Backend):
             self.jobs.append(job)
         if self.opts.fail_with:
             raise RuntimeError(self.opts.fail_with)
-        if job.mask is not None:  # the profile takes no masks: refused, never ignored
-            raise UnsupportedOperationError(
-                f"The {self.name!r} backend takes no edit masks: leave out mask=..."
-            )
         req = job.request
+        if req.padding_mask_crop is not None:  # taken by the diffusers backends only
+            raise UnsupportedOperationError(
+                f"The {self.name!r} backend redraws the whole picture: leave out padding_mask_crop."
+            )
         width, height = self._size(req)
         steps = req.steps or _DEFAULT_STEPS
         strength = (req.strength or _DEFAULT_STRENGTH) if job.photo is not None else None
@@ -122,7 +124,7 @@ class FakeBackend(Backend):
             images=images,
             seeds=list(job.seeds),
             request=resolved,
-            mode="img2img" if job.photo is not None else "txt2img",
+            mode=("txt2img" if job.photo is None else "img2img" if job.mask is None else "inpaint"),
             width=width,
             height=height,
             denoising_steps=steps,

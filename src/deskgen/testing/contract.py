@@ -27,6 +27,10 @@ The contract, every test named ``test_contract_...`` (select them with ``-k cont
   `GenerationCancelledError` (and before it starts); an exception from ``on_step`` propagates
   unchanged; the generator works as before afterwards;
 - threads: two requests at once, from two threads, each get exactly their result alone;
+- masks (backends whose profile has ``masks``): outside the mask the images are the photo's
+  own pixels, exactly, at its size; the mask and the before/after come with the result; a
+  replay without its mask is refused; bad masks (all black, all white, another shape, not an
+  image) raise `ImageInputError`;
 - bad inputs: invalid fields raise `InvalidRequestError` naming the field, before the backend;
   what the backend's `BackendProfile` lacks (photos, masks, control images, references,
   ``true_cfg_scale``, ``describe``) raises `UnsupportedOperationError`.
@@ -52,6 +56,7 @@ from PIL import Image, ImageChops, ImageDraw
 from .._exceptions import (
     GenerationCancelledError,
     GeneratorClosedError,
+    ImageInputError,
     InvalidRequestError,
     UnsupportedOperationError,
 )
@@ -61,7 +66,7 @@ from .._record import read_record
 from ..backends._profile import BackendProfile
 from ..prompts._description import DeskDescription
 
-__all__ = ["BAD_FIELDS", "BackendContract", "ContractRun", "contract_photo"]
+__all__ = ["BAD_FIELDS", "BackendContract", "ContractRun", "contract_mask", "contract_photo"]
 
 PROMPT = "a tidy desk with a monitor and a plant"
 OTHER_PROMPT = "a walnut desk by a window, warm light"
@@ -92,6 +97,17 @@ def contract_photo(size: tuple[int, int] = (96, 72)) -> Image.Image:
     draw.rectangle([int(w * 0.3), int(h * 0.15), int(w * 0.7), int(h * 0.5)], fill=(20, 20, 30))
     draw.ellipse([int(w * 0.8), int(h * 0.55), int(w * 0.9), int(h * 0.7)], fill=(240, 240, 240))
     return img
+
+
+def contract_mask(size: tuple[int, int] = (96, 72)) -> Image.Image:
+    """A mask for `contract_photo`: the desk and the monitor white (to change), the rest
+    black, with a soft edge (as a feathered found mask has)."""
+    from PIL import ImageFilter
+
+    mask = Image.new("L", size, 0)
+    w, h = size
+    ImageDraw.Draw(mask).rectangle([int(w * 0.25), int(h * 0.1), int(w * 0.75), h], fill=255)
+    return mask.filter(ImageFilter.GaussianBlur(2))
 
 
 def _pixels(result: GenerationResult) -> list[tuple[tuple[int, int], bytes]]:
@@ -417,6 +433,47 @@ class BackendContract:
             fields = contract.fields(image=photo, references=[contract_photo((64, 64))])
         with pytest.raises(UnsupportedOperationError):
             contract.gen.generate(**fields)
+
+    # -- masks -------------------------------------------------------------------------------
+
+    def test_contract_mask_keeps_the_room(self, contract: ContractRun) -> None:
+        if not contract.profile.masks:
+            pytest.skip("the backend takes no mask")
+        photo = contract_photo()
+        mask = contract_mask(photo.size)
+        result = contract.gen.generate(**contract.fields(seed=7, image=photo, mask=mask))
+        assert result.mode == "inpaint"
+        assert result.mask is not None and result.mask.size == photo.size
+        assert result.request.mask_sha256 is not None and result.photo is not None
+        kept = [(x, y) for y in range(photo.height) for x in range(photo.width)]
+        keep = [xy for xy in kept if mask.getpixel(xy) == 0]
+        for image in result.images:
+            assert image.size == photo.size
+            assert all(image.getpixel(xy) == photo.getpixel(xy) for xy in keep), (
+                "outside the mask the photo's own pixels, exactly"
+            )
+        before_after = result.before_after()
+        assert before_after.height == photo.height and before_after.width > 2 * photo.width
+        with pytest.raises(InvalidRequestError, match="mask"):  # a replay without its mask
+            contract.gen.generate(result.request, image=photo, mask=None)
+        raw = contract.gen.generate(
+            **contract.fields(seed=7, image=photo, mask=mask, keep_unmasked=False)
+        )
+        assert raw.images[0].size == (raw.width, raw.height)
+
+    @pytest.mark.parametrize("bad", ["black", "white", "shape", "not an image"])
+    def test_contract_bad_masks_are_refused(self, contract: ContractRun, bad: str) -> None:
+        if not contract.profile.masks:
+            pytest.skip("the backend takes no mask")
+        photo = contract_photo()
+        masks: dict[str, Any] = {
+            "black": Image.new("L", photo.size, 0),
+            "white": Image.new("L", photo.size, 255),
+            "shape": Image.new("L", (photo.height, photo.width), 255),
+            "not an image": b"not an image",
+        }
+        with pytest.raises(ImageInputError):
+            contract.gen.generate(**contract.fields(image=photo, mask=masks[bad]))
 
     def test_contract_describe_follows_the_profile(self, contract: ContractRun) -> None:
         if not contract.profile.describes:

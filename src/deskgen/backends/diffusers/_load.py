@@ -47,6 +47,8 @@ class LoadingBackend(Backend):
     txt2img_class: ClassVar[str]
     img2img_class: ClassVar[str | None]
     """``None``: the model has no image input (photos are refused)."""
+    inpaint_class: ClassVar[str | None]
+    """The inpainting pipeline; ``None``: the backend takes no mask (nor inpainting models)."""
     accepted_pipelines: ClassVar[frozenset[str]]
     family: ClassVar[str]
     """Human name of the model family, for messages."""
@@ -68,8 +70,36 @@ class LoadingBackend(Backend):
         return getattr(diffusers, name)
 
     def _load_class(self, index: dict[str, Any]) -> str:
-        """The pipeline class to load the model with (checked against the family already)."""
+        """The pipeline class to load the model with (checked against the family already):
+        the inpainting pipeline for a model saved as one, else the text-to-image one."""
+        if self.inpaint_class is not None and index.get("_class_name") == self.inpaint_class:
+            return self.inpaint_class
         return self.txt2img_class
+
+    @property
+    def inpainting_only(self) -> bool:
+        """Whether the loaded model is an inpainting checkpoint: its UNet takes the mask and
+        the masked photo besides the latents (9 input channels), so it only redraws masked
+        parts of photos (`_for_unet`)."""
+        return _inpainting_unet(self._txt2img)
+
+    def _for_unet(self, pipe: Any, model: str) -> Any:
+        """The loaded pipeline as the class its UNet calls for: an inpainting UNet only ever
+        runs in the inpainting pipeline (no text-to-image or img2img pipeline is built over
+        it), a base UNet saved as an inpainting pipeline runs in the text-to-image one."""
+        name = type(pipe).__name__
+        if _inpainting_unet(pipe):
+            if self.inpaint_class is None:
+                raise ModelMismatchError(
+                    f"{model!r} is an inpainting checkpoint (its UNet takes the mask and the "
+                    f"masked photo: 9 input channels), but the {self.name!r} backend has no "
+                    "inpainting pipeline. Load the base model it was made from."
+                )
+            if name != self.inpaint_class:
+                return self._construct(self._pipeline_class(self.inpaint_class), pipe)
+        elif name == self.inpaint_class and name != self.txt2img_class:
+            return self._construct(self._pipeline_class(self.txt2img_class), pipe)
+        return pipe
 
     def _read_model_index(self, model: str, local: bool) -> dict[str, Any]:
         return read_model_index(
@@ -114,6 +144,7 @@ class LoadingBackend(Backend):
         model = self.opts.model
         single = is_single_file(model)
         pipe = self._load_single_file(model) if single else self._load_folder(model)
+        pipe = self._for_unet(pipe, model)
         try:
             self._place(pipe)
         except DeskgenError:
@@ -321,3 +352,10 @@ class LoadingBackend(Backend):
             raise GeneratorClosedError(
                 "This generator was closed and its weights freed; create a new DeskGenerator."
             )
+
+
+def _inpainting_unet(pipe: Any) -> bool:
+    """Whether ``pipe``'s UNet is an inpainting one (latents, mask and masked-image latents:
+    9 input channels, as SD 1.5's and SDXL's inpainting checkpoints)."""
+    unet = getattr(pipe, "unet", None)
+    return getattr(getattr(unet, "config", None), "in_channels", None) == 9

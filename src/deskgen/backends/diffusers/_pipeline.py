@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import inspect
 import math
 import threading
 import time
@@ -77,6 +78,9 @@ class DiffusersBackend(QuantizingBackend):
     default_guidance: ClassVar[float]
     default_strength: ClassVar[float] = 0.6
     """img2img strength when the request leaves it ``None``."""
+    inpaint_class: ClassVar[str | None] = None
+    """The diffusers pipeline masked requests run, built over the loaded modules (no weights
+    copied); ``None``: the backend takes no mask. Its strength default is the pipeline's own."""
     default_steps: int = 30
     """Denoising steps when the request leaves them ``None`` (an instance attribute: some
     backends choose it from the loaded model)."""
@@ -138,7 +142,12 @@ class DiffusersBackend(QuantizingBackend):
             use_scheduler(self._txt2img, recipe)
         self._img2img: Any = (
             self._construct(self._pipeline_class(self.img2img_class), self._txt2img)
-            if self.img2img_class is not None
+            if self.img2img_class is not None and not self.inpainting_only
+            else None
+        )
+        self._inpaint: Any = (
+            self._construct(self._pipeline_class(self.inpaint_class), self._txt2img)
+            if self.inpaint_class is not None
             else None
         )
         self.guidance_default: float = self.default_guidance
@@ -325,19 +334,28 @@ class DiffusersBackend(QuantizingBackend):
         import torch
 
         self._check_open()
-        if job.mask is not None and not self.profile.masks:
+        if job.mask is not None and self.inpaint_class is None:
             from ..._registry import backends_with, either
 
             raise UnsupportedOperationError(
-                f"The {self.name!r} backend does not take masks yet (no inpainting pipeline): "
-                f"leave out mask=..., or use {either(backends_with('masks'))} for masked edits."
+                f"The {self.name!r} backend takes no mask (it has no inpainting pipeline): "
+                f"leave out mask=..., or use {either(backends_with('masks'))} to change only "
+                "the masked part."
+            )
+        if job.mask is None and self.inpainting_only:
+            raise UnsupportedOperationError(
+                f"{self.opts.model!r} is an inpainting checkpoint (its UNet takes the mask and "
+                "the masked photo): it only redraws the masked part of a photo. Pass image=... "
+                "with mask=... (or mask='auto'), or load the base model for txt2img and img2img."
             )
         request = job.request
         photo = job.photo
-        strength = request.strength if request.strength is not None else self.default_strength
+        strength = request.strength
+        if strength is None:
+            strength = self._inpaint_strength() if job.mask is not None else self.default_strength
         steps = request.steps if request.steps is not None else self.default_steps
         mode = self._mode(job, strength)
-        steps_run = denoising_steps(steps, strength if mode == "img2img" else None)
+        steps_run = denoising_steps(steps, strength if mode in ("img2img", "inpaint") else None)
         if steps_run < 1:
             minimum = math.ceil(1000 / steps) / 1000  # rounded up: int(steps*s) >= 1
             raise InvalidRequestError(
@@ -373,7 +391,7 @@ class DiffusersBackend(QuantizingBackend):
                 "lora_sha256": digests or None,
             }
         )
-        template = self._img2img if mode == "img2img" else self._txt2img
+        template = {"img2img": self._img2img, "inpaint": self._inpaint}.get(mode, self._txt2img)
         if template is None:  # closed while this request was starting
             self._check_open()
         pipe = self._view(template)
@@ -442,6 +460,10 @@ class DiffusersBackend(QuantizingBackend):
             ) from exc
         finished = time.perf_counter()
 
+        if call["output_type"] == "pil":  # padding_mask_crop: diffusers pastes back in PIL
+            import numpy as np  # as output_type="np" gives them (numpy_to_pil undoes it exactly)
+
+            output.images = np.stack([np.asarray(i, np.float32) / 255 for i in output.images])
         images, kept_seeds, dropped = checked_images(output, job.seeds)
         scheduler_name = type(pipe.scheduler).__name__
         return BackendOutput(
@@ -478,7 +500,7 @@ class DiffusersBackend(QuantizingBackend):
             height=height,
             images=images,
             guidance_branches=2 if do_cfg else 1,
-            img2img=mode == "img2img",
+            img2img=mode in ("img2img", "inpaint"),
             element_bytes=element,
             # SDXL pipelines upcast a float16 force_upcast VAE to float32 for the decode
             vae_element_bytes=4 if self._upcasts_vae else element,
@@ -514,8 +536,18 @@ class DiffusersBackend(QuantizingBackend):
         return guidance > 1 and self._uses_cfg_embeds
 
     def _mode(self, job: Job, strength: float) -> Mode:
-        """txt2img without a photo, img2img with one."""
+        """txt2img without a photo, img2img with one, inpaint with a mask."""
+        if job.mask is not None:
+            return "inpaint"
         return "img2img" if job.photo is not None else "txt2img"
+
+    def _inpaint_strength(self) -> float:
+        """The strength of a masked request that leaves it ``None``: the inpainting pipeline's
+        own default (1.0 for SD, 0.9999 for SDXL: the masked part redrawn from noise)."""
+        assert self.inpaint_class is not None
+        call = self._pipeline_class(self.inpaint_class).__call__
+        default = inspect.signature(call).parameters["strength"].default
+        return float(default)
 
     def _size_reference(self, job: Job) -> tuple[Image.Image | None, str]:
         """The image whose aspect ratio the output takes when no size is given, and its name
@@ -525,12 +557,39 @@ class DiffusersBackend(QuantizingBackend):
     def _image_inputs(
         self, job: Job, *, mode: Mode, width: int, height: int, strength: float
     ) -> ImageInputs:
-        """The pipeline's image arguments for ``mode`` (init image, size, controls)."""
+        """The pipeline's image arguments for ``mode`` (init image, mask, size, controls)."""
+        if mode == "inpaint":
+            call = self._inpaint_inputs(job, width=width, height=height)
+            return ImageInputs(call={**call, "strength": strength})
         if mode == "img2img":
             assert job.photo is not None
             image = prepare_image(job.photo, (width, height))
             return ImageInputs(call={"image": image, "strength": strength})
         return ImageInputs(call={"width": width, "height": height})
+
+    def _inpaint_inputs(self, job: Job, *, width: int, height: int) -> dict[str, Any]:
+        """The photo and mask at the output size (the same crop), with ``padding_mask_crop``
+        where the request sets it, for the inpainting pipeline."""
+        assert job.photo is not None and job.mask is not None
+        call: dict[str, Any] = {
+            "image": prepare_image(job.photo, (width, height)),
+            "mask_image": prepare_image(job.mask, (width, height)),
+            "width": width,
+            "height": height,
+        }
+        crop = job.request.padding_mask_crop
+        if crop is not None:
+            assert self.inpaint_class is not None
+            call_signature = inspect.signature(self._pipeline_class(self.inpaint_class).__call__)
+            if "padding_mask_crop" not in call_signature.parameters:
+                raise UnsupportedOperationError(
+                    f"The {self.name!r} backend's inpainting pipeline ({self.inpaint_class}) "
+                    "redraws the whole picture: leave out padding_mask_crop."
+                )
+            call["padding_mask_crop"] = crop
+            # diffusers pastes the redrawn box back over the photo as PIL images only
+            call["output_type"] = "pil"
+        return call
 
     def close(self) -> None:
         if self._closed:
@@ -539,4 +598,5 @@ class DiffusersBackend(QuantizingBackend):
         self._adapters = None
         self._txt2img = None
         self._img2img = None
+        self._inpaint = None
         free_accelerator_memory(self._device)

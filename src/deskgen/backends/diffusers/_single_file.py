@@ -220,8 +220,9 @@ def family_of(header: Mapping[str, tuple[str, tuple[int, ...]]], *, name: str) -
     if channels == 9:
         raise ModelMismatchError(
             f"{name!r} is an inpainting checkpoint (its UNet takes 9 input channels: latents, "
-            "mask and masked image); deskgen loads text-to-image base models. Use the base "
-            "model it was made from."
+            "mask and masked image); deskgen reads single files of base models only. Use the "
+            "inpainting model's diffusers folder (e.g. stable-diffusion-v1-5/stable-diffusion-"
+            "inpainting), or the base model with mask=... (its inpainting pipeline)."
         )
     if channels not in (None, 4):
         raise ModelMismatchError(

@@ -23,6 +23,13 @@ chat template (thinking off) and is cut at 512 tokens, template included; the pr
 counts exactly that sequence, and fits (by default) or refuses longer prompts. Output size:
 the pipeline's own rule, the photo's size, scaled down to 1024 x 1024 pixels of area when
 larger and floored to a multiple of 16; without a photo, 1024 x 1024.
+
+With a mask (only the desk changes) the request runs diffusers' ``Flux2KleinInpaintPipeline``
+over the same modules: the photo centre-cropped to the output size (the pipeline generates at
+the size of the image it gets, at most 1024 x 1024 pixels of area: a larger requested size is
+scaled down, and the warnings say so), ``strength`` (0.8, the pipeline's, when left out),
+``padding_mask_crop``, and at most one reference image, the pipeline's ``image_reference`` (the
+image the masked part follows).
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import dataclasses
 import math
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..._exceptions import InvalidRequestError, ModelLoadError
+from ..._exceptions import InvalidRequestError, ModelLoadError, UnsupportedOperationError
 from ..._registry import register_backend
 from ...prompts import (
     EncoderFamily,
@@ -147,6 +154,7 @@ class Flux2KleinBackend(DiffusersBackend):
     options_class: ClassVar[type[BackendOptions]] = DiffusersOptions
     txt2img_class: ClassVar[str] = "Flux2KleinPipeline"
     img2img_class: ClassVar[str | None] = None
+    inpaint_class: ClassVar[str | None] = "Flux2KleinInpaintPipeline"
     accepted_pipelines: ClassVar[frozenset[str]] = frozenset({"Flux2KleinPipeline"})
     family: ClassVar[str] = "FLUX.2 [klein]"
     default_guidance: ClassVar[float] = BASE_DEFAULTS[1]
@@ -168,7 +176,8 @@ class Flux2KleinBackend(DiffusersBackend):
     )
     default_long_prompt: ClassVar[LongPromptMode] = LongPromptMode.FIT
     profile: ClassVar[BackendProfile] = BackendProfile(
-        modes=("txt2img", "edit"),
+        modes=("txt2img", "edit", "inpaint"),
+        masks=True,
         gguf=True,
         loras=True,
         references=REFERENCES,
@@ -286,10 +295,26 @@ class Flux2KleinBackend(DiffusersBackend):
         return self._guidance_off(guidance) is None
 
     def _mode(self, job: Job, strength: float) -> Mode:
-        return "edit" if job.photo is not None else "txt2img"
+        if job.photo is None:
+            return "txt2img"
+        return "inpaint" if job.mask is not None else "edit"
 
     def _plan_size(
         self, request: GenerationRequest, photo: Image.Image | None, *, label: str = "photo"
+    ) -> tuple[int, int, list[str]]:
+        width, height, warnings = self._edit_size(request, photo, label=label)
+        if photo is None or not request.masked or width * height <= AREA:
+            return width, height, warnings
+        # the inpainting pipeline generates at the image's size, scaled down to AREA
+        kept = pipeline_size((width, height), multiple=self._size_multiple())
+        warnings.append(
+            f"The output is {kept[0]}x{kept[1]}, not {width}x{height}: FLUX.2 [klein]'s "
+            f"inpainting pipeline generates at most {AREA} pixels (1024x1024) of area."
+        )
+        return kept[0], kept[1], warnings
+
+    def _edit_size(
+        self, request: GenerationRequest, photo: Image.Image | None, *, label: str
     ) -> tuple[int, int, list[str]]:
         # the photo is given whole to the pipeline (never cropped to the output's aspect)
         width, height = request.width, request.height
@@ -331,11 +356,12 @@ class Flux2KleinBackend(DiffusersBackend):
         self, job: Job, *, mode: Mode, width: int, height: int, strength: float
     ) -> ImageInputs:
         request = job.request
-        if request.strength is not None:
+        if request.strength is not None and mode != "inpaint":
             raise InvalidRequestError(
                 "flux2-klein has no strength: the pipeline redraws the desk from the photo and "
                 "the instruction, which says what changes. Leave out strength=..., and say "
-                "'keep ...' in the prompt."
+                "'keep ...' in the prompt (with a mask, strength says how much of the masked "
+                "part is redrawn)."
             )
         guidance = request.guidance_scale
         if self.distilled and guidance is not None and guidance > 1:
@@ -347,7 +373,20 @@ class Flux2KleinBackend(DiffusersBackend):
                 "to guide."
             )
         call: dict[str, Any] = {"height": height, "width": width}
-        if mode == "edit":
+        if mode == "inpaint":
+            if len(job.references) > 1:
+                raise UnsupportedOperationError(
+                    f"flux2-klein takes one reference image with a mask, not "
+                    f"{len(job.references)}: its inpainting pipeline (Flux2KleinInpaintPipeline) "
+                    "has one image_reference, the image the masked part follows. Give one, or "
+                    "leave out the mask to edit the whole photo with several."
+                )
+            call |= self._inpaint_inputs(job, width=width, height=height)
+            call["strength"] = strength
+            if job.references:
+                self._check_image(job.references[0], "reference image 1")
+                call["image_reference"] = job.references[0]
+        elif mode == "edit":
             assert job.photo is not None
             images = [job.photo, *job.references]
             for i, image in enumerate(images):

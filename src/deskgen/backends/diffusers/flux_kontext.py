@@ -24,6 +24,15 @@ pixels, the resolutions the pipeline resizes photos to), scaled to the model's n
 photo is centre-cropped to exactly that size, so the pipeline resizes nothing more. A size the
 request gives is honoured (``max_area`` is its area, so the pipeline keeps it). Without a photo:
 the native square (1024 x 1024) or the request's size.
+
+With a mask (only the desk changes) the request runs diffusers' ``FluxKontextInpaintPipeline``
+over the same modules, at the same size: the masked part redrawn from noise (``strength`` 1.0,
+the pipeline's, when left out) as the instruction says. One reference image may come with a
+mask: it is the pipeline's ``image_reference``, the image the masked part follows ("put this
+lamp on the desk"), which the transformer then sees instead of the photo; it is centre-cropped
+to the Kontext resolution nearest its own aspect. Without a mask references are refused
+(``FluxKontextPipeline`` edits the photo alone), and so is ``padding_mask_crop``: diffusers
+0.42's Kontext inpainting returns the redrawn box alone, never pasted back into the picture.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..._exceptions import InvalidRequestError
+from ..._exceptions import InvalidRequestError, UnsupportedOperationError
 from ..._images import prepare_image
 from ..._registry import register_backend
 from ...prompts import EncoderFamily, LongPromptMode, PromptPlan, TextEncoderSpec
@@ -85,6 +94,7 @@ class FluxKontextBackend(DiffusersBackend):
     options_class: ClassVar[type[BackendOptions]] = DiffusersOptions
     txt2img_class: ClassVar[str] = "FluxKontextPipeline"
     img2img_class: ClassVar[str | None] = None
+    inpaint_class: ClassVar[str | None] = "FluxKontextInpaintPipeline"
     accepted_pipelines: ClassVar[frozenset[str]] = frozenset({"FluxKontextPipeline"})
     family: ClassVar[str] = "FLUX.1 Kontext"
     default_guidance: ClassVar[float] = 2.5
@@ -104,7 +114,9 @@ class FluxKontextBackend(DiffusersBackend):
     )
     default_long_prompt: ClassVar[LongPromptMode] = LongPromptMode.FIT
     profile: ClassVar[BackendProfile] = BackendProfile(
-        modes=("txt2img", "edit"),
+        modes=("txt2img", "edit", "inpaint"),
+        masks=True,
+        references=1,
         gguf=True,
         loras=True,
         true_cfg=True,
@@ -118,6 +130,7 @@ class FluxKontextBackend(DiffusersBackend):
             work_bytes=6 * GiB,
         ),
         demo="flux-kontext",
+        notes=("one reference image, with a mask only (the masked part follows it)",),
     )
 
     def __init__(self, options: BackendOptions) -> None:
@@ -204,7 +217,9 @@ class FluxKontextBackend(DiffusersBackend):
         return _true_cfg(job.request) > 1 and job.prompt.negative_prompt is not None
 
     def _mode(self, job: Job, strength: float) -> Mode:
-        return "edit" if job.photo is not None else "txt2img"
+        if job.photo is None:
+            return "txt2img"
+        return "inpaint" if job.mask is not None else "edit"
 
     def _plan_size(
         self, request: GenerationRequest, photo: Image.Image | None, *, label: str = "photo"
@@ -219,10 +234,18 @@ class FluxKontextBackend(DiffusersBackend):
         self, job: Job, *, mode: Mode, width: int, height: int, strength: float
     ) -> ImageInputs:
         request = job.request
-        if request.strength is not None:
+        if request.strength is not None and mode != "inpaint":
             raise InvalidRequestError(
                 "flux-kontext has no strength: the instruction says what changes and what "
-                "stays. Leave out strength=..., and say 'keep ...' in the prompt."
+                "stays. Leave out strength=..., and say 'keep ...' in the prompt (with a mask, "
+                "strength says how much of the masked part is redrawn)."
+            )
+        if job.references and mode != "inpaint":
+            raise UnsupportedOperationError(
+                "flux-kontext takes a reference image only with a mask (FluxKontextPipeline "
+                "edits the photo alone; with a mask the masked part follows the reference): "
+                "add mask=... (or mask='auto'), or use 'flux2-klein' or 'qwen-image-edit' for "
+                "edits with reference images."
             )
         warnings: list[str] = []
         true_cfg = _true_cfg(request)
@@ -243,12 +266,37 @@ class FluxKontextBackend(DiffusersBackend):
             "max_area": width * height,
             "true_cfg_scale": true_cfg,
         }
-        if job.photo is not None:
+        if mode == "inpaint":
+            call |= self._inpaint_inputs(job, width=width, height=height)
+            call |= {"strength": strength, "_auto_resize": False}
+            if job.references:
+                call["image_reference"] = self._reference(job.references[0])
+        elif job.photo is not None:
             # the photo at exactly the output size: the pipeline then resizes nothing
             call |= {"image": prepare_image(job.photo, (width, height)), "_auto_resize": False}
         return ImageInputs(
             call=call, request_update={"true_cfg_scale": true_cfg}, warnings=warnings
         )
+
+    def _inpaint_inputs(self, job: Job, *, width: int, height: int) -> dict[str, Any]:
+        if job.request.padding_mask_crop is not None:
+            raise UnsupportedOperationError(
+                "flux-kontext can't redraw only the box around the mask: diffusers' "
+                "FluxKontextInpaintPipeline returns that box alone, never pasted back into the "
+                "picture. Leave out padding_mask_crop (the whole picture is redrawn, the room "
+                "kept by the mask), or use 'flux2-klein', 'qwen-image-edit', 'sd' or 'sdxl' "
+                "for padding_mask_crop."
+            )
+        return super()._inpaint_inputs(job, width=width, height=height)
+
+    def _reference(self, image: Image.Image) -> Image.Image:
+        """``image`` centre-cropped to the Kontext resolution nearest its aspect, at the
+        model's scale (what the pipeline's ``_auto_resize`` would pick, cropped, not
+        stretched): the size the pipeline then encodes it at."""
+        size = kontext_size(
+            image.width / image.height, native=self.native_size, multiple=self._size_multiple()
+        )
+        return prepare_image(image, size)
 
     def _guidance_embedded(self) -> bool:
         pipe = self._txt2img

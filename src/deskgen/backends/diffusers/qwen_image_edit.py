@@ -19,6 +19,16 @@ is said in the result's warnings. The output keeps the photo's aspect at the mod
 (1024 x 1024 pixels, on a 32 px grid, as the pipeline computes it). ``preset="fast"``: the
 Qwen-Image-Lightning LoRA (8 steps; 4 for -2509 and 2511's 4-step files) with its scheduler,
 no guidance.
+
+With a mask (``mask="auto"`` or a mask image: only the desk changes) the request runs
+diffusers' ``QwenImageEditInpaintPipeline`` over the same modules: the photo alone (no
+reference images: the pipeline takes one image), a ``strength`` (0.6, the pipeline's, when left
+out) and ``padding_mask_crop``. That pipeline sizes every output itself, 1024 x 1024 pixels of
+area at the aspect of the image it gets (``calculate_dimensions``, whatever ``width``/``height``
+say): deskgen gives it the photo centre-cropped to such a size (`inpaint_size`), so it resizes
+nothing, and says in the warnings when a requested size was not kept. With Edit Plus models
+(-2509, -2511) it encodes the prompt in Qwen-Image-Edit's own template (one picture, not the
+"Picture 1:" labels of the Plus pipeline): what diffusers offers for masked Plus edits.
 """
 
 from __future__ import annotations
@@ -58,7 +68,13 @@ if TYPE_CHECKING:
 
     from ..._models import GenerationRequest, Mode
 
-__all__ = ["LIGHTNING_LORAS", "QWEN_IMAGE_EDIT_PARAMETERS", "QwenImageEditBackend"]
+__all__ = [
+    "LIGHTNING_LORAS",
+    "QWEN_IMAGE_EDIT_PARAMETERS",
+    "QwenImageEditBackend",
+    "edit_size",
+    "inpaint_size",
+]
 
 AREA = 1024 * 1024
 """The pixel area the pipelines size the output (and the photo for the VAE) to."""
@@ -151,6 +167,27 @@ def edit_size(aspect: float, *, multiple: int = 16) -> tuple[int, int]:
     return max(multiple, w // multiple * multiple), max(multiple, h // multiple * multiple)
 
 
+def inpaint_size(aspect: float, *, multiple: int = 16) -> tuple[int, int]:
+    """The output size of ``QwenImageEditInpaintPipeline`` for an image of ``aspect``, as one
+    it keeps: the pipeline sizes its output to `edit_size` of the aspect of the image it is
+    given, so deskgen gives it the photo at a size whose own aspect gives that size again (the
+    `edit_size` of ``aspect``, or the next one; every aspect from 1:4 to 4:1 gets there in two).
+
+    Raises:
+        InvalidRequestError: no such size near ``aspect`` (a photo over about 8:1).
+    """
+    size = edit_size(aspect, multiple=multiple)
+    for _ in range(8):
+        again = edit_size(size[0] / size[1], multiple=multiple)
+        if again == size:
+            return size
+        size = again
+    raise InvalidRequestError(
+        f"The photo's aspect ratio ({aspect:.3g}:1) is too elongated for Qwen-Image-Edit's "
+        "inpainting pipeline to keep a size: crop the photo (and its mask) to at most 4:1."
+    )
+
+
 @register_backend("qwen-image-edit")
 class QwenImageEditBackend(DiffusersBackend):
     """Qwen-Image-Edit, -2509 and -2511 in the diffusers layout: instruction edits of the photo."""
@@ -163,6 +200,8 @@ class QwenImageEditBackend(DiffusersBackend):
     options_class: ClassVar[type[BackendOptions]] = DiffusersOptions
     txt2img_class: ClassVar[str] = "QwenImageEditPlusPipeline"
     img2img_class: ClassVar[str | None] = None
+    inpaint_class: ClassVar[str | None] = "QwenImageEditInpaintPipeline"
+    """Masked requests: the photo alone (one image, Qwen-Image-Edit's template), any model."""
     accepted_pipelines: ClassVar[frozenset[str]] = frozenset(
         {"QwenImageEditPipeline", "QwenImageEditPlusPipeline"}
     )
@@ -186,7 +225,8 @@ class QwenImageEditBackend(DiffusersBackend):
     )
     default_long_prompt: ClassVar[LongPromptMode] = LongPromptMode.FIT
     profile: ClassVar[BackendProfile] = BackendProfile(
-        modes=("edit",),
+        modes=("edit", "inpaint"),
+        masks=True,
         gguf=True,
         loras=True,
         references=2,
@@ -295,24 +335,56 @@ class QwenImageEditBackend(DiffusersBackend):
                 "qwen-image-edit edits a photo: pass image=... (the desk photo). For a desk "
                 "from the prompt alone use a text-to-image backend, e.g. 'sdxl' or 'hidream'."
             )
-        return "edit"
+        return "inpaint" if job.mask is not None else "edit"
 
     def _plan_size(
         self, request: GenerationRequest, photo: Image.Image | None, *, label: str = "photo"
     ) -> tuple[int, int, list[str]]:
+        if photo is not None and request.masked:
+            return self._inpaint_size(request, photo)
         if photo is not None and request.width is None and request.height is None:
             width, height = edit_size(photo.width / photo.height, multiple=self._size_multiple())
             return width, height, []
         return super()._plan_size(request, photo, label=label)
 
+    def _inpaint_size(
+        self, request: GenerationRequest, photo: Image.Image
+    ) -> tuple[int, int, list[str]]:
+        """The size ``QwenImageEditInpaintPipeline`` generates at (`inpaint_size`): of the
+        request's aspect where it gives both sides, else of the photo's; a requested size
+        the pipeline would not keep is said in the warnings."""
+        given = (request.width, request.height)
+        if request.width is not None and request.height is not None:
+            aspect = request.width / request.height
+        else:
+            aspect = photo.width / photo.height
+        width, height = inpaint_size(aspect, multiple=self._size_multiple())
+        warnings: list[str] = []
+        if any(side not in (None, kept) for side, kept in zip(given, (width, height), strict=True)):
+            asked = "x".join("?" if side is None else str(side) for side in given)
+            warnings.append(
+                f"The output is {width}x{height}, not {asked}: Qwen-Image-Edit's inpainting "
+                "pipeline (QwenImageEditInpaintPipeline) always generates about 1024x1024 "
+                "pixels at the photo's aspect ratio. Leave width/height out with a mask."
+            )
+        return width, height, warnings
+
     def _image_inputs(
         self, job: Job, *, mode: Mode, width: int, height: int, strength: float
     ) -> ImageInputs:
         request = job.request
-        if request.strength is not None:
+        if request.strength is not None and mode != "inpaint":
             raise InvalidRequestError(
                 "qwen-image-edit has no strength: the instruction says what changes and what "
-                "stays. Leave out strength=..., and say 'keep ...' in the prompt."
+                "stays. Leave out strength=..., and say 'keep ...' in the prompt (with a mask, "
+                "strength says how much of the masked part is redrawn)."
+            )
+        if job.references and mode == "inpaint":
+            raise UnsupportedOperationError(
+                "qwen-image-edit takes no reference images with a mask: its inpainting "
+                "pipeline (QwenImageEditInpaintPipeline) sees the photo alone. Leave out "
+                "references (describe the object in the prompt) or the mask, or use "
+                "'flux2-klein' or 'flux-kontext' (one reference image with a mask)."
             )
         if job.references and not self.plus:
             raise UnsupportedOperationError(
@@ -340,6 +412,9 @@ class QwenImageEditBackend(DiffusersBackend):
                 f"The negative prompt is not used: guidance_scale={guidance:g} turns "
                 "classifier-free guidance off (it needs a value over 1, e.g. 4.0)."
             )
+        if mode == "inpaint":
+            call = {**self._inpaint_inputs(job, width=width, height=height), "strength": strength}
+            return ImageInputs(call=call, warnings=warnings)
         image: Any = [job.photo, *job.references] if self.plus else job.photo
         return ImageInputs(
             call={"image": image, "height": height, "width": width}, warnings=warnings

@@ -1,4 +1,6 @@
-"""``sd``: Stable Diffusion 1.x / 2.x through diffusers, txt2img and img2img."""
+"""``sd``: Stable Diffusion 1.x / 2.x through diffusers: txt2img, img2img, and inpainting
+(only the masked desk redrawn, the room kept) with the base model or an inpainting checkpoint
+such as ``stable-diffusion-v1-5/stable-diffusion-inpainting``."""
 
 from __future__ import annotations
 
@@ -15,14 +17,23 @@ __all__ = ["SDBackend"]
 
 @register_backend("sd")
 class SDBackend(DiffusersBackend):
-    """SD 1.5, SD 2.1 and fine-tunes in the diffusers layout (``StableDiffusionPipeline``)."""
+    """SD 1.5, SD 2.1 and fine-tunes in the diffusers layout (``StableDiffusionPipeline``);
+    masked requests run ``StableDiffusionInpaintPipeline`` over the same modules. An inpainting
+    checkpoint (9-channel UNet) loads too, and then serves masked requests only."""
 
-    description: ClassVar[str] = "Stable Diffusion 1.x/2.x (diffusers): txt2img and img2img"
+    description: ClassVar[str] = (
+        "Stable Diffusion 1.x/2.x (diffusers): txt2img, img2img and inpainting"
+    )
     default_model: ClassVar[str | None] = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     txt2img_class: ClassVar[str] = "StableDiffusionPipeline"
     img2img_class: ClassVar[str] = "StableDiffusionImg2ImgPipeline"
+    inpaint_class: ClassVar[str | None] = "StableDiffusionInpaintPipeline"
     accepted_pipelines: ClassVar[frozenset[str]] = frozenset(
-        {"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"}
+        {
+            "StableDiffusionPipeline",
+            "StableDiffusionImg2ImgPipeline",
+            "StableDiffusionInpaintPipeline",
+        }
     )
     family: ClassVar[str] = "Stable Diffusion 1.x/2.x"
     default_guidance: ClassVar[float] = 7.5
@@ -31,7 +42,8 @@ class SDBackend(DiffusersBackend):
     )
     default_negative_preset: ClassVar[str | None] = "photo_default"
     profile: ClassVar[BackendProfile] = BackendProfile(
-        modes=("txt2img", "img2img"),
+        modes=("txt2img", "img2img", "inpaint"),
+        masks=True,
         gguf=True,
         single_file=True,
         loras=True,
@@ -49,6 +61,12 @@ class SDBackend(DiffusersBackend):
             published_models=("runwayml/stable-diffusion-v1-5",),
         ),
         demo="sd",
+        notes=(
+            "Inpainting (mask=...) runs StableDiffusionInpaintPipeline (default strength 1.0: "
+            "the masked part redrawn from noise); an inpainting checkpoint such as "
+            "stable-diffusion-v1-5/stable-diffusion-inpainting loads too, for masked requests "
+            "only.",
+        ),
     )
 
     def encode_prompt(self, pipe: Any, plan: PromptPlan, *, do_cfg: bool) -> dict[str, Any]:

@@ -1,4 +1,6 @@
-"""``sdxl``: Stable Diffusion XL through diffusers, txt2img without a photo, img2img with one."""
+"""``sdxl``: Stable Diffusion XL through diffusers: txt2img without a photo, img2img with one,
+inpainting with a mask (only the desk redrawn, the room kept), with the base model or an
+inpainting checkpoint such as ``diffusers/stable-diffusion-xl-1.0-inpainting-0.1``."""
 
 from __future__ import annotations
 
@@ -23,14 +25,21 @@ SDXL_PARAMETERS = {  # stabilityai/stable-diffusion-xl-base-1.0
 
 @register_backend("sdxl")
 class SDXLBackend(DiffusersBackend):
-    """SDXL 1.0 and fine-tunes in the diffusers layout (``StableDiffusionXLPipeline``)."""
+    """SDXL 1.0 and fine-tunes in the diffusers layout (``StableDiffusionXLPipeline``); masked
+    requests run ``StableDiffusionXLInpaintPipeline`` over the same modules. An inpainting
+    checkpoint (9-channel UNet) loads too, and then serves masked requests only."""
 
-    description: ClassVar[str] = "Stable Diffusion XL (diffusers): txt2img and img2img"
+    description: ClassVar[str] = "Stable Diffusion XL (diffusers): txt2img, img2img and inpainting"
     default_model: ClassVar[str | None] = "stabilityai/stable-diffusion-xl-base-1.0"
     txt2img_class: ClassVar[str] = "StableDiffusionXLPipeline"
     img2img_class: ClassVar[str] = "StableDiffusionXLImg2ImgPipeline"
+    inpaint_class: ClassVar[str | None] = "StableDiffusionXLInpaintPipeline"
     accepted_pipelines: ClassVar[frozenset[str]] = frozenset(
-        {"StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"}
+        {
+            "StableDiffusionXLPipeline",
+            "StableDiffusionXLImg2ImgPipeline",
+            "StableDiffusionXLInpaintPipeline",
+        }
     )
     family: ClassVar[str] = "Stable Diffusion XL"
     default_guidance: ClassVar[float] = 5.0
@@ -40,7 +49,8 @@ class SDXLBackend(DiffusersBackend):
     )
     default_negative_preset: ClassVar[str | None] = "sdxl_default"
     profile: ClassVar[BackendProfile] = BackendProfile(
-        modes=("txt2img", "img2img"),
+        modes=("txt2img", "img2img", "inpaint"),
+        masks=True,
         gguf=True,
         single_file=True,
         loras=True,
@@ -50,6 +60,13 @@ class SDXLBackend(DiffusersBackend):
         presets=("quality", "balanced", "fast"),
         memory=MemoryProfile(parameters=SDXL_PARAMETERS, work_bytes=4 * GiB),
         demo="sdxl",
+        notes=(
+            "Inpainting (mask=...) runs StableDiffusionXLInpaintPipeline (default strength "
+            "0.9999, as diffusers': the masked part redrawn from almost pure noise, the base "
+            "model's UNet works); an inpainting checkpoint such as "
+            "diffusers/stable-diffusion-xl-1.0-inpainting-0.1 loads too, for masked requests "
+            "only.",
+        ),
     )
 
     def encode_prompt(self, pipe: Any, plan: PromptPlan, *, do_cfg: bool) -> dict[str, Any]:

@@ -14,7 +14,10 @@ How a request runs (diffusers' own pipelines, chosen per request):
 - photo and ``strength=1.0``: ``StableDiffusionXLControlNetPipeline``, the photo only as the
   source of the controls, the picture starts from noise (the seed's "SDXL + ControlNet", and
   RoomGPT's approach): a new desk in the same room layout;
-- no photo: the same text-to-image pipeline with the request's own ``control_image``.
+- no photo: the same text-to-image pipeline with the request's own ``control_image``;
+- photo and ``mask``: ``StableDiffusionXLControlNetInpaintPipeline``, only the masked part
+  redrawn (default strength 0.9999, diffusers'), the controls computed from the whole photo as
+  for img2img, so the new desk keeps the old one's edges or depth; the room is kept.
 """
 
 from __future__ import annotations
@@ -131,27 +134,31 @@ def _family(cross_attention_dim: Any) -> str:
 @register_backend("sdxl-controlnet")
 class SDXLControlNetBackend(SDXLBackend):
     """SDXL base models with diffusers ControlNets (``StableDiffusionXLControlNetPipeline`` and
-    its img2img sibling); control images computed from the photo or given."""
+    its img2img and inpainting siblings); control images computed from the photo or given."""
 
     description: ClassVar[str] = (
-        "SDXL + ControlNet (diffusers): keeps the photo's edges or depth, restyles the rest"
+        "SDXL + ControlNet (diffusers): keeps the photo's edges or depth, restyles the rest "
+        "or inpaints only the masked desk"
     )
     extra: ClassVar[str] = "controlnet"
     options_class: ClassVar[type[BackendOptions]] = ControlNetOptions
     txt2img_class: ClassVar[str] = "StableDiffusionXLControlNetPipeline"
     img2img_class: ClassVar[str] = "StableDiffusionXLControlNetImg2ImgPipeline"
+    inpaint_class: ClassVar[str | None] = "StableDiffusionXLControlNetInpaintPipeline"
     accepted_pipelines: ClassVar[frozenset[str]] = frozenset(
         {
             "StableDiffusionXLPipeline",
             "StableDiffusionXLImg2ImgPipeline",
             "StableDiffusionXLControlNetPipeline",
             "StableDiffusionXLControlNetImg2ImgPipeline",
+            "StableDiffusionXLControlNetInpaintPipeline",
         }
     )
     default_negative_preset: ClassVar[str | None] = "controlnet_short"
     default_strength: ClassVar[float] = 0.8
     profile: ClassVar[BackendProfile] = BackendProfile(
-        modes=("txt2img", "img2img", "controlnet"),
+        modes=("txt2img", "img2img", "controlnet", "inpaint"),
+        masks=True,
         gguf=True,
         single_file=True,
         loras=True,
@@ -166,6 +173,12 @@ class SDXLControlNetBackend(SDXLBackend):
             added_components={"controlnet": ("controlnet", 1_251_517_440)},
         ),
         demo="sdxl",
+        notes=(
+            "Inpainting (mask=...) runs StableDiffusionXLControlNetInpaintPipeline over the "
+            "base model (default strength 0.9999), the controls made from the whole photo; "
+            "inpainting checkpoints (9-channel UNets) don't fit SDXL ControlNets: load them "
+            "with the 'sdxl' backend.",
+        ),
     )
 
     def __init__(self, options: BackendOptions) -> None:
@@ -264,6 +277,13 @@ class SDXLControlNetBackend(SDXLBackend):
         return dict(config)
 
     def _check_fit(self, name: str, config: dict[str, Any], unet: dict[str, Any]) -> None:
+        if unet.get("in_channels") == 9:
+            raise ModelMismatchError(
+                f"{self.opts.model!r} is an inpainting checkpoint (its UNet takes the mask and "
+                "the masked photo: 9 input channels), which SDXL ControlNets don't fit. Use the "
+                "base model with mask=... (sdxl-controlnet inpaints with it), or load the "
+                "inpainting checkpoint with the 'sdxl' backend."
+            )
         for key in _FIT_KEYS:
             mine, theirs = config.get(key), unet.get(key)
             if isinstance(mine, (list, tuple)) and isinstance(theirs, (list, tuple)):
@@ -333,6 +353,8 @@ class SDXLControlNetBackend(SDXLBackend):
                     "image=... (or a ready control image per control in control_image=...)."
                 )
             return "txt2img"
+        if job.mask is not None:
+            return "inpaint"
         return "img2img" if strength < 1.0 else "txt2img"
 
     def _size_reference(self, job: Job) -> tuple[Image.Image | None, str]:
@@ -418,7 +440,10 @@ class SDXLControlNetBackend(SDXLBackend):
             "control_guidance_start": per_control([c.start for c in used]),
             "control_guidance_end": per_control([c.end for c in used]),
         }
-        if mode == "img2img":
+        if mode == "inpaint":
+            call.update(self._inpaint_inputs(job, width=width, height=height))
+            call.update(control_image=per_control(images), strength=strength)
+        elif mode == "img2img":
             call.update(image=photo, control_image=per_control(images), strength=strength)
         else:
             call.update(image=per_control(images), width=width, height=height)
