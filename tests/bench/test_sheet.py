@@ -186,6 +186,8 @@ def test_the_before_after_slider_moves_in_headless_chromium(
     assert changed > 0.05 * (right - left) * (bottom - top)  # the desk, not a hairline
     # the same page: only the box differs from the default (50%) rendering
     assert ImageChops.difference(images["at10"], images["default"]).getbbox() is not None
-    # no script: the fragment does nothing, the slider sits at the stylesheet's 50%
-    assert ImageChops.difference(images["no-script"], images["default"]).getbbox() is None
-    assert ImageChops.difference(images["no-script"], images["at10"]).getbbox() is not None
+    # no script: the fragment does nothing, the slider sits at the stylesheet's 50% (compared
+    # in the slider's box: text far below it may render a pixel apart between two loads)
+    no_script, default = images["no-script"].crop(box), images["default"].crop(box)
+    assert ImageChops.difference(no_script, default).getbbox() is None
+    assert ImageChops.difference(no_script, images["at10"].crop(box)).getbbox() is not None
