@@ -20,18 +20,18 @@ transformers are imported when a model is first loaded.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from .._exceptions import ConfigError, GeneratorClosedError, ImageInputError, ModelMismatchError
+from .._exceptions import ConfigError, ImageInputError, ModelMismatchError
 from .._loading import map_load_errors, use_safetensors
 from .._quiet import quiet_loading
 from ._settings import DEFAULT_DETECTOR_MODEL, DEFAULT_SAM_MODEL, DeskMask
 from ._shared import (
     WORK_SIDE,
+    SharedModel,
     check_architecture,
     fit,
     model_photo,
@@ -103,11 +103,14 @@ class Detection:
     """Over both thresholds: the box goes to SAM."""
 
 
-class Detector:
+class Detector(SharedModel):
     """A Grounding DINO model (``AutoModelForZeroShotObjectDetection``) and its processor,
     loaded once and shared by every request (use `get_detector`). Calls run one at a time.
 
     Safetensors weights only unless ``allow_pickle``; remote code is never run."""
+
+    what = "detector"
+    getter = "get_detector"
 
     def __init__(
         self,
@@ -178,25 +181,11 @@ class Detector:
                 f"The processor of {model!r} ({type(processor).__name__}) has no tokenizer or "
                 f"no post_process_grounded_object_detection. {_DETECTOR_WORKING}"
             )
-        self.model: Any = loaded.to(device).eval()
-        self.processor: Any = processor
-        self.name = model
-        self.device = device
-        self.dtype = dtype
+        super().__init__(loaded, processor, name=model, device=device, dtype=dtype)
         self.max_text_len = int(getattr(config, "max_text_len", 256))
         delimiters = {tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id}
         delimiters |= set(tokenizer.convert_tokens_to_ids([".", "?"]))
         self._delimiters = {int(index) for index in delimiters if index is not None}
-        self._lock = threading.Lock()
-
-    @property
-    def closed(self) -> bool:
-        return self.model is None
-
-    def close(self) -> None:
-        """Free the weights (after a running call); later calls raise `GeneratorClosedError`."""
-        with self._lock:
-            self.model = None
 
     def prompt(self, phrases: list[str]) -> str:
         """The text Grounding DINO is given: ``"desk. cables."`` (lower-case, each phrase
@@ -243,12 +232,7 @@ class Detector:
 
         photo = model_photo(image)
         scale = (image.width / photo.width, image.height / photo.height)
-        with self._lock, torch.no_grad():
-            if self.model is None:
-                raise GeneratorClosedError(
-                    f"The detector {self.name!r} was closed (release_segmenters()); get it again "
-                    "with get_detector()."
-                )
+        with self.running():
             inputs = self.processor(images=photo, text=self.prompt(phrases), return_tensors="pt")
             input_ids = [int(index) for index in inputs["input_ids"][0]]
             if len(input_ids) > self.max_text_len:
@@ -310,11 +294,14 @@ class Detector:
         return detections
 
 
-class BoxSegmenter:
+class BoxSegmenter(SharedModel):
     """A SAM model (``SamModel``) and its processor, loaded once and shared by every request
     (use `get_box_segmenter`): one mask for each box. Calls run one at a time.
 
     Safetensors weights only unless ``allow_pickle``; remote code is never run."""
+
+    what = "SAM model"
+    getter = "get_box_segmenter"
 
     def __init__(
         self,
@@ -364,21 +351,7 @@ class BoxSegmenter:
                 f"The processor of {model!r} ({type(processor).__name__}) has no "
                 f"post_process_masks. {_SAM_WORKING}"
             )
-        self.model: Any = loaded.to(device).eval()
-        self.processor: Any = processor
-        self.name = model
-        self.device = device
-        self.dtype = dtype
-        self._lock = threading.Lock()
-
-    @property
-    def closed(self) -> bool:
-        return self.model is None
-
-    def close(self) -> None:
-        """Free the weights (after a running call); later calls raise `GeneratorClosedError`."""
-        with self._lock:
-            self.model = None
+        super().__init__(loaded, processor, name=model, device=device, dtype=dtype)
 
     def __call__(
         self,
@@ -408,12 +381,7 @@ class BoxSegmenter:
             for box in boxes
         ]
         masks = np.zeros((len(boxes), height, width), dtype=bool)
-        with self._lock, torch.no_grad():
-            if self.model is None:
-                raise GeneratorClosedError(
-                    f"The SAM model {self.name!r} was closed (release_segmenters()); get it again "
-                    "with get_box_segmenter()."
-                )
+        with self.running():
             inputs = self.processor(images=photo, input_boxes=[scaled], return_tensors="pt")
             pixels = inputs["pixel_values"].to(self.device, dtype=self.dtype)
             embeddings = self.model.get_image_embeddings(pixels)

@@ -17,9 +17,7 @@ imported when a model is first loaded.
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +25,6 @@ from PIL import Image
 
 from .._exceptions import (
     ConfigError,
-    GeneratorClosedError,
     ImageInputError,
     ModelMismatchError,
 )
@@ -37,7 +34,16 @@ from .._quiet import quiet_loading
 from ._open_vocab import nothing_detected, open_vocabulary_regions
 from ._settings import DEFAULT_SEGMENTATION_MODEL, DeskMask
 from ._shape import connected_components, feather_mask, grow_mask
-from ._shared import WORK_SIDE, fit, model_photo, open_config, shared_model, standing_note
+from ._shared import (
+    WORK_SIDE,
+    SharedModel,
+    fit,
+    model_photo,
+    open_config,
+    processor_backend,
+    shared_model,
+    standing_note,
+)
 from ._shared import release_segmenters as release_segmenters
 
 if TYPE_CHECKING:
@@ -67,12 +73,15 @@ _WORKING = (
 )
 
 
-class Segmenter:
+class Segmenter(SharedModel):
     """A transformers semantic-segmentation model and its image processor, loaded once and
     shared by every request (use `get_segmenter`). Calls run one at a time (a lock).
 
     Safetensors weights only unless ``allow_pickle``; remote code is never run. OneFormer is
     refused (its processor needs a text task input this class does not make)."""
+
+    what = "segmentation model"
+    getter = "get_segmenter"
 
     def __init__(
         self,
@@ -157,30 +166,20 @@ class Segmenter:
                 **common,
             )
             # the PIL image processor when torchvision is absent (transformers would warn)
-            backend = None if importlib.util.find_spec("torchvision") else "pil"
-            processor = AutoImageProcessor.from_pretrained(source, backend=backend, **common)
+            processor = AutoImageProcessor.from_pretrained(source, **processor_backend(), **common)
         if not callable(getattr(processor, "post_process_semantic_segmentation", None)):
             raise ModelMismatchError(
                 f"The image processor of {model!r} ({type(processor).__name__}) makes no "
                 f"semantic label maps (no post_process_semantic_segmentation). {_WORKING}"
             )
-        self.model: Any = loaded.to(device).eval()
-        self.processor: Any = processor
-        self.name = model
-        self.device = device
-        self.dtype = dtype
+        super().__init__(loaded, processor, name=model, device=device, dtype=dtype)
         id2label = getattr(config, "id2label", None) or {}
         self._labels = {int(index): str(name) for index, name in id2label.items()}
-        self._lock = threading.Lock()
 
     @property
     def labels(self) -> dict[int, str]:
         """The model's classes: label id to name (``config.id2label``)."""
         return dict(self._labels)
-
-    @property
-    def closed(self) -> bool:
-        return self.model is None
 
     def __call__(self, image: Image.Image, *, size: tuple[int, int] | None = None) -> np.ndarray:
         """The label map of ``image`` (an int32 array of class ids, height x width), at
@@ -191,17 +190,11 @@ class Segmenter:
             GeneratorClosedError: the segmenter was closed (`release_segmenters`).
         """
         import numpy as np
-        import torch
 
         width, height = size or image.size
         photo = model_photo(image)
         work_w, work_h = fit((width, height), WORK_SIDE)
-        with self._lock, torch.no_grad():
-            if self.model is None:
-                raise GeneratorClosedError(
-                    f"The segmentation model {self.name!r} was closed (release_segmenters()); "
-                    "get it again with get_segmenter()."
-                )
+        with self.running():
             inputs = self.processor(images=photo, return_tensors="pt")
             inputs = inputs.to(self.device, dtype=self.dtype)
             outputs = self.model(**inputs)
@@ -215,11 +208,6 @@ class Segmenter:
         cols = (np.arange(width) * work_w) // width
         scaled: np.ndarray = labels[rows[:, None], cols[None, :]]
         return scaled
-
-    def close(self) -> None:
-        """Free the weights (after a running call); later calls raise `GeneratorClosedError`."""
-        with self._lock:
-            self.model = None
 
 
 def get_segmenter(

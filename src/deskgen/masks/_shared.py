@@ -4,22 +4,29 @@ sizes photos and maps are worked at. torch and transformers are imported when fi
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import threading
-from collections.abc import Callable
-from typing import Any, Protocol, TypeVar, cast
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 from PIL import Image
 
 from .._device import resolve_device, resolve_dtype
-from .._exceptions import ModelLoadError, ModelMismatchError, ModelNotFoundError
+from .._exceptions import (
+    GeneratorClosedError,
+    ModelLoadError,
+    ModelMismatchError,
+    ModelNotFoundError,
+)
 from .._loading import missing_hub_message
 from ._settings import DeskMask
 
 __all__ = [
     "INPUT_SIDE",
     "WORK_SIDE",
+    "SharedModel",
     "check_architecture",
     "fit",
     "load_options",
@@ -37,6 +44,45 @@ the closed-set route, the box masks of the open-vocabulary route."""
 
 INPUT_SIDE = 1024
 """The long side a photo is scaled down to (at most) before a model's processor sees it."""
+
+
+class SharedModel:
+    """What the routes' loaded models share (`Segmenter`, `Detector`, `BoxSegmenter`): the
+    weights on their device, the processor, one call at a time, and closing. Subclasses name
+    themselves (``what``) and the function that gets them again (``getter``)."""
+
+    what: ClassVar[str]
+    getter: ClassVar[str]
+
+    def __init__(self, loaded: Any, processor: Any, *, name: str, device: str, dtype: Any) -> None:
+        self.model: Any = loaded.to(device).eval()
+        self.processor: Any = processor
+        self.name = name
+        self.device = device
+        self.dtype = dtype
+        self._lock = threading.Lock()
+
+    @property
+    def closed(self) -> bool:
+        return self.model is None
+
+    def close(self) -> None:
+        """Free the weights (after a running call); later calls raise `GeneratorClosedError`."""
+        with self._lock:
+            self.model = None
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """One call at a time, without gradients; `GeneratorClosedError` once closed."""
+        import torch
+
+        with self._lock, torch.no_grad():
+            if self.model is None:
+                raise GeneratorClosedError(
+                    f"The {self.what} {self.name!r} was closed (release_segmenters()); get it "
+                    f"again with {self.getter}()."
+                )
+            yield
 
 
 class _Loaded(Protocol):
