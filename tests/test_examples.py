@@ -309,3 +309,19 @@ def test_keep_the_room_example(tmp_path: Path, demo_cache: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == sorted(names)
     with Image.open(out / "before-after.png") as pair:
         assert pair.height == 576 and pair.width > 2 * 768
+
+
+@pytest.mark.slow
+def test_serve_makeover_example(tmp_path: Path, demo_cache: Path) -> None:
+    """deskgen serve --demo, and the openai client making over the sample desk through it."""
+    pytest.importorskip("fastapi")
+    out = tmp_path / "served"
+    argv = [sys.executable, str(ROOT / "examples" / "serve_makeover.py"), "--out", str(out)]
+    env = {**_env(tmp_path), "DESKGEN_CACHE": str(demo_cache)}  # the demo's models, once
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("images.edit: 768x576 PNG, job job_")
+    assert lines[1] == "events: queued started step step step step succeeded"
+    assert json.loads(lines[2])["seed"] == 7
+    assert sorted(p.name for p in out.iterdir()) == ["job.png", "makeover.png"]

@@ -13,6 +13,7 @@ Nothing from the input photo's metadata is ever written.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 import stat
@@ -248,6 +249,20 @@ def _write_png(image: Image.Image, info: PngImagePlugin.PngInfo, fh: IO[bytes]) 
     image.save(fh, format="PNG", pnginfo=info)
 
 
+def _png_info(result: GenerationResult, index: int) -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", a1111_parameters(result, index))
+    info.add_text(RECORD_KEY, json.dumps(build_record(result, index), ensure_ascii=False))
+    return info
+
+
+def png_bytes(result: GenerationResult, index: int) -> bytes:
+    """Image ``index`` as the PNG `GenerationResult.save` writes (its record in text chunks)."""
+    out = io.BytesIO()
+    _write_png(result.images[index], _png_info(result, index), out)
+    return out.getvalue()
+
+
 _OTHER_IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic", ".jxl"}
 )
@@ -284,9 +299,7 @@ def save_result(
         target = path
         if len(indices) > 1:
             target = path.with_name(f"{path.stem}-{i}{path.suffix}")
-        info = PngImagePlugin.PngInfo()
-        info.add_text("parameters", a1111_parameters(result, i))
-        info.add_text(RECORD_KEY, json.dumps(build_record(result, i), ensure_ascii=False))
+        info = _png_info(result, i)
         atomic_write(target, functools.partial(_write_png, result.images[i], info))
         written.append(target)
     if mask and result.mask is not None:

@@ -1,13 +1,14 @@
 """The ``deskgen`` command line: generate, demo, mask, prompt, describe, dataset, train-lora,
-quantize, plan, bench, compare, backends, record.
+quantize, plan, bench, compare, serve, keys, backends, record.
 
 Run ``deskgen --help`` or ``deskgen COMMAND --help``. Exit codes: 0 success, 1 a deskgen error
 (its message says how to fix it), 2 bad command-line usage, 130 interrupted.
 
 Each command module registers its own parsers (``register(sub)``, as huggingface_hub's CLI
-does): `generate` (generate, demo), `mask` (mask), `prompt` (prompt, describe), `training` (dataset,
-train-lora), `quantize` (quantize, plan), `bench` (bench, compare) and `info` (backends,
-record); `_options` holds what they share. Nothing heavy is imported before a command runs.
+does): `generate` (generate, demo), `mask` (mask), `prompt` (prompt, describe), `training`
+(dataset, train-lora), `quantize` (quantize, plan), `bench` (bench, compare), `serve` (serve,
+keys) and `info` (backends, record); `_options` holds what they share. Nothing heavy is
+imported before a command runs.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 
 from .._exceptions import DeskgenError
 from .._version import __version__
-from . import bench, generate, info, mask, prompt, quantize, training
+from . import bench, generate, info, mask, prompt, quantize, serve, training
 
 # importable from deskgen.cli as before the package split (the bench worker, tests)
 from ._options import _checked_options as _checked_options
@@ -29,7 +30,7 @@ from .quantize import _memory_size as _memory_size
 
 __all__ = ["main"]
 
-_MODULES = (generate, mask, prompt, training, quantize, bench, info)
+_MODULES = (generate, mask, prompt, training, quantize, bench, serve, info)
 """In the order ``deskgen --help`` lists their commands."""
 
 
