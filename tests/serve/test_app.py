@@ -193,6 +193,13 @@ def test_bad_uploads_are_refused_before_queueing(live_server: Start) -> None:
     assert fake_backend(server).jobs == []
 
 
+def test_an_edit_without_a_photo_is_refused_before_it_runs(live_server: Start) -> None:
+    server = live_server()
+    answer = httpx2.post(f"{server.api}/images/edits", data={"prompt": "a desk"})
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == "image"
+    assert sum(server.service.store.counts().values()) == 0  # no job was made
+
+
 def test_a_failed_job_answers_in_the_error_shape(live_server: Start) -> None:
     server = live_server(options={"fail_with": "boom at /home/someone/weights"})
     with pytest.raises(openai.InternalServerError) as caught:

@@ -241,6 +241,8 @@ def _add_routes(app: FastAPI, service: Service, settings: ServeSettings) -> None
         sub = await run_in_threadpool(
             parse_submission, body, files, form=form, max_bytes=max_bytes, max_images=max_images
         )
+        if kind == "edit" and "image" not in sub.uploads:
+            raise ApiError(400, "image: required: the desk photo to edit", param="image")
         if sub.model is not None and sub.model not in served:
             raise ApiError(
                 400,
@@ -326,8 +328,6 @@ def _add_routes(app: FastAPI, service: Service, settings: ServeSettings) -> None
     @app.post("/v1/images/edits")
     async def edits(request: Request) -> dict[str, Any]:
         job, sub = await submission(request, "edit")
-        if "image" not in job.inputs:
-            raise ApiError(400, "image: required: the desk photo to edit", param="image")
         return await run_in_threadpool(images_answer, request, await finished(job), sub)
 
     @app.get("/v1/models")
