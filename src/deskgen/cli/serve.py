@@ -105,6 +105,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
     from pydantic import ValidationError
 
+    from .._generator import _format_validation_error
     from ..serve import ServeSettings, serve
 
     try:
@@ -134,9 +135,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             log_prompts=args.log_prompts,
         )
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'serve'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = _format_validation_error(exc, whole="serve")
         raise ConfigError(f"deskgen serve: {problems}") from None
     from ..serve._server import configure_logging
 

@@ -132,9 +132,8 @@ class Worker:
         images: dict[str, Any] = {}
         for name, keys in job.inputs.items():
             data = [results.get(key) for key in keys]
-            images[name] = data if name == "references" else data[0]
-        if "control_image" in images and len(job.inputs["control_image"]) > 1:
-            images["control_image"] = [results.get(key) for key in job.inputs["control_image"]]
+            # references are a list; so are several control images (one per control)
+            images[name] = data if name == "references" or len(data) > 1 else data[0]
         return images
 
     def _run(self, job: Job) -> None:
