@@ -19,6 +19,7 @@ from ._dataset import (
     DatasetPlan,
     DatasetReport,
     DeskGrid,
+    RayOptions,
     generate_dataset,
 )
 from ._exceptions import (
@@ -49,6 +50,7 @@ from ._exceptions import (
     UnsupportedOperationError,
 )
 from ._generator import DeskGenerator, RequestFields
+from ._generator_spec import GeneratorSpec
 from ._images import ImageInfo, load_image
 from ._lora import LoadedLora, LoraFile, LoraSpec, inspect_lora
 from ._memory_report import MemoryReport
@@ -98,6 +100,7 @@ __all__ = [
     "GenerationRequest",
     "GenerationResult",
     "GeneratorClosedError",
+    "GeneratorSpec",
     "ImageInfo",
     "ImageInputError",
     "ImageTooLargeError",
@@ -121,6 +124,7 @@ __all__ = [
     "PromptTooLongError",
     "QuantConfig",
     "RateLimitedError",
+    "RayOptions",
     "RecordError",
     "RequestFields",
     "ServiceError",

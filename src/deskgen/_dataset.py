@@ -18,6 +18,9 @@ plan grew, and a rerun with another model or LoRA adds its own images; images ar
 atomically and their metadata line only after the image, so an interrupted run leaves nothing
 half-made. Captions are written with their image: a new ``caption_prefix`` applies to new
 images only.
+
+``engine="ray"`` spreads the images over Ray workers that each build the generator again from
+its `GeneratorSpec` (`deskgen._dataset_ray`); this process still writes every file, the same way.
 """
 
 from __future__ import annotations
@@ -28,14 +31,16 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import closing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ._exceptions import (
     AuthenticationError,
+    ConfigError,
     DeskgenError,
     GeneratorClosedError,
     MissingDependencyError,
@@ -47,6 +52,7 @@ from .prompts._spec import DeskSpec
 
 if TYPE_CHECKING:
     from ._generator import DeskGenerator
+    from ._models import GenerationResult
 
 __all__ = [
     "DatasetFailure",
@@ -54,6 +60,7 @@ __all__ = [
     "DatasetPlan",
     "DatasetReport",
     "DeskGrid",
+    "RayOptions",
     "generate_dataset",
     "read_metadata",
 ]
@@ -190,9 +197,38 @@ class DatasetPlan(BaseModel):
     def items_for(self, generator: DeskGenerator) -> list[DatasetItem]:
         """The plan's images as ``generator`` makes them: keyed by its backend, model, dtype and
         loaded LoRAs (file digests and weights) too."""
-        loras = [[lora.name, lora.sha256, lora.weight] for lora in generator.loras]
-        generator_key = json.dumps([generator.model, generator.dtype, loras])
-        return self.items(backend=generator.backend_name, generator_key=generator_key)
+        return self.items(backend=generator.backend_name, generator_key=generator_key(generator))
+
+
+def generator_key(generator: DeskGenerator) -> str:
+    """What, besides its backend, makes a generator's images: model, dtype and loaded LoRAs."""
+    loras = [[lora.name, lora.sha256, lora.weight] for lora in generator.loras]
+    return json.dumps([generator.model, generator.dtype, loras])
+
+
+class RayOptions(BaseModel):
+    """How ``generate_dataset(engine="ray")`` spreads a plan over a Ray cluster: ``actors``
+    workers, each with its own generator, built once from the caller's `GeneratorSpec`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    actors: int | None = Field(default=None, ge=1)
+    """Workers; ``None``: as many as the cluster's GPUs hold (``num_gpus`` each), else 1."""
+    num_gpus: float | None = Field(default=None, ge=0)
+    """GPUs per worker (a fraction shares one); ``None``: 1 if the cluster has GPUs, else 0."""
+    num_cpus: float | None = Field(default=None, ge=0)
+    """CPUs per worker; ``None``: Ray Data's default (1)."""
+    batch_size: int = Field(default=1, ge=1, le=10_000)
+    """Images a worker is handed at a time (each still one request): results come back per
+    batch, so 1 streams every image to the disk as soon as it is made."""
+    device: str | None = None
+    """The workers' device; ``None``: the generator's (``"cuda:N"`` as ``"cuda"``: Ray shows
+    each worker only its own GPUs). Not part of the images' keys, unlike the dtype."""
+    address: str | None = None
+    """The cluster to connect to when Ray is not initialised (``"auto"``, ``"ray://..."``);
+    ``None``: start a local one for the run."""
+    progress_bars: bool = False
+    """Ray Data's own progress bars and execution logs (deskgen's tqdm bar is ``progress``)."""
 
 
 class DatasetFailure(BaseModel):
@@ -306,6 +342,8 @@ def generate_dataset(
     *,
     progress: bool = True,
     on_item: Callable[[DatasetItem, Exception | None], None] | None = None,
+    engine: Literal["local", "ray"] = "local",
+    ray: RayOptions | None = None,
 ) -> DatasetReport:
     """Generate the images of ``plan`` into the ``imagefolder`` at ``out`` (see the module).
 
@@ -315,13 +353,34 @@ def generate_dataset(
     ``metadata.jsonl`` line cut short by an earlier run (a full disk, a power loss) is removed
     first (the file is rewritten atomically, with a logged warning) and its image made again.
 
+    With ``engine="ray"`` the images still to make are spread with Ray Data over workers that
+    each build their own generator once from ``generator.spec`` (`GeneratorSpec`: hub ids are
+    loaded where the workers run, local paths must exist there); their PNGs come back to this
+    process, which writes the files and lines as they arrive (in the order they are done), as
+    the local engine does: a run of either engine resumes the other's. If Ray is not
+    initialised, a local Ray is started (or ``ray.address`` connected to) and shut down after
+    the run. A worker whose generator can't be built, or differs from ``generator`` in what
+    keys the images (model, dtype, LoRAs: give ``dtype`` explicitly when the workers' devices
+    differ from this one), stops the run with that error.
+
     Args:
         on_item: called after each image with the item and ``None``, or the error it failed with.
+        engine: ``"local"``: one image after the other with ``generator``; ``"ray"``: on a Ray
+            cluster (needs the ``ray`` extra).
+        ray: the `RayOptions` of ``engine="ray"``.
 
     Raises:
-        AuthenticationError, GeneratorClosedError, MissingDependencyError: see above.
+        AuthenticationError, GeneratorClosedError, MissingDependencyError: see above
+            (``MissingDependencyError`` too for ``engine="ray"`` without Ray installed).
+        ConfigError: an unknown ``engine``, ``ray`` options without ``engine="ray"``, or Ray
+            workers whose generator is not ``generator``'s.
     """
     from tqdm.auto import tqdm
+
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"engine={engine!r}: use 'local' or 'ray'.")
+    if ray is not None and engine != "ray":
+        raise ConfigError("ray=RayOptions(...) needs engine='ray'.")
 
     started = time.perf_counter()
     folder = Path(out) / SPLIT
@@ -357,19 +416,22 @@ def generate_dataset(
     skipped = len(items) - len(todo)
     failures: list[DatasetFailure] = []
     generated = 0
-    with tqdm(
-        total=len(items), initial=skipped, disable=not progress, unit="image", desc="dataset"
-    ) as bar:
-        for item in todo:
-            error: Exception | None = None
-            try:
-                _make(generator, plan, item, folder)
+    if engine == "ray" and todo:
+        from ._dataset_ray import ray_outcomes
+
+        outcomes = ray_outcomes(generator, plan, todo, folder, ray or RayOptions())
+    else:
+        outcomes = _local_outcomes(generator, plan, todo, folder)
+    with (
+        tqdm(
+            total=len(items), initial=skipped, disable=not progress, unit="image", desc="dataset"
+        ) as bar,
+        closing(outcomes),  # a Ray run stops its workers when the loop ends early
+    ):
+        for item, error in outcomes:
+            if error is None:
                 generated += 1
-            except _FATAL:
-                raise
-            except (DeskgenError, OSError) as exc:
-                error = exc
-            if error is not None:
+            else:
                 failure = DatasetFailure(
                     key=item.key,
                     prompt=item.prompt,
@@ -397,13 +459,36 @@ def generate_dataset(
     )
 
 
-def _make(generator: DeskGenerator, plan: DatasetPlan, item: DatasetItem, folder: Path) -> None:
-    fields = {**plan.request, "negative_prompt": item.negative_prompt}
-    result = generator.generate(prompt=item.prompt, seed=item.seed, num_images=1, **fields)
-    name = f"{item.key}.png"
-    result.save(folder / name, index=0)
-    row = {
-        "file_name": name,
+def _local_outcomes(
+    generator: DeskGenerator, plan: DatasetPlan, todo: list[DatasetItem], folder: Path
+) -> Generator[tuple[DatasetItem, Exception | None], None, None]:
+    """Make ``todo`` one after the other: each item with ``None``, or the error it failed with
+    (fatal errors are raised)."""
+    for item in todo:
+        error: Exception | None = None
+        try:
+            result = generate_item(generator, plan.request, item)
+            result.save(folder / f"{item.key}.png", index=0)
+            _append_line(folder / METADATA, metadata_row(item, result))
+        except _FATAL:
+            raise
+        except (DeskgenError, OSError) as exc:
+            error = exc
+        yield item, error
+
+
+def generate_item(
+    generator: DeskGenerator, request: dict[str, Any], item: DatasetItem
+) -> GenerationResult:
+    """The one image of ``item``, with the plan's shared ``request`` fields."""
+    fields = {**request, "negative_prompt": item.negative_prompt}
+    return generator.generate(prompt=item.prompt, seed=item.seed, num_images=1, **fields)
+
+
+def metadata_row(item: DatasetItem, result: GenerationResult) -> dict[str, Any]:
+    """The ``metadata.jsonl`` line of ``item``'s image."""
+    return {
+        "file_name": f"{item.key}.png",
         "caption": item.caption,
         "prompt": item.prompt,
         "negative_prompt": item.negative_prompt,
@@ -411,4 +496,3 @@ def _make(generator: DeskGenerator, plan: DatasetPlan, item: DatasetItem, folder
         # a JSON text, so that every row has the same columns for datasets' imagefolder
         "record": json.dumps(result.record(0), ensure_ascii=False),
     }
-    _append_line(folder / METADATA, row)

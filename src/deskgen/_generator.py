@@ -26,6 +26,7 @@ from ._exceptions import (
     ModelLoadError,
     UnsupportedOperationError,
 )
+from ._generator_spec import GeneratorSpec
 from ._images import ImageInput, load_image
 from ._inputs import read_inputs
 from ._lora import LoadedLora, LoraSource, as_lora_spec
@@ -166,6 +167,9 @@ class DeskGenerator:
         model = model if model is not None else cls.default_model
         if model is None:
             raise ConfigError(f"The {backend!r} backend has no default model: pass model=...")
+        spec = GeneratorSpec(  # before the memory plan fills in options: where it runs, it plans
+            backend=backend, model=model, device=device, dtype=dtype, memory=memory, options=options
+        )
         self.memory_plan: MemoryPlan | None = None
         """The memory planner's plan, with ``memory=...`` (options given explicitly win)."""
         if memory is not None:
@@ -207,6 +211,7 @@ class DeskGenerator:
         self._device = self._backend.device
         self._dtype = self._backend.dtype
         self._close_lock = threading.Lock()
+        self._spec = spec
 
     def _boundary(self, error: type[DeskgenError], what: str) -> AbstractContextManager[None]:
         return backend_boundary(error, what, hide=self._secrets)
@@ -225,6 +230,13 @@ class DeskGenerator:
     def backend(self) -> Backend:
         """The backend instance (for advanced use, e.g. its diffusers ``pipeline``)."""
         return self._require_open()
+
+    @property
+    def spec(self) -> GeneratorSpec:
+        """How to build this generator again elsewhere (`GeneratorSpec.build`), e.g. in another
+        process: the constructor's arguments and its LoRA changes since, without weights."""
+        adapters = self._backend.lora_adapters if self._backend is not None else None
+        return self._spec.model_copy(update={"fused": None if adapters is None else adapters.fused})
 
     @property
     def closed(self) -> bool:
@@ -350,9 +362,11 @@ class DeskGenerator:
             InvalidRequestError: the adapter name is taken, or LoRAs are fused.
             UnsupportedOperationError: the backend takes no LoRAs.
         """
-        adapters = self._adapters()
+        adapters, lora = self._adapters(), as_lora_spec(spec)
         with self._boundary(ModelLoadError, "Could not load the LoRA"):
-            return adapters.load(as_lora_spec(spec))
+            loaded = adapters.load(lora)
+        self._spec = self._spec.with_lora(lora, loaded.name)
+        return loaded
 
     def unload_lora(self, name: str, /) -> None:
         """Remove an adapter; the model is as before it was loaded. Waits for running
@@ -360,6 +374,7 @@ class DeskGenerator:
         adapters = self._adapters()
         with self._boundary(BackendError, f"Could not unload the LoRA {name!r}"):
             adapters.unload(name)
+        self._spec = self._spec.without_lora(name)
 
     def fuse_loras(self, *, loras: dict[str, float] | None = None) -> None:
         """Merge adapters into the weights for faster steps: ``loras`` maps names to weights

@@ -46,6 +46,9 @@ def _mask(size: tuple[int, int] = (48, 32)) -> Image.Image:
     return mask
 
 
+_B64 = base64.b64encode(_png(_photo())).decode()
+
+
 def _client(server: LiveServer, key: str = "unused", **kwargs: Any) -> Any:
     return openai.OpenAI(base_url=server.api, api_key=key, max_retries=0, **kwargs)
 
@@ -153,7 +156,9 @@ def test_url_answers_are_signed_links(live_server: Start) -> None:
         ({"prompt": "a desk", "colour": "red"}, "colour"),
         ({"prompt": "a desk", "quality": "hd"}, "quality"),
         ({"prompt": "a desk", "model": "dall-e-3"}, "model"),
-        ({"prompt": "a desk", "desk_mask": {"model": "/etc"}}, "desk_mask.model"),
+        ({"prompt": "a desk", "desk_mask": {"model": "/etc"}, "image": _B64}, "desk_mask.model"),
+        ({"prompt": "a desk", "mask": "auto"}, "mask"),  # nothing to find a desk in
+        ({"prompt": "a desk", "desk_mask": {}, "image": _B64, "mask": _B64}, "desk_mask"),
         ({"prompt": "a desk", "image": "/etc/passwd"}, "image"),
         ({"n": 1}, "prompt"),
     ],
@@ -168,6 +173,18 @@ def test_bad_fields_are_400_naming_the_field(
     assert caught.value.status_code == 400 and error["param"] == param
     assert error["type"] == "invalid_request_error"
     assert "/etc" not in error["message"] and "Traceback" not in error["message"]
+
+
+def test_the_server_picks_the_mask_models_of_each_route(live_server: Start) -> None:
+    server = live_server(mask_model="seg", detector_model="dino", sam_model="sam")
+    pick = server.service._server_models
+    # the closed-set route takes no SAM model (DeskMask refuses one there)
+    assert pick({"desk_mask": {}})["desk_mask"] == {"model": "seg"}
+    assert pick({"desk_mask": {"route": "open-vocabulary"}})["desk_mask"] == {
+        "route": "open-vocabulary",
+        "model": "dino",
+        "sam_model": "sam",
+    }
 
 
 def test_bad_uploads_are_refused_before_queueing(live_server: Start) -> None:
@@ -251,6 +268,35 @@ def test_cancel_a_queued_job_and_a_running_one(live_server: Start) -> None:
     assert kinds[0] == "queued" and kinds[-1] == "cancelled"
 
 
+def test_a_cancelled_images_request_is_not_retried_as_a_new_job(live_server: Start) -> None:
+    server = live_server()
+    backend = fake_backend(server)
+    gate = backend.step_gate = threading.Event()
+    client = openai.OpenAI(base_url=server.api, api_key="unused")  # its default retries
+    failure: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            client.images.generate(prompt="a desk", extra_body={"steps": 50})
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not backend.jobs and time.monotonic() < deadline:
+        time.sleep(0.02)
+    job_id = server.service.workers[0].current
+    assert job_id is not None
+    assert httpx2.delete(f"{server.api}/jobs/{job_id}").json()["cancel_requested"]
+    gate.set()
+    thread.join(30)
+    (error,) = failure
+    assert isinstance(error, openai.APIStatusError) and error.status_code == 410
+    assert sum(server.service.store.counts().values()) == 1  # no retry made a second job
+    assert len(backend.jobs) == 1
+
+
 def test_an_idempotent_retry_returns_the_first_job(live_server: Start) -> None:
     server = live_server()
     headers = {"Idempotency-Key": "retry-1"}
@@ -261,7 +307,7 @@ def test_an_idempotent_retry_returns_the_first_job(live_server: Start) -> None:
     assert other.status_code == 409
     _wait(server, first["id"], "succeeded")
     assert len(fake_backend(server).jobs) == 1
-    # the openai client sends its own Idempotency-Key, the same on each of its retries
+    # the openai client sends no Idempotency-Key of its own: a caller gives one for retries
     client = _client(server)
     answer = client.images.generate(prompt="a desk", extra_headers={"Idempotency-Key": "k2"})
     repeat = client.images.generate(prompt="a desk", extra_headers={"Idempotency-Key": "k2"})

@@ -166,3 +166,29 @@ def test_keys_command_makes_a_key_that_gets_in(
     from deskgen.serve import KeyRing
 
     assert KeyRing.load(path).authenticate(token).name == "team-a"  # type: ignore[union-attr]
+
+
+def test_two_servers_on_redis_a_killed_ones_job_finishes_on_the_other(tmp_path: Path) -> None:
+    from .redis_server import RedisServer
+
+    redis = RedisServer(tmp_path / "redis").start()
+    shared = ["--jobs", redis.url, "--results", str(tmp_path / "results"), "--lease", "1"]
+    try:
+        first = _Server(tmp_path / "a", *shared, step_seconds=0.05)
+        job_id = first.submit(prompt="a desk", steps=200, seed=3)
+        _until(first, job_id, {"running"})  # on the first: the only server yet
+        second = _Server(tmp_path / "b", *shared, step_seconds=0.0)
+        try:
+            assert second.job(job_id)["status"] == "running"  # one store: the same job
+            first.stop(signal.SIGKILL)
+            # its lease (1 s) runs out; the second server's lease check re-queues it, runs it
+            done = _until(second, job_id, {"succeeded", "failed"}, timeout=60)
+            assert done["status"] == "succeeded" and done["attempts"] == 2, done
+            events = httpx2.get(f"{second.url}/v1/jobs/{job_id}/events").text
+            assert "its worker stopped renewing its lease" in events
+            png = httpx2.get(f"{second.url}/v1/jobs/{job_id}/images/0")
+            assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+        finally:
+            second.stop(signal.SIGTERM)
+    finally:
+        redis.close()

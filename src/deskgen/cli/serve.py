@@ -39,7 +39,16 @@ def register(sub: Subparsers) -> None:
     group.add_argument(
         "--results", help="results store: a folder or fsspec URL (default: DATA/results)"
     )
+    group.add_argument(
+        "--jobs", help="job store shared by several servers: a Redis URL (default: SQLite)"
+    )
+    group.add_argument(
+        "--lease", type=float, default=30.0, help="seconds before a silent job runs elsewhere"
+    )
     group.add_argument("--public-url", help="the address clients use, for result links")
+    group.add_argument(
+        "--url-ttl", type=int, default=3600, help="seconds result links live (default: 3600)"
+    )
     group.add_argument(
         "--max-attempts", type=int, default=3, help="runs of a crashed job (default: 3)"
     )
@@ -63,6 +72,9 @@ def register(sub: Subparsers) -> None:
     )
     group.add_argument(
         "--mask-model", help="segmentation model for mask=auto (default: DeskMask's)"
+    )
+    group.add_argument(
+        "--detector-model", help="Grounding DINO model of the open-vocabulary mask route"
     )
     group.add_argument("--sam-model", help="SAM model of the open-vocabulary mask route")
     group.add_argument("--log-prompts", action="store_true", help="put prompts in the log")
@@ -117,10 +129,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             options=options,
             data=args.data,
             results=args.results,
+            jobs=args.jobs,
+            lease=args.lease,
             keys=args.keys,
             host=args.host,
             port=args.port,
             public_url=args.public_url,
+            url_ttl=args.url_ttl,
             max_attempts=args.max_attempts,
             max_upload_bytes=int(args.max_upload_mb * 2**20),
             max_images=args.max_images,
@@ -131,6 +146,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             cors_origins=tuple(args.cors_origin),
             webhook_hosts=frozenset(args.webhook_host),
             mask_model=args.mask_model,
+            detector_model=args.detector_model,
             sam_model=args.sam_model,
             log_prompts=args.log_prompts,
         )

@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._version import __version__
-from ._errors import ApiError, from_job_error
+from ._errors import ApiError, from_job_error, scrub
 from ._jobs import Job
 from ._keys import ApiKey
 from ._metrics import CONTENT_TYPE
@@ -299,7 +299,8 @@ def _add_routes(app: FastAPI, service: Service, settings: ServeSettings) -> None
         if job.status == "failed" and job.error is not None:
             raise from_job_error(job.error)
         if job.status == "cancelled":
-            raise ApiError(409, f"Job {job.id} was cancelled", code="cancelled")
+            # 410, not 409: the openai client retries a 409, which would run the job again
+            raise ApiError(410, f"Job {job.id} was cancelled", code="cancelled")
         base = base_of(request)
         data = []
         for image in job.images:
@@ -402,7 +403,7 @@ def _add_routes(app: FastAPI, service: Service, settings: ServeSettings) -> None
                 "name": worker.name,
                 "device": worker.device,
                 "ready": worker.ready,
-                "error": str(worker.load_error) if worker.load_error is not None else None,
+                "error": scrub(str(worker.load_error)) if worker.load_error is not None else None,
             }
             for worker in service.workers
         ]

@@ -79,7 +79,7 @@ _MAPPING: tuple[tuple[type[DeskgenError], int, str, str | None], ...] = (
     (ImageInputError, 400, "invalid_request_error", "invalid_image"),
     (ContentPolicyError, 400, "invalid_request_error", "content_policy_violation"),
     (InvalidRequestError, 400, "invalid_request_error", None),
-    (GenerationCancelledError, 409, "invalid_request_error", "cancelled"),
+    (GenerationCancelledError, 410, "invalid_request_error", "cancelled"),
     (OutOfMemoryError, 503, "server_error", "out_of_memory"),
     (RateLimitedError, 503, "server_error", "upstream_rate_limited"),
     (InvalidOutputError, 500, "server_error", "invalid_output"),

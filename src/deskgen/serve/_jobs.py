@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 import time
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -83,6 +83,11 @@ class Job(NewJob):
     started: float | None = None
     finished: float | None = None
     attempts: int = 0
+    worker: str | None = None
+    """The worker running it (or that ran it last)."""
+    lease_until: float | None = None
+    """While running: the time (``time.time()``) by which its worker must renew the lease,
+    or the job counts as lost and is re-queued (`JobStore.recover`)."""
     step: int = 0
     total_steps: int = 0
     cancel_requested: bool = False
@@ -116,7 +121,16 @@ class IdempotencyConflict(Exception):
 
 
 class JobStore(abc.ABC):
-    """Where jobs and their events live. Every method is safe to call from any thread."""
+    """Where jobs and their events live. Every method is safe to call from any thread.
+
+    A running job is leased to its worker: the worker renews the lease (`heartbeat`) while it
+    runs, and a job whose lease ran out (its machine died) is re-queued by `recover`, which
+    every server calls now and then. A store one server owns (`shared` False: SQLite) also
+    re-queues every running job when that server starts, without waiting for leases.
+    """
+
+    shared: ClassVar[bool] = False
+    """Whether several servers may use the store at once (their leases tell who is alive)."""
 
     @abc.abstractmethod
     def create(self, job: NewJob) -> tuple[Job, bool]:
@@ -134,8 +148,15 @@ class JobStore(abc.ABC):
         """The job ``owner`` created under ``idempotency_key``, if any."""
 
     @abc.abstractmethod
-    def claim(self, worker: str) -> Job | None:
-        """The oldest queued job, now running (attempts + 1, a ``started`` event), or None."""
+    def claim(self, worker: str, *, lease: float) -> Job | None:
+        """The oldest queued job, now running under ``worker`` (attempts + 1, a ``started``
+        event, leased for ``lease`` seconds), or None."""
+
+    @abc.abstractmethod
+    def heartbeat(self, job_id: str, worker: str, *, lease: float) -> bool:
+        """Renew ``worker``'s lease on its running job for ``lease`` seconds from now; False
+        when the job is no longer running under ``worker`` (its lease ran out and it was
+        re-queued, or it was finished): the worker then stops it."""
 
     @abc.abstractmethod
     def step(self, job_id: str, step: int, total: int) -> None:
@@ -147,13 +168,15 @@ class JobStore(abc.ABC):
         job_id: str,
         *,
         status: Literal["succeeded", "failed", "cancelled"],
+        worker: str | None = None,
         images: list[JobImage] | None = None,
         error: JobError | None = None,
         timings: dict[str, float] | None = None,
         event: dict[str, Any] | None = None,
     ) -> Job | None:
         """Move a running (or, for ``cancelled``, queued) job to a final state with its event;
-        None when it was already final (a cancel that lost the race)."""
+        None when it was already final (a cancel that lost the race) or, with ``worker``, when
+        it no longer runs under that worker (its lease ran out: another worker has it)."""
 
     @abc.abstractmethod
     def cancel(self, job_id: str) -> Job | None:
@@ -161,13 +184,18 @@ class JobStore(abc.ABC):
         stops at the next step); a final one is returned unchanged."""
 
     @abc.abstractmethod
-    def requeue(self, job_id: str, *, reason: str, max_attempts: int) -> Job | None:
-        """A running job back to the queue (a ``queued`` event with the reason), or failed when
-        it already ran ``max_attempts`` times."""
+    def requeue(
+        self, job_id: str, *, reason: str, max_attempts: int, worker: str | None = None
+    ) -> Job | None:
+        """A running job (with ``worker``: running under that worker) back to the queue (a
+        ``queued`` event with the reason), or failed when it already ran ``max_attempts``
+        times; None when it was not running (under ``worker``)."""
 
     @abc.abstractmethod
-    def recover(self, *, max_attempts: int) -> list[Job]:
-        """After a restart: every job left running is re-queued or failed (`requeue`)."""
+    def recover(self, *, max_attempts: int, expired_only: bool = True) -> list[Job]:
+        """Running jobs whose lease ran out (with ``expired_only=False``: every running job,
+        as after the restart of the one server of an unshared store) re-queued, or failed
+        after ``max_attempts`` runs (`requeue`)."""
 
     @abc.abstractmethod
     def events(self, job_id: str, *, after: int = 0) -> list[JobEvent]: ...
@@ -175,6 +203,10 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def position(self, job_id: str) -> int | None:
         """1 for the next job to run; None unless queued."""
+
+    @abc.abstractmethod
+    def queued(self) -> int:
+        """How many jobs wait (the queue-full check of every submission: keep it cheap)."""
 
     @abc.abstractmethod
     def counts(self) -> dict[str, int]:

@@ -225,6 +225,12 @@ def parse_submission(
         raise _bad("mask", "give one mask")
     if "mask" in uploads and "image" not in uploads:
         raise _bad("mask", "a mask needs the photo it belongs to: add image")
+    if fields.get("mask") == "auto" or "desk_mask" in fields:
+        name = "mask" if fields.get("mask") == "auto" else "desk_mask"
+        if "mask" in uploads:
+            raise _bad(name, "give a mask image or mask=auto (desk_mask), not both")
+        if "image" not in uploads:
+            raise _bad(name, "a found mask is found in the photo: add image")
     for name, items in uploads.items():
         uploads[name] = [_checked_image(name, data, max_bytes=max_bytes) for data in items]
     if "mask" in uploads:

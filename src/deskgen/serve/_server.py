@@ -67,7 +67,7 @@ def serve(settings: ServeSettings, *, sock: socket.socket | None = None) -> int:
     class _Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             # stop taking jobs at once; running ones drain in the app's lifespan
-            service.draining = True
+            service.begin_drain()
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import secrets
+import socket
 import threading
 import time
 import uuid
@@ -47,6 +48,15 @@ def _secret(path: Path) -> bytes:
         atomic_write_bytes(path, secrets.token_bytes(32))
         os.chmod(path, 0o600)
         return path.read_bytes()
+
+
+def open_job_store(settings: ServeSettings) -> JobStore:
+    """The settings' job store: Redis at ``settings.jobs``, else SQLite under ``data``."""
+    if settings.jobs is not None:
+        from ._redis import RedisJobStore
+
+        return RedisJobStore(settings.jobs)
+    return SQLiteJobStore(settings.data / "jobs.sqlite3")
 
 
 def _conflict(job_id: str) -> ApiError:
@@ -120,7 +130,7 @@ class Service:
     ) -> None:
         self.settings = settings
         settings.data.mkdir(parents=True, exist_ok=True)
-        self.store = store if store is not None else SQLiteJobStore(settings.data / "jobs.sqlite3")
+        self.store = store if store is not None else open_job_store(settings)
         self.results = results if results is not None else ResultsStore(settings.results_url)
         self.keys = KeyRing.load(settings.keys) if settings.keys is not None else None
         self.limiter = RateLimiter()
@@ -129,11 +139,16 @@ class Service:
         self.webhooks = WebhookSender(
             self.secret, allowed_hosts=settings.webhook_hosts, on_done=self._webhook_done
         )
+        # lease holders' names: unique among every server sharing the store
+        self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.workers = [
-            Worker(self, name=f"worker-{i}", device=device)
+            Worker(self, name=f"{self.name}/{i}", device=device)
             for i, device in enumerate(settings.devices)
         ]
         self.draining = False
+        self._drain_deadline: float | None = None
+        self._stopped = threading.Event()
+        self._keeper = threading.Thread(target=self._keep, name="deskgen-leases", daemon=True)
         self.started = time.time()
         self._on_fatal = on_fatal
         self._work = threading.Condition()
@@ -144,16 +159,38 @@ class Service:
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        for job in self.store.recover(max_attempts=self.settings.max_attempts):
-            log.warning(
-                "job re-queued after a restart" if job.status == "queued" else "job given up",
-                extra=self.job_log(job, attempt=job.attempts),
-            )
+        # a store only this server uses: whatever ran when it stopped is lost; a shared one:
+        # only jobs whose lease ran out (the others' servers are alive)
+        self._recover(expired_only=self.store.shared)
         for job in self.store.pending_webhooks():
             self._send_webhook(job)
         self._set_threads()
         for worker in self.workers:
             worker.start()
+        if self.store.shared:
+            self._keeper.start()
+
+    def _recover(self, *, expired_only: bool) -> None:
+        for job in self.store.recover(
+            max_attempts=self.settings.max_attempts, expired_only=expired_only
+        ):
+            log.warning(
+                "job re-queued: its run was lost" if job.status == "queued" else "job given up",
+                extra=self.job_log(job, attempt=job.attempts),
+            )
+            if job.final:
+                self.job_finished(job)
+            else:
+                with self._work:
+                    self._work.notify()
+
+    def _keep(self) -> None:
+        """With a shared store: re-queue other servers' jobs whose lease ran out."""
+        while not self._stopped.wait(self.settings.lease / 2):
+            try:
+                self._recover(expired_only=True)
+            except Exception:  # the store is unreachable now: the next round tries again
+                log.warning("lease check failed", exc_info=True)
 
     def _set_threads(self) -> None:
         """Workers share the CPU: torch's intra-op threads split between them."""
@@ -175,15 +212,23 @@ class Service:
         if self._on_fatal is not None:
             self._on_fatal(exc)
 
-    def drain(self) -> None:
-        """Stop accepting jobs, give the running ones ``drain_timeout`` to finish, re-queue the
-        rest, stop the workers and the webhook sender."""
+    def begin_drain(self) -> None:
+        """Stop accepting and claiming jobs now (SIGTERM); ``drain_timeout`` counts from here."""
+        if self._drain_deadline is None:
+            self._drain_deadline = time.monotonic() + self.settings.drain_timeout
         self.draining = True
+
+    def drain(self) -> None:
+        """Stop accepting jobs, give the running ones until ``drain_timeout`` after
+        `begin_drain` to finish, re-queue the rest, stop the workers and the webhook sender."""
+        self.begin_drain()
+        self._stopped.set()
         for worker in self.workers:
             worker.stop(requeue=False)
         with self._work:
             self._work.notify_all()
-        deadline = time.monotonic() + self.settings.drain_timeout
+        assert self._drain_deadline is not None
+        deadline = self._drain_deadline
         for worker in self.workers:
             worker.join(max(0.0, deadline - time.monotonic()))
         for worker in self.workers:
@@ -261,7 +306,7 @@ class Service:
                     code="concurrent_jobs_exceeded",
                     headers={"Retry-After": "5"},
                 )
-        if self.store.counts()["queued"] >= self.settings.max_queue:
+        if self.store.queued() >= self.settings.max_queue:
             raise ApiError(
                 503,
                 "The queue is full: retry later",
@@ -322,7 +367,13 @@ class Service:
                     "serve --mask-model, --sam-model): leave it out",
                     param=f"desk_mask.{name}",
                 )
-        chosen = {"model": self.settings.mask_model, "sam_model": self.settings.sam_model}
+        if settings.get("route") == "open-vocabulary":
+            chosen = {
+                "model": self.settings.detector_model,
+                "sam_model": self.settings.sam_model,
+            }
+        else:  # the closed-set route takes no SAM model
+            chosen = {"model": self.settings.mask_model}
         chosen = {name: value for name, value in chosen.items() if value is not None}
         return fields | {"desk_mask": settings | chosen}
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ._lifecycle import redact
 
 __all__ = ["ServeSettings"]
 
@@ -20,6 +22,9 @@ def _loopback(host: str) -> bool:
         return False
 
 
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 class ServeSettings(BaseModel):
     """How to run the service: the model, where jobs and results live, who gets in, limits.
 
@@ -29,24 +34,31 @@ class ServeSettings(BaseModel):
     ```
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, hide_input_in_errors=True)
 
     backend: str
     """The backend every worker runs (`deskgen.list_backends`)."""
     model: str | None = None
     """Hub id or folder; ``None``: the backend's default."""
-    devices: tuple[str, ...] = ("auto",)
+    devices: Annotated[tuple[str, ...], Field(strict=False)] = ("auto",)
     """One worker per device, each owning one `DeskGenerator` (``("cuda:0", "cuda:1")``)."""
     dtype: str = "auto"
     options: dict[str, Any] = Field(default_factory=dict)
     """`DeskGenerator` options (``preset``, ``memory``, ``loras``, ...)."""
-    data: Path = Path("deskgen-serve")
-    """The jobs database (``jobs.sqlite3``), the server's signing secret, and (by default)
+    data: Annotated[Path, Field(strict=False)] = Path("deskgen-serve")
+    """The jobs database (``jobs.sqlite3``), the server's signing secrets, and (by default)
     the results store, ``DATA/results``."""
+    jobs: str | None = None
+    """Where jobs live: ``None``, SQLite in ``DATA/jobs.sqlite3`` (one server); a Redis URL
+    (``redis://host:6379/0``, ``rediss://``, ``unix:///path.sock``) shared by several servers
+    (with ``appendonly yes`` on the Redis server, or acknowledged jobs can be lost)."""
+    lease: float = Field(default=30.0, ge=1.0)
+    """Seconds a worker holds a running job without renewing it (it renews every third);
+    with a shared store, a job whose machine died runs again elsewhere after this."""
     results: str | None = None
     """Where uploads and result images are kept: a folder or any fsspec URL (``s3://...``
     with its driver installed); ``None``: ``DATA/results``."""
-    keys: Path | None = None
+    keys: Annotated[Path | None, Field(strict=False)] = None
     """The API key file (`deskgen keys new`); ``None``: no keys, loopback only."""
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -67,15 +79,19 @@ class ServeSettings(BaseModel):
     """On SIGTERM: seconds running jobs get to finish before they are re-queued."""
     url_ttl: int = Field(default=3600, ge=1)
     """Seconds a ``response_format=url`` link stays valid."""
-    cors_origins: tuple[str, ...] = ()
+    cors_origins: Annotated[tuple[str, ...], Field(strict=False)] = ()
     """Origins browsers may call from; none by default (CORS off)."""
     threads: int | None = Field(default=None, ge=1)
     """torch intra-op threads for the workers; ``None``: the CPU cores shared between them."""
-    webhook_hosts: frozenset[str] = frozenset()
+    webhook_hosts: Annotated[frozenset[str], Field(strict=False)] = frozenset()
     """Hosts job webhooks may be sent to; none: webhooks refused (no requests to anywhere)."""
     mask_model: str | None = None
-    """The segmentation model ``mask="auto"`` finds desks with (requests cannot name models:
-    a model is a file or a download); ``None``: `DeskMask`'s default."""
+    """The segmentation model ``mask="auto"`` finds desks with on the closed-set route
+    (requests cannot name models: a model is a file or a download); ``None``: `DeskMask`'s
+    default."""
+    detector_model: str | None = None
+    """The Grounding DINO detector of the open-vocabulary mask route; ``None``: `DeskMask`'s
+    default."""
     sam_model: str | None = None
     """The SAM model of the open-vocabulary mask route; ``None``: `DeskMask`'s default."""
     log_prompts: bool = False
@@ -91,6 +107,11 @@ class ServeSettings(BaseModel):
             )
         if not self.devices:
             raise ValueError("give at least one device")
+        if self.jobs is not None and not self.jobs.startswith(_REDIS_SCHEMES):
+            raise ValueError(
+                f"jobs={redact(self.jobs)!r}: give a Redis URL (redis://host:6379/0, "
+                "rediss://..., unix:///path.sock), or leave it out for SQLite under data"
+            )
         return self
 
     @property

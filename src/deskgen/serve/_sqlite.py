@@ -162,7 +162,7 @@ class SQLiteJobStore(JobStore):
             ).fetchone()
         return self._job(row)
 
-    def claim(self, worker: str) -> Job | None:
+    def claim(self, worker: str, *, lease: float) -> Job | None:
         with self._write() as conn:
             row = conn.execute(
                 "SELECT data, step, total_steps FROM jobs WHERE status = 'queued' "
@@ -175,6 +175,8 @@ class SQLiteJobStore(JobStore):
                 update={
                     "status": "running",
                     "started": time.time(),
+                    "worker": worker,
+                    "lease_until": time.time() + lease,
                     "attempts": job.attempts + 1,
                     "step": 0,
                     "total_steps": 0,
@@ -183,6 +185,21 @@ class SQLiteJobStore(JobStore):
             self._save(conn, job)
             self._event(conn, job.id, "started", {"attempt": job.attempts, "worker": worker})
             return job
+
+    def heartbeat(self, job_id: str, worker: str, *, lease: float) -> bool:
+        with self._lock:
+            conn = self._fast  # a lost lease only re-runs the job: no fsync needed
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                job = self._load(conn, job_id)
+                alive = job is not None and job.status == "running" and job.worker == worker
+                if job is not None and alive:
+                    self._save(conn, job.model_copy(update={"lease_until": time.time() + lease}))
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        return alive
 
     def step(self, job_id: str, step: int, total: int) -> None:
         with self._lock:
@@ -204,6 +221,7 @@ class SQLiteJobStore(JobStore):
         job_id: str,
         *,
         status: Literal["succeeded", "failed", "cancelled"],
+        worker: str | None = None,
         images: list[JobImage] | None = None,
         error: JobError | None = None,
         timings: dict[str, float] | None = None,
@@ -214,6 +232,8 @@ class SQLiteJobStore(JobStore):
             if job is None or job.final:
                 return None
             if job.status == "queued" and status != "cancelled":
+                return None
+            if worker is not None and (job.status != "running" or job.worker != worker):
                 return None
             job = job.model_copy(
                 update={
@@ -272,20 +292,31 @@ class SQLiteJobStore(JobStore):
         self._event(conn, job.id, "queued", {"requeued": reason, "attempts": job.attempts})
         return job
 
-    def requeue(self, job_id: str, *, reason: str, max_attempts: int) -> Job | None:
+    def requeue(
+        self, job_id: str, *, reason: str, max_attempts: int, worker: str | None = None
+    ) -> Job | None:
         with self._write() as conn:
             job = self._load(conn, job_id)
             if job is None or job.status != "running":
                 return None
+            if worker is not None and job.worker != worker:
+                return None
             return self._requeue(conn, job, reason, max_attempts)
 
-    def recover(self, *, max_attempts: int) -> list[Job]:
+    def recover(self, *, max_attempts: int, expired_only: bool = True) -> list[Job]:
+        now = time.time()
         with self._write() as conn:
             rows = conn.execute(
                 "SELECT data, step, total_steps FROM jobs WHERE status = 'running' ORDER BY seq"
             ).fetchall()
             jobs = [job for job in map(self._job, rows) if job is not None]
-            reason = "the server stopped while the job ran"
+            if expired_only:
+                jobs = [job for job in jobs if job.lease_until is None or job.lease_until < now]
+            reason = (
+                "its worker stopped renewing its lease"
+                if expired_only
+                else "the server stopped while the job ran"
+            )
             return [self._requeue(conn, job, reason, max_attempts) for job in jobs]
 
     def events(self, job_id: str, *, after: int = 0) -> list[JobEvent]:
@@ -311,6 +342,13 @@ class SQLiteJobStore(JobStore):
                 "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND seq < ?", row
             ).fetchone()
         return int(ahead) + 1
+
+    def queued(self) -> int:
+        with self._lock:
+            (count,) = self._db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE status = 'queued'"
+            ).fetchone()
+        return int(count)
 
     def counts(self) -> dict[str, int]:
         with self._lock:

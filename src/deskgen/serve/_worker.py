@@ -52,12 +52,50 @@ class _CancelFlag:
         return self._local.is_set()
 
 
+class _Lease:
+    """Renews the lease of the running job every third of its length, from its own thread
+    (a denoise step can outlast a lease); a renewal refused (the job was re-queued after the
+    lease ran out, e.g. this machine stalled) stops the job at its next step, unfinished."""
+
+    def __init__(self, service: Service, job_id: str, worker: str, stop: threading.Event) -> None:
+        self.lost = False
+        self._service = service
+        self._job_id = job_id
+        self._worker = worker
+        self._stop_job = stop
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._main, name=f"lease-{job_id}", daemon=True)
+
+    def __enter__(self) -> _Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _main(self) -> None:
+        lease = self._service.settings.lease
+        while not self._done.wait(lease / 3):
+            try:
+                alive = self._service.store.heartbeat(self._job_id, self._worker, lease=lease)
+            except Exception:  # the store is unreachable: try again, the lease may still hold
+                log.warning("lease not renewed", extra={"job": self._job_id}, exc_info=True)
+                continue
+            if not alive:
+                log.warning("job lease lost: stopping it", extra={"job": self._job_id})
+                self.lost = True
+                self._stop_job.set()
+                return
+
+
 class Worker:
     """Runs jobs on one device until stopped."""
 
     def __init__(self, service: Service, *, name: str, device: str) -> None:
         self.service = service
         self.name = name
+        """Unique among every server sharing the store (the lease holder's name)."""
         self.device = device
         self.generator: DeskGenerator | None = None
         self.load_error: BaseException | None = None
@@ -119,7 +157,10 @@ class Worker:
         self.loaded.set()
         try:
             while not self._stop.is_set():
-                job = self.service.store.claim(self.name)
+                if self.service.draining:  # between SIGTERM and the drain: take nothing new
+                    self._stop.wait(0.1)
+                    continue
+                job = self.service.store.claim(self.name, lease=self.service.settings.lease)
                 if job is None:
                     self.service.wait_for_work(0.5)
                     continue
@@ -137,11 +178,22 @@ class Worker:
         return images
 
     def _run(self, job: Job) -> None:
+        service = self.service
+        self.current = job.id
+        local = service.cancel_event(job.id)
+        flag = _CancelFlag(service, job.id, local)
+        with _Lease(service, job.id, self.name, local) as lease:
+            final = self._generate(job, flag, lease)
+        self.current = None
+        service.forget_cancel(job.id)
+        if final is not None:
+            service.job_finished(final)
+
+    def _generate(self, job: Job, flag: _CancelFlag, lease: _Lease) -> Job | None:
+        """Run the job and commit its final state (None: not ours to finish any more)."""
         assert self.generator is not None
         service = self.service
         store = service.store
-        self.current = job.id
-        flag = _CancelFlag(service, job.id, service.cancel_event(job.id))
         started = time.perf_counter()
         last = [started]
         log.info("job started", extra=service.job_log(job, attempt=job.attempts))
@@ -153,42 +205,50 @@ class Worker:
             store.step(job.id, progress.step, progress.total_steps)
             service.notify(job.id)
 
+        final: Job | None
         try:
             request = GenerationRequest.model_validate(job.fields | self._inputs(job))
             result = self.generator.generate(request, on_step=on_step, cancel=flag)
             images = []
             for i, (image, seed) in enumerate(zip(result.images, result.seeds, strict=True)):
-                key = f"results/{job.id}/{i}.png"
+                # per attempt: a worker that lost its lease never overwrites the next one's
+                key = f"results/{job.id}/{job.attempts}/{i}.png"
                 service.results.put(key, png_bytes(result, i))
                 images.append(
                     JobImage(index=i, key=key, seed=seed, width=image.width, height=image.height)
                 )
             final = store.finish(
                 job.id,
+                worker=self.name,
                 status="succeeded",
                 images=images,
                 timings=result.timings.model_dump(),
                 event={"images": len(images)},
             )
         except GenerationCancelledError as exc:
-            if self._requeue.is_set():
+            if lease.lost:  # re-queued by another server; whoever claims it next finishes it
+                final = None
+            elif self._requeue.is_set():
                 final = store.requeue(
                     job.id,
+                    worker=self.name,
                     reason="the server was stopping",
                     max_attempts=service.settings.max_attempts + 1,
                 )
             else:
-                final = store.finish(job.id, status="cancelled", event={"step": exc.step})
+                final = store.finish(
+                    job.id, worker=self.name, status="cancelled", event={"step": exc.step}
+                )
         except Exception as exc:
             error = job_error(exc)
             if not isinstance(exc, DeskgenError):
                 log.exception("job failed unexpectedly", extra=service.job_log(job))
             final = store.finish(
-                job.id, status="failed", error=error, event={"error": error.model_dump()}
+                job.id,
+                worker=self.name,
+                status="failed",
+                error=error,
+                event={"error": error.model_dump()},
             )
-        finally:
-            self.current = None
-            service.forget_cancel(job.id)
         service.metrics.job_seconds.observe(time.perf_counter() - started)
-        if final is not None:
-            service.job_finished(final)
+        return final
