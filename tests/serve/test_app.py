@@ -121,6 +121,24 @@ def test_openai_client_edits_the_desk_and_keeps_the_room(live_server: Start) -> 
     assert not np.array_equal(image[~keep], np.asarray(photo)[~keep])
 
 
+def test_lists_and_objects_in_an_edits_extra_body_arrive_whole(live_server: Start) -> None:
+    # the client writes them as bracketed form fields: trigger_words[]=..., desk_mask[k]=...
+    server = live_server()
+    answer = _client(server).images.edit(
+        image=("desk.png", _png(_photo()), "image/png"),
+        prompt="a walnut desk",
+        extra_body={
+            "trigger_words": ["deskstyle", "walnut"],
+            "remove_words": ["clutter"],
+            "steps": 2,
+        },
+    )
+    job = server.service.store.get(answer.deskgen["job_id"])  # type: ignore[attr-defined]
+    assert job is not None and job.status == "succeeded"
+    assert job.fields["trigger_words"] == ["deskstyle", "walnut"]
+    assert job.fields["remove_words"] == ["clutter"]
+
+
 def test_an_openai_style_transparent_mask_marks_the_area_to_edit(live_server: Start) -> None:
     server = live_server()
     photo, mask = _photo(), _mask()
@@ -401,7 +419,7 @@ def test_a_job_webhook_is_signed(
     while not got and time.monotonic() < deadline:
         time.sleep(0.02)
     body, signature = got[0]
-    assert verify_webhook(server.service.secret, body, signature)
+    assert verify_webhook(server.service.webhook_secret, body, signature)
     payload = json.loads(body)
     assert payload["type"] == "job.succeeded" and payload["job"]["id"] == job["id"]
     refused = httpx2.post(

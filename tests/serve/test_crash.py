@@ -168,20 +168,37 @@ def test_keys_command_makes_a_key_that_gets_in(
     assert KeyRing.load(path).authenticate(token).name == "team-a"  # type: ignore[union-attr]
 
 
+def test_keys_webhook_secret_prints_what_the_server_signs_with(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from deskgen.serve import SQLiteJobStore
+
+    data = tmp_path / "data"
+    assert main(["keys", "webhook-secret", "--data", str(data)]) == 1  # no server data yet
+    capsys.readouterr()
+    data.mkdir()
+    store = SQLiteJobStore(data / "jobs.sqlite3")
+    secret = store.secret("webhooks")  # what the server's webhook sender is given
+    store.close()
+    assert main(["keys", "webhook-secret", "--data", str(data)]) == 0
+    assert bytes.fromhex(capsys.readouterr().out.strip()) == secret
+
+
 def test_two_servers_on_redis_a_killed_ones_job_finishes_on_the_other(tmp_path: Path) -> None:
     from .redis_server import RedisServer
 
     redis = RedisServer(tmp_path / "redis").start()
-    shared = ["--jobs", redis.url, "--results", str(tmp_path / "results"), "--lease", "1"]
+    shared = ["--jobs", redis.url, "--results", str(tmp_path / "results"), "--lease", "2"]
     try:
-        first = _Server(tmp_path / "a", *shared, step_seconds=0.05)
-        job_id = first.submit(prompt="a desk", steps=200, seed=3)
+        first = _Server(tmp_path / "a", *shared, step_seconds=0.2)
+        job_id = first.submit(prompt="a desk", steps=200, seed=3)  # 40 s on the first
         _until(first, job_id, {"running"})  # on the first: the only server yet
         second = _Server(tmp_path / "b", *shared, step_seconds=0.0)
         try:
-            assert second.job(job_id)["status"] == "running"  # one store: the same job
+            seen = second.job(job_id)  # one store: the same job
+            assert seen["status"] == "running" and seen["attempts"] == 1, seen
             first.stop(signal.SIGKILL)
-            # its lease (1 s) runs out; the second server's lease check re-queues it, runs it
+            # its lease (2 s) runs out; the second server's lease check re-queues it, runs it
             done = _until(second, job_id, {"succeeded", "failed"}, timeout=60)
             assert done["status"] == "succeeded" and done["attempts"] == 2, done
             events = httpx2.get(f"{second.url}/v1/jobs/{job_id}/events").text

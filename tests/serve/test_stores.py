@@ -400,3 +400,18 @@ def test_a_redis_that_goes_away_raises_deskgen_errors(tmp_path: Path) -> None:
     with pytest.raises(ServiceTimeoutError):
         store.claim("w", lease=60)
     store.close()
+
+
+def test_a_step_of_a_job_not_running_records_nothing(store: JobStore) -> None:
+    store.create(_new("waiting"))
+    store.step("waiting", 1, 4)  # a stale worker's step after its job was re-queued
+    job = store.get("waiting")
+    assert job is not None and (job.step, job.total_steps) == (0, 0)
+    assert [event.type for event in store.events("waiting")] == ["queued"]
+
+
+def test_secrets_are_made_once_and_shared_by_every_client(open_store: Opener) -> None:
+    first, second = open_store(), open_store()
+    links = first.secret("links")
+    assert len(links) == 32 and second.secret("links") == links  # another server: the same
+    assert first.secret("webhooks") != links  # one secret per use

@@ -85,9 +85,13 @@ def register(sub: Subparsers) -> None:
         help="create, list and remove API keys of deskgen serve",
         description="Only a key's hash is stored; a new key is printed once.",
     )
-    keys.add_argument("action", choices=["new", "list", "remove"])
+    keys.add_argument("action", choices=["new", "list", "remove", "webhook-secret"])
     keys.add_argument("name", nargs="?", help="the key's name (new, remove)")
-    keys.add_argument("--keys", type=Path, required=True, help="the key file (TOML)")
+    keys.add_argument("--keys", type=Path, help="the key file (TOML; new, list, remove)")
+    keys.add_argument(
+        "--data", type=Path, default=Path("deskgen-serve"), help="webhook-secret: serve's --data"
+    )
+    keys.add_argument("--jobs", help="webhook-secret: serve's --jobs (a Redis URL)")
     keys.add_argument("--requests-per-minute", type=int, help="rate limit of a new key")
     keys.add_argument("--max-concurrent-jobs", type=int, help="queued+running jobs of a new key")
     keys.set_defaults(handler=_cmd_keys, quiet_libraries=None)
@@ -167,6 +171,27 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     from .._exceptions import ConfigError
     from ..serve._keys import KeyRing, new_key, remove_key
 
+    if args.action == "webhook-secret":  # for receivers: verify_webhook(bytes.fromhex(...))
+        from ..serve import JobStore
+
+        store: JobStore
+        if args.jobs is not None:
+            from ..serve._redis import RedisJobStore
+
+            store = RedisJobStore(args.jobs)
+        elif (args.data / "jobs.sqlite3").is_file():
+            from ..serve._sqlite import SQLiteJobStore
+
+            store = SQLiteJobStore(args.data / "jobs.sqlite3")
+        else:
+            raise ConfigError(f"No deskgen serve data in {args.data}: give serve's --data")
+        try:
+            print(store.secret("webhooks").hex())
+        finally:
+            store.close()
+        return 0
+    if args.keys is None:
+        raise ConfigError(f"deskgen keys {args.action} needs --keys FILE")
     if args.action == "list":
         ring = KeyRing.load(args.keys)
         for name in ring.names:

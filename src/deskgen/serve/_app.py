@@ -35,7 +35,7 @@ from ._errors import ApiError, from_job_error, scrub
 from ._jobs import Job
 from ._keys import ApiKey
 from ._metrics import CONTENT_TYPE
-from ._requests import Submission, parse_submission
+from ._requests import Submission, form_fields, parse_submission
 from ._service import Service
 from ._settings import ServeSettings
 from ._views import check_signature, image_url, job_view
@@ -198,21 +198,19 @@ def _add_handlers(app: FastAPI) -> None:
 
 
 async def _read_body(request: Request) -> tuple[dict[str, Any], dict[str, list[bytes]], bool]:
-    """A JSON object, or a multipart/urlencoded form (``image[]`` is ``image``)."""
+    """A JSON object, or a multipart/urlencoded form (``image[]`` is ``image``; bracketed text
+    fields are lists and objects: `form_fields`)."""
     kind = request.headers.get("content-type", "")
     if kind.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-        fields: dict[str, Any] = {}
+        texts: list[tuple[str, str]] = []
         files: dict[str, list[bytes]] = {}
         async with request.form(**_FORM_LIMITS) as form:
             for name, value in form.multi_items():
-                name = name.removesuffix("[]")
                 if isinstance(value, str):
-                    if name in fields:
-                        raise ApiError(400, f"{name}: given twice", param=name)
-                    fields[name] = value
+                    texts.append((name, value))
                 else:
-                    files.setdefault(name, []).append(await value.read())
-        return fields, files, True
+                    files.setdefault(name.removesuffix("[]"), []).append(await value.read())
+        return form_fields(texts), files, True
     try:
         body = json.loads(await request.body() or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -306,7 +304,7 @@ def _add_routes(app: FastAPI, service: Service, settings: ServeSettings) -> None
         for image in job.images:
             if sub.response_format == "url":
                 url = image_url(
-                    base, job.id, image.index, secret=service.secret, ttl=settings.url_ttl
+                    base, job.id, image.index, secret=service.link_secret, ttl=settings.url_ttl
                 )
                 data.append({"url": url, "revised_prompt": None})
             else:
@@ -380,7 +378,7 @@ def _add_routes(app: FastAPI, service: Service, settings: ServeSettings) -> None
     async def job_image(request: Request, job_id: str, index: int) -> Response:
         query = request.query_params
         if check_signature(
-            service.secret, job_id, index, query.get("expires"), query.get("signature")
+            service.link_secret, job_id, index, query.get("expires"), query.get("signature")
         ):
             job = store.get(job_id)
         else:

@@ -160,7 +160,8 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     def step(self, job_id: str, step: int, total: int) -> None:
-        """Record progress and a ``step`` event (need not be durable: progress is redone)."""
+        """Record progress and a ``step`` event of a running job (nothing for any other); need
+        not be durable: progress is redone."""
 
     @abc.abstractmethod
     def finish(
@@ -222,6 +223,12 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def pending_webhooks(self) -> list[Job]:
         """Final jobs whose webhook was not delivered yet (sent again after a restart)."""
+
+    @abc.abstractmethod
+    def secret(self, name: str) -> bytes:
+        """The 32-byte random secret ``name`` (``"links"``, ``"webhooks"``), made on first use,
+        the same for every server of the store (whoever makes it first, atomically): a link
+        one server signed opens on another, and webhook receivers know one secret."""
 
     @abc.abstractmethod
     def close(self) -> None: ...

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any, Concatenate, Literal, NamedTuple, ParamSpec, TypeVar
@@ -501,6 +502,12 @@ class RedisJobStore(JobStore):
     def position(self, job_id: str) -> int | None:
         rank = self._redis.zrank(self._queue, job_id)
         return None if rank is None else int(_text(rank)) + 1
+
+    @_guarded
+    def secret(self, name: str) -> bytes:
+        key = f"{self._prefix}:secret:{name}"
+        self._redis.set(key, secrets.token_hex(32), nx=True)  # the first server's wins
+        return bytes.fromhex(_text(self._redis.get(key)))
 
     @_guarded
     def queued(self) -> int:

@@ -15,6 +15,7 @@ import binascii
 import hashlib
 import io
 import json
+import re
 from typing import Any, Literal
 
 from PIL import Image
@@ -81,6 +82,72 @@ class Submission(BaseModel):
 
 def _bad(param: str, message: str) -> ApiError:
     return ApiError(400, f"{param}: {message}", param=param)
+
+
+_KEY = re.compile(r"\[([^\[\]]*)\]")
+
+
+def _leaf(text: str) -> Any:
+    """A bracketed form value: a number or ``true``/``false``/``null`` as JSON reads it, else
+    the text."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    return value if isinstance(value, (int, float, bool)) or value is None else text
+
+
+def form_fields(items: list[tuple[str, str]]) -> dict[str, Any]:
+    """A form's text fields, with the bracket names the openai client writes for lists and
+    objects in ``extra_body`` (``trigger_words[]=a``, ``desk_mask[targets][]=desk``,
+    ``loras[][name]=x&loras[][weight]=0.8``) built back into lists and objects."""
+    fields: dict[str, Any] = {}
+    for key, text in items:
+        name, _, rest = key.partition("[")
+        path = _KEY.findall("[" + rest) if rest else []
+        if not path or path == [""]:
+            if name in fields and not path:
+                raise _bad(name, "given twice")
+            if path:
+                fields.setdefault(name, []).append(text)
+            else:
+                fields[name] = text
+            continue
+        if name in fields and not isinstance(fields[name], (dict, list)):
+            raise _bad(name, "given twice")
+        _put(fields, name, path, _leaf(text), key)
+    return fields
+
+
+def _put(parent: dict[str, Any], name: str, path: list[str], value: Any, key: str) -> None:
+    head, *tail = path
+    if head == "":  # a list: append, or (``name[][k]``) fill its last object
+        items = parent.setdefault(name, [])
+        if not isinstance(items, list):
+            raise _bad(name, f"{key}: mixes a list and an object")
+        if not tail:
+            items.append(value)
+            return
+        if not items or not isinstance(items[-1], dict) or tail[0] in items[-1]:
+            items.append({})
+        if tail[1:]:
+            _put(items[-1], tail[0], tail[1:], value, key)
+        else:
+            _set(items[-1], tail[0], value, key)
+        return
+    node = parent.setdefault(name, {})
+    if not isinstance(node, dict):
+        raise _bad(name, f"{key}: mixes a list and an object")
+    if tail:
+        _put(node, head, tail, value, key)
+    else:
+        _set(node, head, value, key)
+
+
+def _set(node: dict[str, Any], name: str, value: Any, key: str) -> None:
+    if name in node:
+        raise _bad(key, "given twice")
+    node[name] = value
 
 
 def _typed(name: str, value: Any, *, form: bool) -> Any:

@@ -11,16 +11,13 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from .._record import atomic_write_bytes
 from ._errors import ApiError
 from ._jobs import IdempotencyConflict, Job, JobStore, NewJob
 from ._keys import ApiKey, KeyRing, RateLimiter
@@ -38,16 +35,6 @@ log = logging.getLogger("deskgen.serve")
 
 LOCAL_OWNER = "local"
 """Whose jobs they are on a server without keys."""
-
-
-def _secret(path: Path) -> bytes:
-    """The server's signing secret (result URLs, webhooks), made once, readable by its owner."""
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        atomic_write_bytes(path, secrets.token_bytes(32))
-        os.chmod(path, 0o600)
-        return path.read_bytes()
 
 
 def open_job_store(settings: ServeSettings) -> JobStore:
@@ -134,10 +121,12 @@ class Service:
         self.results = results if results is not None else ResultsStore(settings.results_url)
         self.keys = KeyRing.load(settings.keys) if settings.keys is not None else None
         self.limiter = RateLimiter()
-        self.secret = _secret(settings.data / "secret")
+        # kept in the job store, so every server sharing it signs alike; one secret per use
+        self.link_secret = self.store.secret("links")
+        self.webhook_secret = self.store.secret("webhooks")
         self.metrics = Metrics(self.store.counts)
         self.webhooks = WebhookSender(
-            self.secret, allowed_hosts=settings.webhook_hosts, on_done=self._webhook_done
+            self.webhook_secret, allowed_hosts=settings.webhook_hosts, on_done=self._webhook_done
         )
         # lease holders' names: unique among every server sharing the store
         self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"

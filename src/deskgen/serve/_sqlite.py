@@ -9,6 +9,7 @@ statement, so the two connections never wait on each other.
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 import threading
 import time
@@ -27,6 +28,15 @@ from ._jobs import (
     JobStore,
     NewJob,
 )
+from ._lifecycle import (
+    LEASE_LOST,
+    SERVER_RESTARTED,
+    cancelled,
+    claimed,
+    expired,
+    finished,
+    requeued,
+)
 
 __all__ = ["SQLiteJobStore"]
 
@@ -44,6 +54,10 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (owner, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
+CREATE TABLE IF NOT EXISTS secrets (
+    name TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     job_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -171,19 +185,9 @@ class SQLiteJobStore(JobStore):
             job = self._job(row)
             if job is None:
                 return None
-            job = job.model_copy(
-                update={
-                    "status": "running",
-                    "started": time.time(),
-                    "worker": worker,
-                    "lease_until": time.time() + lease,
-                    "attempts": job.attempts + 1,
-                    "step": 0,
-                    "total_steps": 0,
-                }
-            )
+            job, (kind, data) = claimed(job, worker, now=time.time(), lease=lease)
             self._save(conn, job)
-            self._event(conn, job.id, "started", {"attempt": job.attempts, "worker": worker})
+            self._event(conn, job.id, kind, data)
             return job
 
     def heartbeat(self, job_id: str, worker: str, *, lease: float) -> bool:
@@ -206,11 +210,12 @@ class SQLiteJobStore(JobStore):
             conn = self._fast
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.execute(
+                changed = conn.execute(
                     "UPDATE jobs SET step = ?, total_steps = ? WHERE id = ? AND status = 'running'",
                     (step, total, job_id),
-                )
-                self._event(conn, job_id, "step", {"step": step, "total_steps": total})
+                ).rowcount
+                if changed:  # a stale worker's step of a job no longer running: no event
+                    self._event(conn, job_id, "step", {"step": step, "total_steps": total})
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -229,67 +234,43 @@ class SQLiteJobStore(JobStore):
     ) -> Job | None:
         with self._write() as conn:
             job = self._load(conn, job_id)
-            if job is None or job.final:
+            if job is None:
                 return None
-            if job.status == "queued" and status != "cancelled":
-                return None
-            if worker is not None and (job.status != "running" or job.worker != worker):
-                return None
-            job = job.model_copy(
-                update={
-                    "status": status,
-                    "finished": time.time(),
-                    "images": images or [],
-                    "error": error,
-                    "timings": timings or {},
-                    "webhook_state": "pending" if job.webhook else "none",
-                }
+            done = finished(
+                job,
+                status,
+                now=time.time(),
+                worker=worker,
+                images=images,
+                error=error,
+                timings=timings,
+                event=event,
             )
+            if done is None:
+                return None
+            job, (kind, data) = done
             self._save(conn, job)
-            self._event(conn, job_id, status, event)
+            self._event(conn, job_id, kind, data)
             return job
 
     def cancel(self, job_id: str) -> Job | None:
         with self._write() as conn:
             job = self._load(conn, job_id)
-            if job is None or job.final:
+            if job is None:
+                return None
+            change = cancelled(job, now=time.time())
+            if change is None:
                 return job
-            if job.status == "queued":
-                job = job.model_copy(
-                    update={
-                        "status": "cancelled",
-                        "finished": time.time(),
-                        "webhook_state": "pending" if job.webhook else "none",
-                    }
-                )
-                self._save(conn, job)
-                self._event(conn, job_id, "cancelled", {"while": "queued"})
-                return job
-            job = job.model_copy(update={"cancel_requested": True})
+            job, happened = change
             self._save(conn, job)
+            if happened is not None:
+                self._event(conn, job_id, *happened)
             return job
 
     def _requeue(self, conn: sqlite3.Connection, job: Job, reason: str, max_attempts: int) -> Job:
-        if job.attempts >= max_attempts:
-            error = JobError(
-                type="WorkerLostError",
-                message=f"{reason}; gave up after {job.attempts} attempt(s). Submit it again, "
-                "with fewer steps or a smaller size if it keeps stopping the server.",
-            )
-            job = job.model_copy(
-                update={
-                    "status": "failed",
-                    "finished": time.time(),
-                    "error": error,
-                    "webhook_state": "pending" if job.webhook else "none",
-                }
-            )
-            self._save(conn, job)
-            self._event(conn, job.id, "failed", {"error": error.model_dump()})
-            return job
-        job = job.model_copy(update={"status": "queued", "step": 0, "total_steps": 0})
+        job, (kind, data) = requeued(job, reason=reason, max_attempts=max_attempts, now=time.time())
         self._save(conn, job)
-        self._event(conn, job.id, "queued", {"requeued": reason, "attempts": job.attempts})
+        self._event(conn, job.id, kind, data)
         return job
 
     def requeue(
@@ -311,12 +292,8 @@ class SQLiteJobStore(JobStore):
             ).fetchall()
             jobs = [job for job in map(self._job, rows) if job is not None]
             if expired_only:
-                jobs = [job for job in jobs if job.lease_until is None or job.lease_until < now]
-            reason = (
-                "its worker stopped renewing its lease"
-                if expired_only
-                else "the server stopped while the job ran"
-            )
+                jobs = [job for job in jobs if expired(job, now)]
+            reason = LEASE_LOST if expired_only else SERVER_RESTARTED
             return [self._requeue(conn, job, reason, max_attempts) for job in jobs]
 
     def events(self, job_id: str, *, after: int = 0) -> list[JobEvent]:
@@ -380,6 +357,15 @@ class SQLiteJobStore(JobStore):
             ).fetchall()
         jobs = [job for job in map(self._job, rows) if job is not None]
         return [job for job in jobs if job.webhook_state == "pending"]
+
+    def secret(self, name: str) -> bytes:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO secrets (name, value) VALUES (?, ?)",
+                (name, secrets.token_bytes(32)),
+            )
+            (value,) = conn.execute("SELECT value FROM secrets WHERE name = ?", (name,)).fetchone()
+        return bytes(value)
 
     def close(self) -> None:
         with self._lock:
