@@ -189,23 +189,26 @@ def test_two_servers_on_redis_a_killed_ones_job_finishes_on_the_other(tmp_path: 
 
     redis = RedisServer(tmp_path / "redis").start()
     shared = ["--jobs", redis.url, "--results", str(tmp_path / "results"), "--lease", "2"]
+    servers: list[_Server] = []
     try:
         first = _Server(tmp_path / "a", *shared, step_seconds=0.2)
+        servers.append(first)
         job_id = first.submit(prompt="a desk", steps=200, seed=3)  # 40 s on the first
         _until(first, job_id, {"running"})  # on the first: the only server yet
         second = _Server(tmp_path / "b", *shared, step_seconds=0.0)
-        try:
-            seen = second.job(job_id)  # one store: the same job
-            assert seen["status"] == "running" and seen["attempts"] == 1, seen
-            first.stop(signal.SIGKILL)
-            # its lease (2 s) runs out; the second server's lease check re-queues it, runs it
-            done = _until(second, job_id, {"succeeded", "failed"}, timeout=60)
-            assert done["status"] == "succeeded" and done["attempts"] == 2, done
-            events = httpx2.get(f"{second.url}/v1/jobs/{job_id}/events").text
-            assert "its worker stopped renewing its lease" in events
-            png = httpx2.get(f"{second.url}/v1/jobs/{job_id}/images/0")
-            assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
-        finally:
-            second.stop(signal.SIGTERM)
+        servers.append(second)
+        seen = second.job(job_id)  # one store: the same job
+        assert seen["status"] == "running" and seen["attempts"] == 1, seen
+        first.stop(signal.SIGKILL)
+        # its lease (2 s) runs out; the second server's lease check re-queues it, runs it
+        done = _until(second, job_id, {"succeeded", "failed"}, timeout=60)
+        assert done["status"] == "succeeded" and done["attempts"] == 2, done
+        events = httpx2.get(f"{second.url}/v1/jobs/{job_id}/events").text
+        assert "its worker stopped renewing its lease" in events
+        png = httpx2.get(f"{second.url}/v1/jobs/{job_id}/images/0")
+        assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
     finally:
+        for server in servers:
+            if server.proc.poll() is None:
+                server.stop(signal.SIGKILL)
         redis.close()
