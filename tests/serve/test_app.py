@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -226,6 +228,21 @@ def test_bad_uploads_are_refused_before_queueing(live_server: Start) -> None:
     assert huge.status_code == 413 and huge.json()["error"]["code"] == "request_too_large"
     assert server.service.store.counts()["queued"] == 0
     assert fake_backend(server).jobs == []
+
+
+def test_a_heic_photo_without_the_extra_is_400_naming_it(
+    live_server: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = live_server()
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # a server installed without it
+    body = b"ftypheic\x00\x00\x00\x00mif1heic"
+    heic = struct.pack(">I", 4 + len(body)) + body + b"\x00" * 64
+    with pytest.raises(openai.BadRequestError) as caught:  # the openai client: no retry
+        _client(server).images.edit(image=("desk.heic", heic, "image/heic"), prompt="a desk")
+    error = caught.value.body
+    assert error["param"] == "image" and error["code"] == "invalid_image"
+    assert "deskgen[heic]" in error["message"] and "convert the photo to JPEG" in error["message"]
+    assert sum(server.service.store.counts().values()) == 0  # no job was made
 
 
 def test_an_edit_without_a_photo_is_refused_before_it_runs(live_server: Start) -> None:
