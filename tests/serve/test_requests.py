@@ -41,6 +41,8 @@ def test_brackets_build_lists_objects_and_lists_of_objects() -> None:
         [("desk_mask[grow]", "1"), ("desk_mask[grow]", "2")],
         [("desk_mask", "{}"), ("desk_mask[grow]", "2")],
         [("loras[]", "a"), ("loras[x]", "b")],
+        [("trigger_words", "x"), ("trigger_words[]", "a")],  # was a 500 (AttributeError)
+        [("desk_mask[k]", "v"), ("desk_mask[]", "y")],
     ],
 )
 def test_a_field_given_twice_or_two_ways_is_400(items: list[tuple[str, str]]) -> None:

@@ -474,7 +474,8 @@ class RedisJobStore(JobStore):
     def recover(self, *, max_attempts: int, expired_only: bool = True) -> list[Job]:
         now = self._now()
         if expired_only:
-            ids = self._redis.zrange(self._running, "-inf", f"({now!r}", byscore=True)
+            # ZRANGEBYSCORE, not ZRANGE ... BYSCORE: that needs Redis 6.2
+            ids = self._redis.zrangebyscore(self._running, "-inf", f"({now!r}")
         else:
             ids = self._redis.zrange(self._running, 0, -1)
         found = [stored for stored in map(self._read, map(_text, ids)) if stored]

@@ -109,7 +109,10 @@ def form_fields(items: list[tuple[str, str]]) -> dict[str, Any]:
             if name in fields and not path:
                 raise _bad(name, "given twice")
             if path:
-                fields.setdefault(name, []).append(text)
+                values = fields.setdefault(name, [])
+                if not isinstance(values, list):
+                    raise _bad(name, "given twice")
+                values.append(text)
             else:
                 fields[name] = text
             continue

@@ -225,6 +225,8 @@ class Service:
         for worker in self.workers:
             worker.join(30)
         self.webhooks.close()
+        if self._keeper.is_alive():
+            self._keeper.join(30)
 
     def close(self) -> None:
         self.store.close()

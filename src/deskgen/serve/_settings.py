@@ -48,7 +48,7 @@ class ServeSettings(BaseModel):
     data: Annotated[Path, Field(strict=False)] = Path("deskgen-serve")
     """The jobs database (``jobs.sqlite3``), the server's signing secrets, and (by default)
     the results store, ``DATA/results``."""
-    jobs: str | None = None
+    jobs: str | None = Field(default=None, repr=False)  # a Redis URL may hold a password
     """Where jobs live: ``None``, SQLite in ``DATA/jobs.sqlite3`` (one server); a Redis URL
     (``redis://host:6379/0``, ``rediss://``, ``unix:///path.sock``) shared by several servers
     (with ``appendonly yes`` on the Redis server, or acknowledged jobs can be lost)."""

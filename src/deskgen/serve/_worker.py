@@ -34,14 +34,17 @@ class _CancelFlag:
     """Set by a cancel in this process at once, or by one in another process (the store's
     ``cancel_requested``, looked at every half second)."""
 
-    def __init__(self, service: Service, job_id: str, local: threading.Event) -> None:
+    def __init__(
+        self, service: Service, job_id: str, local: threading.Event, lost: threading.Event
+    ) -> None:
         self._service = service
         self._job_id = job_id
         self._local = local
+        self._lost = lost  # this run's own: a lost lease stops only this run
         self._checked = time.monotonic()
 
     def is_set(self) -> bool:
-        if self._local.is_set():
+        if self._local.is_set() or self._lost.is_set():
             return True
         now = time.monotonic()
         if now - self._checked >= _CANCEL_POLL:
@@ -160,7 +163,12 @@ class Worker:
                 if self.service.draining:  # between SIGTERM and the drain: take nothing new
                     self._stop.wait(0.1)
                     continue
-                job = self.service.store.claim(self.name, lease=self.service.settings.lease)
+                try:
+                    job = self.service.store.claim(self.name, lease=self.service.settings.lease)
+                except Exception:  # the store is unreachable for now: keep the worker alive
+                    log.warning("could not claim a job", extra={"worker": self.name}, exc_info=True)
+                    self._stop.wait(1.0)
+                    continue
                 if job is None:
                     self.service.wait_for_work(0.5)
                     continue
@@ -180,9 +188,9 @@ class Worker:
     def _run(self, job: Job) -> None:
         service = self.service
         self.current = job.id
-        local = service.cancel_event(job.id)
-        flag = _CancelFlag(service, job.id, local)
-        with _Lease(service, job.id, self.name, local) as lease:
+        lost = threading.Event()
+        flag = _CancelFlag(service, job.id, service.cancel_event(job.id), lost)
+        with _Lease(service, job.id, self.name, lost) as lease:
             final = self._generate(job, flag, lease)
         self.current = None
         service.forget_cancel(job.id)
@@ -202,7 +210,10 @@ class Worker:
             now = time.perf_counter()
             service.metrics.step_seconds.observe(now - last[0])
             last[0] = now
-            store.step(job.id, progress.step, progress.total_steps)
+            try:
+                store.step(job.id, progress.step, progress.total_steps)
+            except Exception:  # progress need not be stored: the job goes on
+                log.warning("progress not stored", extra={"job": job.id}, exc_info=True)
             service.notify(job.id)
 
         final: Job | None
