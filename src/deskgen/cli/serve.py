@@ -172,19 +172,11 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     from ..serve._keys import KeyRing, new_key, remove_key
 
     if args.action == "webhook-secret":  # for receivers: verify_webhook(bytes.fromhex(...))
-        from ..serve import JobStore
+        from ..serve._service import open_job_store
 
-        store: JobStore
-        if args.jobs is not None:
-            from ..serve._redis import RedisJobStore
-
-            store = RedisJobStore(args.jobs)
-        elif (args.data / "jobs.sqlite3").is_file():
-            from ..serve._sqlite import SQLiteJobStore
-
-            store = SQLiteJobStore(args.data / "jobs.sqlite3")
-        else:
+        if args.jobs is None and not (args.data / "jobs.sqlite3").is_file():
             raise ConfigError(f"No deskgen serve data in {args.data}: give serve's --data")
+        store = open_job_store(args.jobs, args.data)
         try:
             print(store.secret("webhooks").hex())
         finally:

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ._errors import ApiError
@@ -37,13 +38,13 @@ LOCAL_OWNER = "local"
 """Whose jobs they are on a server without keys."""
 
 
-def open_job_store(settings: ServeSettings) -> JobStore:
-    """The settings' job store: Redis at ``settings.jobs``, else SQLite under ``data``."""
-    if settings.jobs is not None:
+def open_job_store(jobs: str | None, data: Path) -> JobStore:
+    """``deskgen serve``'s job store: Redis at ``jobs`` (a URL), else SQLite under ``data``."""
+    if jobs is not None:
         from ._redis import RedisJobStore
 
-        return RedisJobStore(settings.jobs)
-    return SQLiteJobStore(settings.data / "jobs.sqlite3")
+        return RedisJobStore(jobs)
+    return SQLiteJobStore(data / "jobs.sqlite3")
 
 
 def _conflict(job_id: str) -> ApiError:
@@ -117,7 +118,7 @@ class Service:
     ) -> None:
         self.settings = settings
         settings.data.mkdir(parents=True, exist_ok=True)
-        self.store = store if store is not None else open_job_store(settings)
+        self.store = store if store is not None else open_job_store(settings.jobs, settings.data)
         self.results = results if results is not None else ResultsStore(settings.results_url)
         self.keys = KeyRing.load(settings.keys) if settings.keys is not None else None
         self.limiter = RateLimiter()

@@ -98,15 +98,18 @@ class SQLiteJobStore(JobStore):
     # -- helpers -------------------------------------------------------------------------
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction; ``durable=False``: on the NORMAL connection (progress, leases:
+        losing the last ones to a power cut only re-runs work)."""
+        conn = self._db if durable else self._fast
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
+                yield conn
             except BaseException:
-                self._db.execute("ROLLBACK")
+                conn.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            conn.execute("COMMIT")
 
     @staticmethod
     def _job(row: tuple[Any, ...] | None) -> Job | None:
@@ -191,35 +194,21 @@ class SQLiteJobStore(JobStore):
             return job
 
     def heartbeat(self, job_id: str, worker: str, *, lease: float) -> bool:
-        with self._lock:
-            conn = self._fast  # a lost lease only re-runs the job: no fsync needed
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                job = self._load(conn, job_id)
-                alive = job is not None and job.status == "running" and job.worker == worker
-                if job is not None and alive:
-                    self._save(conn, job.model_copy(update={"lease_until": time.time() + lease}))
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._write(durable=False) as conn:  # a lost lease only re-runs the job
+            job = self._load(conn, job_id)
+            alive = job is not None and job.status == "running" and job.worker == worker
+            if job is not None and alive:
+                self._save(conn, job.model_copy(update={"lease_until": time.time() + lease}))
         return alive
 
     def step(self, job_id: str, step: int, total: int) -> None:
-        with self._lock:
-            conn = self._fast
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                changed = conn.execute(
-                    "UPDATE jobs SET step = ?, total_steps = ? WHERE id = ? AND status = 'running'",
-                    (step, total, job_id),
-                ).rowcount
-                if changed:  # a stale worker's step of a job no longer running: no event
-                    self._event(conn, job_id, "step", {"step": step, "total_steps": total})
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._write(durable=False) as conn:
+            changed = conn.execute(
+                "UPDATE jobs SET step = ?, total_steps = ? WHERE id = ? AND status = 'running'",
+                (step, total, job_id),
+            ).rowcount
+            if changed:  # a stale worker's step of a job no longer running: no event
+                self._event(conn, job_id, "step", {"step": step, "total_steps": total})
 
     def finish(
         self,

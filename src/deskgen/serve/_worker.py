@@ -60,12 +60,12 @@ class _Lease:
     (a denoise step can outlast a lease); a renewal refused (the job was re-queued after the
     lease ran out, e.g. this machine stalled) stops the job at its next step, unfinished."""
 
-    def __init__(self, service: Service, job_id: str, worker: str, stop: threading.Event) -> None:
-        self.lost = False
+    def __init__(self, service: Service, job_id: str, worker: str) -> None:
+        self.lost = threading.Event()
+        """Set when a renewal was refused: this run stops (only this run, not the job's next)."""
         self._service = service
         self._job_id = job_id
         self._worker = worker
-        self._stop_job = stop
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._main, name=f"lease-{job_id}", daemon=True)
 
@@ -87,8 +87,7 @@ class _Lease:
                 continue
             if not alive:
                 log.warning("job lease lost: stopping it", extra={"job": self._job_id})
-                self.lost = True
-                self._stop_job.set()
+                self.lost.set()
                 return
 
 
@@ -188,9 +187,8 @@ class Worker:
     def _run(self, job: Job) -> None:
         service = self.service
         self.current = job.id
-        lost = threading.Event()
-        flag = _CancelFlag(service, job.id, service.cancel_event(job.id), lost)
-        with _Lease(service, job.id, self.name, lost) as lease:
+        with _Lease(service, job.id, self.name) as lease:
+            flag = _CancelFlag(service, job.id, service.cancel_event(job.id), lease.lost)
             final = self._generate(job, flag, lease)
         self.current = None
         service.forget_cancel(job.id)
@@ -237,7 +235,7 @@ class Worker:
                 event={"images": len(images)},
             )
         except GenerationCancelledError as exc:
-            if lease.lost:  # re-queued by another server; whoever claims it next finishes it
+            if lease.lost.is_set():  # re-queued elsewhere: whoever claims it next finishes it
                 final = None
             elif self._requeue.is_set():
                 final = store.requeue(
