@@ -105,20 +105,14 @@ def form_fields(items: list[tuple[str, str]]) -> dict[str, Any]:
     for key, text in items:
         name, _, rest = key.partition("[")
         path = _KEY.findall("[" + rest) if rest else []
-        if not path or path == [""]:
-            if name in fields and not path:
+        if not path:
+            if name in fields:
                 raise _bad(name, "given twice")
-            if path:
-                values = fields.setdefault(name, [])
-                if not isinstance(values, list):
-                    raise _bad(name, "given twice")
-                values.append(text)
-            else:
-                fields[name] = text
-            continue
-        if name in fields and not isinstance(fields[name], (dict, list)):
+            fields[name] = text
+        elif not isinstance(fields.get(name, []), (dict, list)):
             raise _bad(name, "given twice")
-        _put(fields, name, path, _leaf(text), key)
+        else:  # items of a plain list stay text (trigger words); deeper values are typed
+            _put(fields, name, path, text if path == [""] else _leaf(text), key)
     return fields
 
 
